@@ -1,0 +1,12 @@
+"""vlfuse: image-text fusion toolkit. Importing the package is light; torch loads on first use."""
+
+__version__ = "0.1.0"
+
+__all__ = ["load", "__version__"]
+
+
+def load(model_dir, device: str = "cpu"):
+    """Load a saved model directory and return a Predictor (`.predict(image, question)`)."""
+    from .predict import load as _load
+
+    return _load(model_dir, device)

@@ -1,0 +1,144 @@
+"""The `vlfuse` command. Thin: parses arguments, calls the library, prints results.
+
+Heavy imports (torch, Lightning) happen inside commands so `vlfuse --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import VLFuseError
+
+app = typer.Typer(help="Image-text fusion: generate data, train, evaluate, predict.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Datasets: generate the built-in one.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.sub=value")]
+
+
+def _echo_json(obj: dict) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out_dir: Path,
+    images: int = typer.Option(10000, help="Number of images (test and val get 5% each)."),
+    questions_per_image: int = typer.Option(20, help="Questions per image."),
+    lang: str = typer.Option("en", help="Question language: en or zh."),
+    size: int = typer.Option(64, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives identical files."),
+) -> None:
+    """Generate the built-in Sort-of-CLEVR-style dataset (VQA v2 + COCO captions layouts)."""
+    from .data.shapes import generate
+
+    manifest = generate(out_dir, images=images, questions_per_image=questions_per_image, lang=lang, size=size,
+                        seed=seed)
+    typer.echo(f"Wrote {out_dir}: " + ", ".join(f"{k} {v['images']} images / {v['questions']} questions"
+                                                for k, v in manifest["splits"].items()))
+
+
+@app.command()
+def train(
+    config: Path,
+    set_: SetOption = None,
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in out_dir."),
+) -> None:
+    """Train a model from a YAML config; writes OUT_DIR/model (safetensors) and OUT_DIR/eval.json."""
+    from .config import load_config
+    from .train.run import train as run_training
+
+    result = run_training(load_config(config, set_ or []), resume=resume)
+    if result.interrupted:
+        typer.echo(f"Interrupted. Continue with: vlfuse train {config} --resume", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"Model saved to {result.model_dir} ({result.wall_seconds:.0f} s)")
+    if result.test_metrics:
+        _print_metrics(result.test_metrics)
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Accuracy")
+    for col in ("", "accuracy %", "questions"):
+        table.add_column(col)
+    rows = [("overall", metrics["overall"])] + list(metrics.get("groups", {}).items()) + \
+        [(f"  {k}", v) for k, v in metrics["families"].items()]
+    for name, m in rows:
+        table.add_row(name, f"{100 * m['accuracy']:.2f}", str(m["count"]))
+    Console().print(table)
+
+
+@app.command("eval")
+def eval_(
+    model_dir: Path,
+    data: Optional[Path] = typer.Option(None, help="A YAML config whose data section to use, or a .jsonl/.csv "
+                                                   "table; default: the model's own config."),
+    split: str = typer.Option("test", help="Which split of the data config: train, val or test."),
+    out: Optional[Path] = typer.Option(None, help="Write metrics JSON here (default MODEL_DIR/../eval.json)."),
+    set_: SetOption = None,
+) -> None:
+    """Evaluate a saved model: overall accuracy and accuracy per question family."""
+    from .config import load_config
+    from .train.run import evaluate_split
+
+    config = load_config(model_dir / "config.yaml", set_ or [])
+    if data is not None and data.suffix.lower() in (".jsonl", ".csv"):
+        config.data.format, config.data.root = "jsonl", "."
+        config.data.test, split = type(config.data.train)(path=str(data)), "test"
+    elif data is not None:
+        config.data = load_config(data, set_ or []).data
+    metrics = evaluate_split(model_dir, config, split, out or model_dir.parent / f"eval_{split}.json")
+    _print_metrics(metrics)
+
+
+@app.command()
+def predict(
+    model_dir: Path,
+    image: Path = typer.Option(..., help="Image file."),
+    question: str = typer.Option(..., help="Question about the image."),
+    top_k: int = typer.Option(5, help="How many answers to list."),
+) -> None:
+    """Answer a question about an image; prints the answer and the top-k probabilities."""
+    from .predict import load
+
+    result = load(model_dir).predict(image, question, top_k=top_k)
+    typer.echo(result.answer)
+    for answer, prob in result.top:
+        typer.echo(f"  {prob:7.2%}  {answer}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("vlfuse-demo"), help="Folder for data, model and report."),
+    images: int = typer.Option(4000, help="Images in the generated dataset."),
+    minutes: float = typer.Option(6.0, help="Training time budget in minutes."),
+) -> None:
+    """Generate data, train the default model, evaluate it and write report.md (about 10 minutes)."""
+    from .demo import run_demo
+
+    report = run_demo(out, images=images, minutes=minutes)
+    typer.echo(f"Report: {report}")
+
+
+def main() -> None:
+    try:
+        app()
+    except VLFuseError as exc:  # our own errors are messages for a person, not tracebacks
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg="red", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Validated run configuration: YAML in, typed dataclasses out, a clear error naming any bad key.
+
+Model components stay plain dicts (`{"name": ..., **kwargs}`) here; the factory checks them against
+the constructor of the class their name selects, so the schema never goes stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+
+@dataclass
+class SplitConfig:
+    """Where one split lives. VQA v2: questions + annotations + images; JSONL/CSV: path (+ images)."""
+
+    questions: str | None = None
+    annotations: str | None = None
+    images: str | None = None
+    path: str | None = None
+
+
+@dataclass
+class DataConfig:
+    format: Literal["vqa_v2", "jsonl"] = "vqa_v2"
+    root: str = "."  # relative split paths are resolved against this folder
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig | None = None
+    test: SplitConfig | None = None
+    image_size: int = 64
+    max_question_length: int = 32
+    max_answers: int = 3000  # the most frequent training answers become the classes
+    on_bad_sample: Literal["error", "skip"] = "skip"
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 128
+    image_encoder: dict = field(default_factory=lambda: {"name": "cnn"})
+    text_encoder: dict = field(default_factory=lambda: {"name": "transformer"})
+    fusion: dict = field(default_factory=lambda: {"name": "co_attention"})
+    head: dict = field(default_factory=lambda: {"name": "classifier"})
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_images: int = 32  # every question of each image rides along, so questions per step ~ 20x this
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    max_minutes: float | None = None  # stop (and export) after this much training time
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    log_every_n_steps: int = 20
+    checkpoint_every_n_steps: int = 200
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    out_dir: str = "runs/vqa"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML (or start from defaults), apply `key.sub=value` overrides, validate."""
+    import yaml
+
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(Config, raw)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`train.lr=3e-4` sets raw["train"]["lr"]; the value is parsed as YAML (numbers, lists, null)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, naming the first wrong key or value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(unknown_key_message(f"{prefix}{key}", key, names))
+        kwargs[key] = check_type(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def unknown_key_message(full_key: str, key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+    return f"unknown config key '{full_key}'{hint}"
+
+
+def check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return `value` converted to `hint` where that is lossless (int -> float), else raise ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return check_type(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"config key '{key}' has an invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, f"{key}.")
+    expected = origin or hint
+    if expected is typing.Any or hint is inspect_empty:
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (list, tuple) and isinstance(value, (list, tuple)):
+        item = args[0] if args else typing.Any
+        return [check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"config key '{key}' must be {_type_name(expected)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+class inspect_empty:  # stands for "no annotation" when checking constructor parameters
+    pass
+
+
+def _type_name(t: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+            list: "a list"}.get(t, getattr(t, "__name__", str(t)))

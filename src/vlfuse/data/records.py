@@ -1,0 +1,36 @@
+"""Plain records that every reader returns, whatever the on-disk format."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class VQASample:
+    """One question about one image.
+
+    `answers` keeps every human answer (10 in VQA v2, 1 in the built-in data) so that soft VQA
+    accuracy can be computed; `answer` is the single training target (VQA v2's
+    `multiple_choice_answer`, else the most common of `answers`).
+    """
+
+    question_id: int | str
+    image_id: int | str
+    image_path: Path
+    question: str
+    answer: str | None
+    answers: tuple[str, ...] = ()
+    question_type: str = "unknown"
+    answer_type: str = "unknown"
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def majority_answer(answers: list[str] | tuple[str, ...]) -> str | None:
+    """The most frequent answer; ties go to the one seen first (deterministic)."""
+    if not answers:
+        return None
+    counts = Counter(answers)
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best)

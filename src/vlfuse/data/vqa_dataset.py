@@ -1,0 +1,130 @@
+"""VQA samples grouped by image, so each image is decoded and encoded once for all its questions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import DataError
+from ..progress import track
+from .answers import AnswerVocab
+from .formats.common import SkipLog
+from .images import load_image
+from .records import VQASample
+from .tokenizer import encode_ids, pad_ids
+
+IGNORE_INDEX = -100  # label of a question whose answer is not a class: no loss, counted wrong in eval
+
+
+def image_to_tensor(image, size: int) -> torch.Tensor:
+    """PIL RGB image -> uint8 [3, size, size] (resized; the model scales to [0, 1])."""
+    from PIL import Image
+
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class ImageGroup:
+    image_path: Path
+    samples: list[VQASample] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+
+class GroupedVQADataset(Dataset):
+    """Item i = (image tensor, ImageGroup with all of that image's questions).
+
+    Images are decoded once at construction; a bad image is recorded in `skip_log` (or raises,
+    under on_bad_sample=error) and its questions are dropped.
+    """
+
+    def __init__(self, samples: list[VQASample], tokenizer, answers: AnswerVocab, image_size: int,
+                 max_length: int, skip_log: SkipLog, progress: bool = True, description: str = "Loading images"):
+        groups: dict[Path, ImageGroup] = {}
+        for sample in samples:
+            groups.setdefault(Path(sample.image_path), ImageGroup(Path(sample.image_path))).samples.append(sample)
+        self.groups: list[ImageGroup] = []
+        images = []
+        for group in track(groups.values(), description, total=len(groups), enabled=progress):
+            try:
+                images.append(image_to_tensor(load_image(group.image_path), image_size))
+            except DataError as exc:
+                skip_log.add(exc)
+                continue
+            self.groups.append(group)
+        self.images = torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
+        all_samples = [s for g in self.groups for s in g.samples]
+        ids = iter(encode_ids(tokenizer, [s.question for s in all_samples], max_length))
+        self.unanswerable = 0  # questions whose answer is not among the classes
+        for group in self.groups:
+            for sample in group.samples:
+                group.token_ids.append(next(ids))
+                label = answers.index(sample.answer)
+                self.unanswerable += label is None
+                group.labels.append(IGNORE_INDEX if label is None else label)
+        self.num_questions = len(all_samples)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ImageGroup]:
+        return self.images[i], self.groups[i]
+
+
+def collate_groups(items: list[tuple[torch.Tensor, ImageGroup]], with_samples: bool = True) -> dict:
+    """Batch of images with every question of each: image_index maps questions to their image.
+
+    `samples` (the source records) are left out for training: Lightning moves batches to the
+    device by walking them, and has no use for them.
+    """
+    token_ids, labels, image_index, samples = [], [], [], []
+    for i, (_, group) in enumerate(items):
+        token_ids += group.token_ids
+        labels += group.labels
+        image_index += [i] * len(group.samples)
+        samples += group.samples
+    input_ids, attention_mask = pad_ids(token_ids)
+    batch = {
+        "images": torch.stack([image for image, _ in items]),
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "image_index": torch.tensor(image_index, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
+    return {**batch, "samples": samples} if with_samples else batch
+
+
+class EpochSampler(Sampler[int]):
+    """A deterministic order per (seed, epoch), split across processes, that can start mid-epoch.
+
+    Resuming after an interruption sets `skip` to the number of samples this process already
+    trained on in the interrupted epoch; it applies to the next pass only.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.shuffle, self.rank, self.world_size = size, seed, shuffle, rank, world_size
+        self.epoch, self.skip = 0, 0
+        self.per_rank = math.ceil(size / world_size) if size else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.size))
+        order += order[: self.per_rank * self.world_size - self.size]  # equal share for every process
+        mine = order[self.rank :: self.world_size]
+        start, self.skip = self.skip, 0
+        return iter(mine[start:])
+
+    def __len__(self) -> int:
+        return self.per_rank

@@ -1,0 +1,76 @@
+"""Accuracy overall, per question family and per family group, with every prediction kept."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .data.answers import normalize_answer
+from .data.formats.common import SkipLog
+from .data.records import VQASample
+from .data.vqa_dataset import GroupedVQADataset, collate_groups
+from .models.saved import SavedModel
+from .progress import track
+
+
+def family_groups() -> dict[str, str]:
+    from .data.shapes import FAMILY_GROUP
+
+    return dict(FAMILY_GROUP)
+
+
+def accuracy_table(records: list[dict]) -> dict:
+    """records: [{"family": str, "correct": bool}] -> {"overall", "groups", "families"} with accuracy and count."""
+    groups_of = family_groups()
+
+    def summarise(flags: list[bool]) -> dict:
+        return {"accuracy": sum(flags) / len(flags) if flags else 0.0, "count": len(flags)}
+
+    by_family, by_group = defaultdict(list), defaultdict(list)
+    for r in records:
+        by_family[r["family"]].append(r["correct"])
+        if r["family"] in groups_of:
+            by_group[groups_of[r["family"]]].append(r["correct"])
+    families = {f: {**summarise(v), **({"group": groups_of[f]} if f in groups_of else {})}
+                for f, v in sorted(by_family.items(), key=lambda kv: list(groups_of).index(kv[0])
+                                   if kv[0] in groups_of else len(groups_of))}
+    group_order = list(dict.fromkeys(groups_of.values()))
+    groups = {g: summarise(by_group[g]) for g in group_order if g in by_group}
+    return {"overall": summarise([r["correct"] for r in records]), "groups": groups, "families": families}
+
+
+@torch.no_grad()
+def predict_dataset(saved: SavedModel, dataset: GroupedVQADataset, batch_images: int = 64, top_k: int = 1,
+                    progress: bool = True) -> list[dict]:
+    """One record per question: question, answer, prediction, confidence, correct, family, image."""
+    model, answers = saved.model.eval(), saved.answers
+    device = next(model.parameters()).device
+    records = []
+    starts = range(0, len(dataset), batch_images)
+    for start in track(starts, "Evaluating", total=len(starts), enabled=progress):
+        batch = collate_groups([dataset[i] for i in range(start, min(start + batch_images, len(dataset)))])
+        logits, _ = model(batch["images"].to(device), batch["input_ids"].to(device),
+                          batch["attention_mask"].to(device), batch["image_index"].to(device))
+        probs = logits.float().softmax(-1)
+        conf, pred = probs.max(-1)
+        for sample, p, c in zip(batch["samples"], pred.tolist(), conf.tolist()):
+            truth = None if sample.answer is None else normalize_answer(sample.answer)
+            records.append({"question_id": sample.question_id, "image": str(sample.image_path),
+                            "question": sample.question, "family": sample.question_type, "truth": truth,
+                            "prediction": answers[p], "confidence": c, "correct": truth == answers[p]})
+    return records
+
+
+def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: SkipLog, batch_images: int = 64,
+                     progress: bool = True) -> tuple[dict, list[dict]]:
+    """(metrics, per-question records) for samples that have answers."""
+    samples = [s for s in samples if s.answer is not None]
+    cfg = saved.config.data
+    dataset = GroupedVQADataset(samples, saved.tokenizer, saved.answers, cfg.image_size, cfg.max_question_length,
+                                skip_log, progress=progress)
+    records = predict_dataset(saved, dataset, batch_images, progress=progress)
+    metrics = accuracy_table(records)
+    metrics["unanswerable"] = dataset.unanswerable  # truth not among the model's answers: always wrong
+    metrics["skipped"] = skip_log.as_dict()
+    return metrics, records

@@ -1,0 +1,34 @@
+"""VisionLanguageModel: image encoder + text encoder + fusion + head, each passed in."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..types import FusionOutput
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, fusion: nn.Module, head: nn.Module):
+        super().__init__()
+        self.image_encoder, self.text_encoder, self.fusion, self.head = image_encoder, text_encoder, fusion, head
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                image_index: torch.Tensor | None = None, need_weights: bool = False
+                ) -> tuple[torch.Tensor, FusionOutput]:
+        """images: [B_img, 3, H, W], uint8 or float in [0, 1]; input_ids, attention_mask: [B_q, L].
+
+        image_index [B_q] says which image each question is about, so each image is encoded once
+        for all of its questions; without it, images and questions pair up row by row.
+        """
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        image = self.image_encoder(images)
+        text = self.text_encoder(input_ids, attention_mask)
+        if image_index is None:
+            fused = self.fusion(image, text, need_weights=need_weights)
+        elif getattr(self.fusion, "accepts_image_index", False):  # it reads each image once for all questions
+            fused = self.fusion(image, text, need_weights=need_weights, image_index=image_index)
+        else:
+            fused = self.fusion(image.index_select(image_index), text, need_weights=need_weights)
+        return self.head(fused), fused

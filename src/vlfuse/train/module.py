@@ -1,0 +1,54 @@
+"""The LightningModule for answer classification (VQA)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.vqa_dataset import IGNORE_INDEX
+
+
+class VQAModule(L.LightningModule):
+    def __init__(self, model: nn.Module, train_config: TrainConfig, total_steps: int):
+        super().__init__()
+        self.model, self.cfg, self.total_steps = model, train_config, max(1, total_steps)
+
+    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+        logits, _ = self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"])
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        correct = (logits.argmax(-1) == labels).sum()
+        return loss, correct, labels.numel()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, correct, n = self._step(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=n)
+        self.log("train_acc", correct / n, prog_bar=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, correct, n = self._step(batch)
+        self.log("val_loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val_acc", correct / n, prog_bar=True, batch_size=n, sync_dist=True)
+
+    def configure_optimizers(self):
+        # No weight decay on biases, norms and embeddings (the usual transformer recipe).
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            (no_decay if param.ndim < 2 or "embed" in name else decay).append(param)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr)
+        warmup, total = self.cfg.warmup_steps, self.total_steps
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 0
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,187 @@
+"""`vlfuse train`: read data, build vocabularies and model, fit with Lightning, export, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+import warnings
+from functools import partial
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from ..data.answers import AnswerVocab
+from ..data.loading import read_split
+from ..data.tokenizer import build_tokenizer, load_tokenizer
+from ..data.vqa_dataset import EpochSampler, GroupedVQADataset, collate_groups
+from ..errors import ConfigError
+from ..models.factory import build_model
+from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
+from .checkpoint_io import SafetensorsCheckpointIO
+from .module import VQAModule
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    out_dir: Path
+    test_metrics: dict | None
+    wall_seconds: float
+    interrupted: bool
+
+
+class VQADataModule(L.LightningDataModule):
+    """Loaders with a per-epoch deterministic order, so an interrupted epoch resumes where it stopped."""
+
+    def __init__(self, train_set: GroupedVQADataset, val_set: GroupedVQADataset | None, config: Config):
+        super().__init__()
+        self.train_set, self.val_set, self.config = train_set, val_set, config
+
+    def _loader(self, dataset: GroupedVQADataset, sampler: EpochSampler) -> DataLoader:
+        workers = self.config.train.num_workers
+        return DataLoader(dataset, batch_size=self.config.train.batch_images, sampler=sampler,
+                          collate_fn=partial(collate_groups, with_samples=False), num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = EpochSampler(len(self.train_set), self.config.seed, True, trainer.global_rank, trainer.world_size)
+        # After a restore, the loop knows how many batches of the interrupted epoch are done: skip them.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if 0 < done < math.ceil(len(sampler) / self.config.train.batch_images):
+            sampler.skip = done * self.config.train.batch_images
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None or len(self.val_set) == 0:
+            return []
+        trainer = self.trainer
+        return self._loader(self.val_set, EpochSampler(len(self.val_set), 0, False, trainer.global_rank,
+                                                        trainer.world_size))
+
+
+def _merge_csv(parts: list[Path], target: Path) -> None:
+    """Join metrics.csv files of an interrupted and a resumed run into one history."""
+    rows, keys = [], []
+    for part in parts:
+        if part.is_file():
+            with part.open(newline="") as f:
+                reader = csv.DictReader(f)
+                keys += [k for k in reader.fieldnames or [] if k not in keys]
+                rows += list(reader)
+    with target.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _vocabularies(config: Config, samples, model_dir: Path, resume: bool):
+    if resume:  # a resumed run must keep the exact token and answer ids of the interrupted one
+        return load_tokenizer(model_dir / TOKENIZER), AnswerVocab.load(model_dir / ANSWERS)
+    tokenizer = build_tokenizer(s.question for s in samples)
+    answers = AnswerVocab.build((s.answer for s in samples if s.answer is not None), config.data.max_answers)
+    return tokenizer, answers
+
+
+def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    start = time.time()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    out = Path(config.out_dir)
+    model_dir, ckpt_dir, log_dir = out / "model", out / "checkpoints", out / "logs"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
+    if not resume and last.is_file():
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or set out_dir elsewhere")
+
+    train_read = read_split(config.data, "train")
+    val_read = read_split(config.data, "val") if config.data.val else None
+    tokenizer, answers = _vocabularies(config, train_read.samples, model_dir, resume)
+    save_vocabularies(model_dir, config, tokenizer, answers)
+    data_args = (tokenizer, answers, config.data.image_size, config.data.max_question_length)
+    train_set = GroupedVQADataset(train_read.samples, *data_args, train_read.skipped, progress, "Loading train images")
+    if len(train_set) == 0:
+        raise ConfigError("no usable training samples: " + train_read.skipped.summary())
+    val_set = (GroupedVQADataset(val_read.samples, *data_args, val_read.skipped, progress, "Loading val images")
+               if val_read else None)
+
+    model = build_model(config, tokenizer.get_vocab_size(), len(answers))
+    world = config.train.devices if "ddp" in config.train.strategy else 1
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / config.train.batch_images)
+    module = VQAModule(model, config.train, steps_per_epoch * config.train.epochs)
+
+    previous_logs = []
+    if resume and (log_dir / "metrics.csv").is_file():  # Lightning's CSV logger starts its file afresh
+        previous_logs = [log_dir / f"metrics.part{len(list(log_dir.glob('metrics.part*.csv')))}.csv"]
+        (log_dir / "metrics.csv").rename(previous_logs[0])
+        previous_logs = sorted(log_dir.glob("metrics.part*.csv"))
+
+    t = config.train
+    trainer = L.Trainer(
+        max_epochs=t.epochs,
+        max_time={"minutes": t.max_minutes} if t.max_minutes else None,
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        gradient_clip_val=t.grad_clip or None,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=L.pytorch.loggers.CSVLogger(out, name="", version="logs"),
+        callbacks=[
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_n_steps,
+                                                save_last=True, save_top_k=0),
+            L.pytorch.callbacks.OnExceptionCheckpoint(dirpath=ckpt_dir, filename="last"),
+        ],
+        plugins=[SafetensorsCheckpointIO()],
+        use_distributed_sampler=False,  # EpochSampler splits the data across processes itself
+        enable_progress_bar=progress and t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    with warnings.catch_warnings():
+        # Our loader resumes mid-epoch through EpochSampler.skip, which Lightning cannot see.
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # OnExceptionCheckpoint makes Lightning look for a "last" checkpoint even on a fresh run;
+        # fresh runs are guarded above, so its notes about that are noise.
+        warnings.filterwarnings("ignore", message=r".*\(ckpt_path=None\)` was called without a model.*")
+        warnings.filterwarnings("ignore", message=r'.*ckpt_path="last"\) is set, but there is no last checkpoint.*')
+        trainer.fit(module, datamodule=VQADataModule(train_set, val_set, config), ckpt_path=last if resume else None)
+
+    test_metrics = None
+    if trainer.global_rank == 0:
+        if previous_logs:
+            _merge_csv(previous_logs + [log_dir / "metrics.csv"], log_dir / "metrics.csv")
+            for part in previous_logs:
+                part.unlink()
+        if not trainer.interrupted:
+            save_model_dir(model_dir, model.cpu(), config, tokenizer, answers)
+            if config.data.test is not None:
+                test_metrics = evaluate_split(model_dir, config, "test", out / "eval.json", progress)
+        summary = {
+            "steps": trainer.global_step, "epochs_completed": trainer.current_epoch,
+            "interrupted": trainer.interrupted, "wall_seconds": round(time.time() - start, 1),
+            "train": {"images": len(train_set), "questions": train_set.num_questions,
+                      "unanswerable": train_set.unanswerable, "skipped": train_read.skipped.as_dict()},
+            "val": None if val_set is None else {"images": len(val_set), "questions": val_set.num_questions,
+                                                 "skipped": val_read.skipped.as_dict()},
+            "answers": len(answers), "vocab": tokenizer.get_vocab_size(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        (out / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return TrainResult(model_dir, out, test_metrics, time.time() - start, trainer.interrupted)
+
+
+def evaluate_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool = True) -> dict:
+    """Evaluate a saved model on one split of `config.data`; write metrics (+ predictions) as JSON."""
+    from ..evaluate import evaluate_samples
+    from ..models.saved import load_model_dir
+
+    read = read_split(config.data, split)
+    metrics, records = evaluate_samples(load_model_dir(model_dir), read.samples, read.skipped, progress=progress)
+    if out_json is not None:
+        out_json.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+        out_json.with_name(out_json.stem + "_predictions.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return metrics

@@ -1,0 +1,185 @@
+"""Shared fixtures: a tiny generated dataset, a tiny-config factory, one trained tiny model, CLI runners.
+
+Everything here is sized for a busy 2-core CPU: 16 images of 32 px, 4 questions each, a model of
+width 16. Torch is limited to one thread: with another job on the machine, two OpenMP threads
+fighting for one free core make a tiny training step ~20x slower.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported anywhere
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+BASE_CONFIG = REPO / "configs" / "vqa_shapes.yaml"
+
+# The tiny model: every dropout 0, so two runs of one config do the same arithmetic.
+TINY_OVERRIDES = [
+    "model.dim=16",
+    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
+    "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
+    "model.fusion={name: co_attention, layers: 1, heads: 2, dropout: 0.0}",
+    "model.head={name: classifier, hidden: 16, dropout: 0.0}",
+    "data.image_size=32",
+    "train.progress_bar=false",
+    "train.epochs=2",
+    "train.batch_images=4",
+    "train.warmup_steps=2",
+    "train.checkpoint_every_n_steps=1",
+    "train.log_every_n_steps=1",
+    "train.accelerator=cpu",
+]
+
+DATA_IMAGES, DATA_QUESTIONS_PER_IMAGE = 16, 4
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- data and configs
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """The built-in shapes data, tiny: 16 images (14 train / 1 val / 1 test) x 4 questions, 32 px."""
+    from vlfuse.data.shapes import generate
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate(root, images=DATA_IMAGES, questions_per_image=DATA_QUESTIONS_PER_IMAGE, size=32, seed=0,
+             progress=False)
+    return root
+
+
+@pytest.fixture
+def copy_shapes(shapes_root, tmp_path):
+    """A private copy of the tiny dataset, for tests that damage it."""
+
+    def make(name: str = "shapes_copy") -> Path:
+        return Path(shutil.copytree(shapes_root, tmp_path / name))
+
+    return make
+
+
+def tiny_overrides(data_root: Path, out_dir: Path, *extra: str) -> list[str]:
+    return [f"data.root={Path(data_root).resolve()}", f"out_dir={Path(out_dir).resolve()}", *TINY_OVERRIDES,
+            *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """make(data_root, out_dir, *overrides) -> Config: configs/vqa_shapes.yaml shrunk to the tiny model."""
+    from vlfuse.config import load_config
+
+    def make(data_root: Path, out_dir: Path, *extra: str):
+        return load_config(BASE_CONFIG, tiny_overrides(data_root, out_dir, *extra))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def write_config(tiny_config):
+    """write(path, data_root, out_dir, *overrides) -> path of a complete YAML config for the CLI."""
+    import yaml
+
+    from vlfuse.config import to_dict
+
+    def write(path: Path, data_root: Path, out_dir: Path, *extra: str) -> Path:
+        config = tiny_config(data_root, out_dir, *extra)
+        path = Path(path)
+        path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        return path
+
+    return write
+
+
+@dataclass
+class TrainedRun:
+    out_dir: Path
+    model_dir: Path
+    config: object
+    result: object
+
+
+@pytest.fixture(scope="session")
+def trained_run(shapes_root, tiny_config, tmp_path_factory) -> TrainedRun:
+    """One tiny training run through the Python API (2 epochs, 8 steps), shared by many tests.
+
+    Tests must not write into it; copy it (shutil.copytree) to change anything.
+    """
+    from vlfuse.train.run import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    config = tiny_config(shapes_root, out)
+    result = train(config, progress=False)
+    return TrainedRun(out, out / "model", config, result)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["COLUMNS"] = "120"
+    return env
+
+
+@pytest.fixture(scope="session")
+def cli_environment() -> dict:
+    """Environment for CLI subprocesses: finds this checkout's vlfuse, one torch thread."""
+    return cli_env()
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """cli(*args, timeout=...) -> CompletedProcess of `python -m vlfuse.cli ARGS` in a fresh process."""
+
+    def run(*args, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vlfuse.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=timeout, env=cli_env(), cwd=cwd or REPO)
+
+    return run
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli_main(capsys, monkeypatch):
+    """cli_main(*args) -> CliResult: `vlfuse.cli.main()` in this process (no second torch import).
+
+    An exception that main() does not turn into a message propagates and fails the test, which is
+    what a traceback in a real process would be.
+    """
+    from vlfuse.cli import main
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["vlfuse", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run

@@ -200,9 +200,6 @@ def _rewrite_metadata(path: Path, value: str) -> None:
     path.write_bytes(struct.pack("<Q", len(new)) + new + data[8 + n:])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG checkpoint_io.load_checkpoint_file: json.loads of the metadata and "
-                                       "_decode run outside the try, so a damaged skeleton raises "
-                                       "JSONDecodeError/KeyError instead of DataError naming the file")
 def test_damaged_metadata_raises_data_error(tmp_path):
     path = tmp_path / "last.ckpt"
     save_checkpoint_file({"w": torch.ones(2), "step": 3}, path)

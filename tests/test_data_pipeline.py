@@ -309,9 +309,6 @@ def test_ranks_partition_the_data_with_equal_lengths(size, world_size):
     assert interleaved[:size] == global_order
 
 
-@pytest.mark.xfail(strict=True, reason="BUG vqa_dataset.EpochSampler.__iter__: padding with order[:pad] adds at "
-                                       "most `size` items, so with world_size > 2*size some ranks get fewer "
-                                       "samples than __len__ (DDP would hang on unequal batch counts)")
 def test_ranks_get_equal_lengths_when_there_are_far_fewer_samples_than_ranks():
     per_rank = [list(EpochSampler(1, seed=0, rank=r, world_size=3)) for r in range(3)]
     assert [len(p) for p in per_rank] == [1, 1, 1]

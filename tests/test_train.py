@@ -451,13 +451,7 @@ def test_resume_completes_with_the_same_step_count(resumed, cli_reference):
     assert (resumed["out"] / "eval.json").is_file()
 
 
-RESUME_BUG = ("BUG train/run.py VQADataModule.train_dataloader: skip uses batch_progress.current.completed, "
-              "but a checkpoint saved in on_train_batch_end records its last batch as processed, not yet "
-              "completed (Lightning counts it done on restore); the resumed epoch repeats one batch and "
-              "never trains the last one. Fix: use batch_progress.current.processed")
 
-
-@pytest.mark.xfail(strict=True, reason=RESUME_BUG)
 def test_resumed_run_trains_every_image_once_per_epoch(resumed):
     root = resumed["root"]
     done = resumed["killed_step"]
@@ -471,7 +465,6 @@ def test_resumed_run_trains_every_image_once_per_epoch(resumed):
             f"epoch {epoch}: {len(seen)} distinct images of {TRAIN_IMAGES}, {len(repeated)} trained twice")
 
 
-@pytest.mark.xfail(strict=True, reason=RESUME_BUG)
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(resumed, cli_reference):
     from safetensors.torch import load_file
 
@@ -491,12 +484,6 @@ def test_resume_without_a_checkpoint_is_refused(shapes_root, write_config, cli_m
     assert not (tmp_path / "fresh" / "model").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG train/run.py train(): the guard only looks for checkpoints/last.ckpt, "
-                                       "which OnExceptionCheckpoint(filename='last').teardown deletes at the end "
-                                       "of every successful fit, so a finished run in out_dir is silently "
-                                       "overwritten. Fix: also refuse when out_dir/run.json or "
-                                       "model/model.safetensors exists (and/or give OnExceptionCheckpoint "
-                                       "another filename)")
 def test_training_into_a_finished_run_without_resume_is_refused(trained_run, write_config, shapes_root, cli_main,
                                                                   tmp_path):
     out = Path(shutil.copytree(trained_run.out_dir, tmp_path / "finished"))
@@ -508,7 +495,7 @@ def test_training_into_a_finished_run_without_resume_is_refused(trained_run, wri
 
 
 def test_finished_run_keeps_no_checkpoint_to_resume(trained_run):
-    """Documents today's behaviour behind the xfail above: a finished run leaves checkpoints/ empty."""
+    """A finished run leaves no last.ckpt behind (OnExceptionCheckpoint removes it), hence the run.json guard."""
     assert not (trained_run.out_dir / "checkpoints" / "last.ckpt").exists()
 
 

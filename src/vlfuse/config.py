@@ -7,6 +7,7 @@ the constructor of the class their name selects, so the schema never goes stale.
 from __future__ import annotations
 
 import dataclasses
+import re
 import difflib
 import types
 import typing
@@ -87,7 +88,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = load_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
@@ -97,10 +98,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return from_dict(Config, raw)
 
 
-def apply_override(raw: dict, item: str) -> None:
-    """`train.lr=3e-4` sets raw["train"]["lr"]; the value is parsed as YAML (numbers, lists, null)."""
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, except that `3e-4` is a float (YAML 1.2) rather than YAML 1.1's string."""
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`train.lr=3e-4` sets raw["train"]["lr"]; the value is parsed as YAML (numbers, lists, null)."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {item!r}")
@@ -110,7 +121,7 @@ def apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: '{part}' is not a section")
-    node[leaf] = yaml.safe_load(value)
+    node[leaf] = load_yaml(value)
 
 
 def to_dict(config: Any) -> dict:
@@ -132,7 +143,8 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
 
 
 def unknown_key_message(full_key: str, key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(str(key), known, n=1)
+    # 'lr_rate' is too far from 'lr' for difflib, so also try the key's first word
+    close = difflib.get_close_matches(str(key), known, n=1) or [k for k in known if k == str(key).split("_")[0]]
     hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
     return f"unknown config key '{full_key}'{hint}"
 
@@ -148,8 +160,10 @@ def check_type(value: Any, hint: Any, key: str) -> Any:
             try:
                 return check_type(value, option, key)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise errors[0] if len(errors) == 1 else ConfigError(f"config key '{key}' has an invalid value {value!r}")
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise ConfigError(f"config key '{key}' has an invalid value {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")

@@ -121,7 +121,9 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         else:
             order = list(range(self.size))
-        order += order[: self.per_rank * self.world_size - self.size]  # equal share for every process
+        # Equal share for every process (DDP hangs on unequal batch counts), even with fewer samples than ranks.
+        while len(order) < self.per_rank * self.world_size:
+            order += order[: self.per_rank * self.world_size - len(order)]
         mine = order[self.rank :: self.world_size]
         start, self.skip = self.skip, 0
         return iter(mine[start:])

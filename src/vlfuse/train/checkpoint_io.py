@@ -79,7 +79,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = None) -> dict:
         raise DataError(f"not a readable safetensors checkpoint ({exc})", path=path) from None
     if _META_KEY not in meta:
         raise DataError("safetensors file has no vlfuse checkpoint metadata", path=path)
-    return _decode(json.loads(meta[_META_KEY]), tensors)
+    try:
+        return _decode(json.loads(meta[_META_KEY]), tensors)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"damaged vlfuse checkpoint metadata ({type(exc).__name__}: {exc})", path=path) from None
 
 
 class SafetensorsCheckpointIO(CheckpointIO):

@@ -50,8 +50,9 @@ class VQADataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         sampler = EpochSampler(len(self.train_set), self.config.seed, True, trainer.global_rank, trainer.world_size)
-        # After a restore, the loop knows how many batches of the interrupted epoch are done: skip them.
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # After a restore, skip the batches of the interrupted epoch that were trained. A checkpoint
+        # written at a batch's end counts that batch as processed but not yet completed.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if 0 < done < math.ceil(len(sampler) / self.config.train.batch_images):
             sampler.skip = done * self.config.train.batch_images
         return self._loader(self.train_set, sampler)
@@ -95,7 +96,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and last.is_file():
+    if not resume and (last.is_file() or (out / "run.json").is_file() or (model_dir / "model.safetensors").is_file()):
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or set out_dir elsewhere")
 
     train_read = read_split(config.data, "train")

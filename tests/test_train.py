@@ -301,8 +301,8 @@ def test_training_skips_bad_images_and_counts_them(copy_shapes, tiny_config, tmp
     assert run["steps"] == math.ceil((TRAIN_IMAGES - 2) / BATCH)
     assert run["train"]["images"] == TRAIN_IMAGES - 2 and run["train"]["questions"] == 4 * (TRAIN_IMAGES - 2)
     skipped = run["train"]["skipped"]
-    # The reader drops each question of the missing image (4); the dataset drops the corrupt image (1).
-    assert skipped["count"] == 5
+    # Counted in questions: the missing image's 4 (from the reader) and the corrupt image's 4 (dataset).
+    assert skipped["count"] == 8
     reasons = "\n".join(skipped["reasons"])
     assert str(damaged["corrupt"]) in reasons and "corrupt or truncated" in reasons
     assert "image not found for image_id 9" in reasons

@@ -75,6 +75,12 @@ def _print_metrics(metrics: dict) -> None:
     for name, m in rows:
         table.add_row(name, f"{100 * m['accuracy']:.2f}", str(m["count"]))
     Console().print(table)
+    if metrics.get("unanswerable"):
+        typer.echo(f"{metrics['unanswerable']} questions have an answer that is not among the model's answers "
+                   "(counted wrong)")
+    if metrics.get("skipped", {}).get("count"):
+        typer.echo(f"skipped {metrics['skipped']['count']} bad samples: " + "; ".join(metrics["skipped"]["reasons"]),
+                   err=True)
 
 
 @app.command("eval")

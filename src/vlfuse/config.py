@@ -46,7 +46,7 @@ class ModelConfig:
     dim: int = 128
     image_encoder: dict = field(default_factory=lambda: {"name": "cnn"})
     text_encoder: dict = field(default_factory=lambda: {"name": "transformer"})
-    fusion: dict = field(default_factory=lambda: {"name": "co_attention"})
+    fusion: dict = field(default_factory=lambda: {"name": "cross_attention"})
     head: dict = field(default_factory=lambda: {"name": "classifier"})
 
 

@@ -39,7 +39,8 @@ def run_demo(out: Path, images: int = 4000, minutes: float = 6.0, seed: int = 0)
     fusion = config.model.fusion["name"]
     info = {
         "data": f"built-in shapes, {images} images x 20 questions (test split: {result.test_metrics['overall']['count']} questions)",
-        "model": f"CNN grid tokens + {config.model.image_encoder.get('layers', 0)} relational layers, "
+        "model": f"{config.model.image_encoder['name']} image encoder "
+                 f"({config.model.image_encoder.get('layers', 0)} transformer layers over its tokens), "
                  f"{config.model.text_encoder['name']} text encoder, {fusion} fusion, dim {config.model.dim}",
         "parameters": f"{run['parameters']:,}",
         "training": f"{run['steps']} steps, {run['epochs_completed']} epochs, {run['wall_seconds']:.0f} s",

@@ -56,7 +56,7 @@ class GroupedVQADataset(Dataset):
             try:
                 images.append(image_to_tensor(load_image(group.image_path), image_size))
             except DataError as exc:
-                skip_log.add(exc)
+                skip_log.add(exc, samples=len(group.samples))  # all of the image's questions are lost
                 continue
             self.groups.append(group)
         self.images = torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)

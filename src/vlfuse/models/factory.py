@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import Config, check_type, unknown_key_message
 from ..encoders.cnn import CNNImageEncoder
+from ..encoders.regions import RegionImageEncoder
 from ..encoders.text import BiGRUTextEncoder, TransformerTextEncoder
 from ..errors import ConfigError
 from ..fusion.concat import ConcatFusion
@@ -18,7 +19,7 @@ from ..fusion.similarity import SimilarityAttentionFusion
 from ..heads.classifier import ClassifierHead
 from .vlm import VisionLanguageModel
 
-IMAGE_ENCODERS: dict[str, type[nn.Module]] = {"cnn": CNNImageEncoder}
+IMAGE_ENCODERS: dict[str, type[nn.Module]] = {"cnn": CNNImageEncoder, "regions": RegionImageEncoder}
 TEXT_ENCODERS: dict[str, type[nn.Module]] = {"transformer": TransformerTextEncoder, "bigru": BiGRUTextEncoder}
 FUSIONS: dict[str, type[nn.Module]] = {
     "concat": ConcatFusion,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import sys
 import time
 import warnings
 from functools import partial
@@ -24,6 +26,16 @@ from ..models.factory import build_model
 from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
 from .checkpoint_io import SafetensorsCheckpointIO
 from .module import VQAModule
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's tips about its cloud services: noise in an offline tool's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 @dataclass
@@ -109,6 +121,9 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         raise ConfigError("no usable training samples: " + train_read.skipped.summary())
     val_set = (GroupedVQADataset(val_read.samples, *data_args, val_read.skipped, progress, "Loading val images")
                if val_read else None)
+    for name, read in (("train", train_read), ("val", val_read)):
+        if read is not None and read.skipped.count:
+            print(f"warning: {name}: {read.skipped.summary()}", file=sys.stderr)
 
     model = build_model(config, tokenizer.get_vocab_size(), len(answers))
     world = config.train.devices if "ddp" in config.train.strategy else 1
@@ -144,6 +159,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         # Our loader resumes mid-epoch through EpochSampler.skip, which Lightning cannot see.
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         # OnExceptionCheckpoint makes Lightning look for a "last" checkpoint even on a fresh run;
         # fresh runs are guarded above, so its notes about that are noise.
         warnings.filterwarnings("ignore", message=r".*\(ckpt_path=None\)` was called without a model.*")

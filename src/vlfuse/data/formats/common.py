@@ -28,17 +28,14 @@ class SkipLog:
                               f"got {on_bad_sample!r}")
         self.on_bad_sample = on_bad_sample
         self.skipped: list[DataError] = []
+        self.count = 0  # bad samples skipped (one error may cost several, e.g. a corrupt image's questions)
 
-    @property
-    def count(self) -> int:
-        """How many bad samples were skipped."""
-        return len(self.skipped)
-
-    def add(self, error: DataError) -> None:
-        """Report one bad sample: raised under "error", recorded under "skip"."""
+    def add(self, error: DataError, samples: int = 1) -> None:
+        """Report a bad sample (or `samples` of them): raised under "error", recorded under "skip"."""
         if self.on_bad_sample == "error":
             raise error
         self.skipped.append(error)
+        self.count += samples
 
     def summary(self, max_reasons: int = 5) -> str:
         """One human-readable paragraph: the count and the first few reasons."""
@@ -47,8 +44,8 @@ class SkipLog:
         noun = "sample" if self.count == 1 else "samples"
         lines = [f"skipped {self.count} bad {noun}:"]
         lines += [f"  - {error}" for error in self.skipped[:max_reasons]]
-        if self.count > max_reasons:
-            lines.append(f"  ... and {self.count - max_reasons} more")
+        if len(self.skipped) > max_reasons:
+            lines.append(f"  ... and {len(self.skipped) - max_reasons} more")
         return "\n".join(lines)
 
     def as_dict(self, max_reasons: int = 5) -> dict[str, Any]:

@@ -28,6 +28,8 @@ import torch
 import vlfuse
 from vlfuse.data.shapes import FAMILIES, FAMILY_GROUP
 
+REPO = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO / "configs" / "vqa_shapes.yaml"
 TRAIN_IMAGES, BATCH, EPOCHS = 14, 4, 2
 STEPS_PER_EPOCH = math.ceil(TRAIN_IMAGES / BATCH)
 
@@ -515,3 +517,21 @@ def test_ddp_two_processes_on_cpu(cli, shapes_root, write_config, tmp_path):
     prediction = vlfuse.load(tmp_path / "run" / "model").predict(image, question)
     assert prediction.answer in read_json(tmp_path / "run" / "model" / "answers.json")
     assert read_json(tmp_path / "run" / "eval.json")["overall"]["count"] == 4
+
+
+@pytest.mark.parametrize("config_path", [BASE_CONFIG, REPO / "src" / "vlfuse" / "configs" / "demo.yaml"],
+                         ids=["benchmark", "demo"])
+def test_shipped_configs_train_and_reload_exactly(config_path, shapes_root, tmp_path):
+    """The configs we publish (region encoder, cross-attention) go through the whole pipeline."""
+    from vlfuse.config import load_config
+    from vlfuse.models.saved import load_model_dir
+    from vlfuse.train.run import train
+
+    config = load_config(config_path, [f"data.root={shapes_root}", f"out_dir={tmp_path / 'run'}", "data.image_size=32",
+                                       "train.epochs=1", "train.batch_images=8", "train.progress_bar=false",
+                                       "train.accelerator=cpu", "model.dim=32", "train.max_minutes=null"])
+    result = train(config, progress=False)
+    assert result.test_metrics["overall"]["count"] > 0
+    saved = load_model_dir(result.model_dir)
+    assert saved.config.model.image_encoder["name"] == "regions"
+    assert torch.equal(_logits(saved, shapes_root), _logits(load_model_dir(result.model_dir), shapes_root))

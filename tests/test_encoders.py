@@ -13,15 +13,6 @@ ATOL = 1e-5
 VOCAB = 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids oversubscribing a busy machine (3x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- image encoder
 
 @pytest.mark.parametrize("coord", [True, False])

@@ -21,15 +21,6 @@ NAMES = sorted(FUSIONS)
 SMALL = {"hidden": 32, "heads": 2, "layers": 2, "mlp_ratio": 2.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids oversubscribing a busy machine (3x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _small_kwargs(cls) -> dict:
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in SMALL.items() if k in params}

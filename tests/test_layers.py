@@ -11,15 +11,6 @@ from vlfuse.layers.transformer import CrossAttentionBlock, TransformerBlock
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids oversubscribing a busy machine (3x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _key_mask(b: int, nk: int, seed: int = 0) -> torch.Tensor:
     """Right-padded key mask with at least one real key per row and at least one padded key somewhere."""
     g = torch.Generator().manual_seed(seed)

@@ -9,10 +9,8 @@ real process to check what a person sees there.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import signal

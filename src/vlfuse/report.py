@@ -359,7 +359,7 @@ def _draw_caption(ax, example: dict) -> None:
                     ha="left", va="bottom", fontsize=9, color=_BLACK)
 
 
-def _answer_texts(example: dict, budget: int = 12) -> tuple[str, str | None]:
+def _answer_texts(example: dict, budget: int = 16) -> tuple[str, str | None]:
     """Prediction and truth shortened to share one caption line (short answers stay whole)."""
     pred = str(example.get("prediction", ""))
     if example.get("truth") is None:

@@ -490,7 +490,7 @@ def test_training_into_a_finished_run_without_resume_is_refused(trained_run, wri
     before = (out / "model" / "model.safetensors").read_bytes()
     config = write_config(tmp_path / "tiny.yaml", shapes_root, out, "train.epochs=1")
     result = cli_main("train", config)
-    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert result.returncode == 2 and "already holds a finished run" in result.stderr
     assert (out / "model" / "model.safetensors").read_bytes() == before
 
 

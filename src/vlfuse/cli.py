@@ -128,7 +128,7 @@ def demo(
     images: int = typer.Option(4000, help="Images in the generated dataset."),
     minutes: float = typer.Option(6.0, help="Training time budget in minutes."),
 ) -> None:
-    """Generate data, train the default model, evaluate it and write report.md (about 10 minutes)."""
+    """Generate data, train the default model, evaluate it and write report.md (about 6 minutes on 2 cores)."""
     from .demo import run_demo
 
     report = run_demo(out, images=images, minutes=minutes)

@@ -7,8 +7,8 @@ the constructor of the class their name selects, so the schema never goes stale.
 from __future__ import annotations
 
 import dataclasses
-import re
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field

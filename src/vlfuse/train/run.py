@@ -108,8 +108,10 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and (last.is_file() or (out / "run.json").is_file() or (model_dir / "model.safetensors").is_file()):
+    if not resume and last.is_file():
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or set out_dir elsewhere")
+    if not resume and ((out / "run.json").is_file() or (model_dir / "model.safetensors").is_file()):
+        raise ConfigError(f"{out} already holds a finished run: set out_dir elsewhere, or delete it to train again")
 
     train_read = read_split(config.data, "train")
     val_read = read_split(config.data, "val") if config.data.val else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -98,16 +99,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return from_dict(Config, raw)
 
 
-def load_yaml(text: str) -> Any:
-    """yaml.safe_load, except that `3e-4` is a float (YAML 1.2) rather than YAML 1.1's string."""
-    import yaml
+@functools.cache
+def _yaml_loader() -> type:
+    import yaml  # imported on first use: importing vlfuse stays light
 
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                                  list("-+0123456789"))
-    return yaml.load(text, Loader=Loader)
+    return Loader
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, except that `3e-4` is a float (YAML 1.2) rather than YAML 1.1's string."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
 
 
 def apply_override(raw: dict, item: str) -> None:

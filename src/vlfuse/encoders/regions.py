@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.transformer import TransformerBlock
-from ..types import Features
+from ..types import Features, masked_mean
 
 
 @dataclass
@@ -134,7 +134,7 @@ class RegionImageEncoder(nn.Module):
         # geometry: box corners, centre, size, area and pixel centroid (box embeddings of UNITER / LXMERT),
         # plus sines of the centroid at several frequencies (as DETR encodes positions) so that
         # position varies the token as much as colour and shape do from the first step
-        self.frequencies = 2.0 ** torch.arange(6) * torch.pi
+        self.register_buffer("frequencies", 2.0 ** torch.arange(6) * torch.pi, persistent=False)
         self.geometry = nn.Sequential(nn.Linear(11 + 4 * len(self.frequencies), dim), nn.GELU(), nn.Linear(dim, dim))
         self.color = nn.Linear(3, dim)
         # each part normalised before the sum (as UNITER does for region and box), so none drowns another
@@ -149,7 +149,7 @@ class RegionImageEncoder(nn.Module):
         appearance = self.crop_cnn((crops.flatten(0, 1) - 0.5) / 0.25).view(b, k, -1)
         box = regions.boxes
         centre, extent = (box[..., :2] + box[..., 2:]) / 2, box[..., 2:] - box[..., :2]
-        angles = (regions.centroids[..., None] * self.frequencies.to(images)).flatten(-2)
+        angles = (regions.centroids[..., None] * self.frequencies).flatten(-2)
         geometry = torch.cat([torch.cat([box, centre, extent, regions.areas[..., None], regions.centroids], -1) * 2 - 1,
                               angles.sin(), angles.cos()], -1)
         parts = (appearance, self.geometry(geometry), self.color(regions.colors * 2 - 1))
@@ -158,5 +158,4 @@ class RegionImageEncoder(nn.Module):
             tokens, _ = block(tokens, regions.mask)
         tokens = self.norm(tokens)
         tokens = tokens * regions.mask[..., None]
-        pooled = tokens.sum(1) / regions.mask.sum(1, keepdim=True).clamp_min(1)
-        return Features(tokens, regions.mask, pooled)
+        return Features(tokens, regions.mask, masked_mean(tokens, regions.mask))

@@ -7,7 +7,7 @@ import torch
 
 from vlfuse.encoders.cnn import CNNImageEncoder
 from vlfuse.encoders.text import BiGRUTextEncoder, TransformerTextEncoder
-from vlfuse.types import Features
+from vlfuse.types import Features, grid_boxes
 
 ATOL = 1e-5
 VOCAB = 30
@@ -128,7 +128,10 @@ def test_text_encoder_gradients_reach_embeddings(name):
     enc = TEXT_ENCODERS[name]()
     ids, mask = _batch(6)
     out = enc(ids, mask)
-    (out.pooled.sum() + out.tokens[mask].sum()).backward()
+    # random weights: plain sums of LayerNorm outputs are constant, so their gradients are mere rounding
+    g = torch.Generator().manual_seed(1)
+    loss = (out.pooled * torch.randn(out.pooled.shape, generator=g)).sum()
+    (loss + (out.tokens[mask] * torch.randn(out.tokens[mask].shape, generator=g)).sum()).backward()
     grad = enc.embed.weight.grad
     assert grad is not None
     used = ids[mask].unique()
@@ -163,3 +166,12 @@ def test_bigru_pooled_is_top_layer_final_states(layers):
         out, _ = enc.gru(enc.embed(ids[i:i + 1, :n]))  # unpadded: no packing needed
         final = torch.cat([out[0, n - 1, :16], out[0, 0, 16:]], -1)
         torch.testing.assert_close(pooled[i], enc.pooled_proj(final), atol=ATOL, rtol=0)
+
+
+def test_image_encoders_report_where_their_tokens_lie():
+    boxes = grid_boxes(2, 2, batch=3)
+    assert boxes.shape == (3, 4, 4)
+    assert boxes[0].tolist() == [[0, 0, 0.5, 0.5], [0.5, 0, 1, 0.5], [0, 0.5, 0.5, 1], [0.5, 0.5, 1, 1]]
+    out = CNNImageEncoder(dim=8, channels=[4, 4], image_size=16)(torch.rand(2, 3, 16, 16))
+    assert out.boxes.shape == (2, 16, 4) and torch.all(out.boxes[..., 2:] > out.boxes[..., :2])
+    assert out.index_select(torch.tensor([1, 1, 0])).boxes.shape == (3, 16, 4)

@@ -84,7 +84,8 @@ def test_region_encoder_contract_masks_padding_and_gets_gradients():
     assert out.tokens.shape == (2, 5, 16) and out.pooled.shape == (2, 16)
     assert out.mask.tolist() == [[True, True, False, False, False], [True, False, False, False, False]]
     assert torch.all(out.tokens[~out.mask] == 0)
-    out.pooled.sum().backward()
+    # a random projection: the plain sum of LayerNorm outputs is constant, so its gradient is zero
+    (out.pooled * torch.randn_like(out.pooled)).sum().backward()
     assert encoder.crop_cnn[0].weight.grad.abs().sum() > 0
     assert encoder.geometry[0].weight.grad.abs().sum() > 0
 
@@ -97,3 +98,22 @@ def test_region_tokens_depend_on_position():
     encoder = RegionImageEncoder(dim=16, crop_size=8, channels=[4]).eval()
     a, b = encoder(torch.stack([image, moved])).tokens[:, 0]
     assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_geometry_bias_starts_neutral_and_learns_from_relative_position():
+    torch.manual_seed(0)
+    image = _canvas()
+    image[:, 2:6, 3:7] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    image[:, 20:26, 10:16] = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1)
+    image[:, 25:30, 25:30] = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1)
+    plain = RegionImageEncoder(dim=16, max_regions=5, crop_size=8, channels=[4], layers=1, heads=2)
+    torch.manual_seed(0)
+    biased = RegionImageEncoder(dim=16, max_regions=5, crop_size=8, channels=[4], layers=1, heads=2,
+                                geometry_bias=True)
+    images = torch.stack([image, _canvas()])
+    bias = biased._pair_bias(find_regions(images, 5).centroids)
+    assert bias.shape == (2, 2, 5, 5) and torch.all(bias == 0)  # zero-initialised output layer
+    out = biased(images)
+    assert torch.allclose(out.tokens, plain(images).tokens, atol=1e-6)
+    (out.pooled * torch.randn_like(out.pooled)).sum().backward()
+    assert biased.pair_bias[-1].weight.grad.abs().sum() > 0

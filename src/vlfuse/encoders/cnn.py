@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..layers.transformer import TransformerBlock
-from ..types import Features
+from ..types import Features, grid_boxes
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -58,4 +58,4 @@ class CNNImageEncoder(nn.Module):
             tokens, _ = block(tokens)
         tokens = self.norm(tokens)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return Features(tokens, mask, tokens.mean(1))
+        return Features(tokens, mask, tokens.mean(1), grid_boxes(self.grid, self.grid, len(tokens), tokens.device))

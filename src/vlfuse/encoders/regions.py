@@ -115,14 +115,19 @@ class RegionImageEncoder(nn.Module):
     """Tokens for up to `max_regions` objects: CNN(crop) + Linear(box geometry) + Linear(mean colour).
 
     `layers` transformer blocks over the regions then let each object see the others (which is
-    nearest, which shares its shape) once per image, however many questions it has.
+    nearest, which shares its shape) once per image, however many questions it has. With
+    `geometry_bias`, each head adds a learned function of the pair's relative position to its
+    attention scores (relation-aware geometric attention: Hu et al., CVPR 2018; Herdade et al.,
+    NeurIPS 2019), so "which object is nearest" is one attention step rather than a computation
+    the layers must rediscover from absolute positions.
 
     Input: images [B, 3, H, W] in [0, 1]. Output: Features [B, max_regions, dim] with mask True on
     real regions (an image may hold fewer); pooled is the mean of the real tokens.
     """
 
     def __init__(self, dim: int = 128, max_regions: int = 10, crop_size: int = 16, channels: list[int] = (32, 64),
-                 threshold: float = 0.25, min_area: int = 4, layers: int = 0, heads: int = 4):
+                 threshold: float = 0.25, min_area: int = 4, layers: int = 0, heads: int = 4,
+                 geometry_bias: bool = False):
         super().__init__()
         self.max_regions, self.crop_size, self.threshold, self.min_area = max_regions, crop_size, threshold, min_area
         convs, cin = [], 3
@@ -141,6 +146,14 @@ class RegionImageEncoder(nn.Module):
         self.part_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
+        self.heads = heads
+        self.pair_bias = None
+        if geometry_bias:
+            # (dx, dy, distance, same object) -> one score per head; zero output at the start, so the
+            # blocks begin as plain attention and learn how much geometry to use
+            self.pair_bias = nn.Sequential(nn.Linear(4, 64), nn.GELU(), nn.Linear(64, heads))
+            nn.init.zeros_(self.pair_bias[-1].weight)
+            nn.init.zeros_(self.pair_bias[-1].bias)
 
     def forward(self, images: torch.Tensor) -> Features:
         regions = find_regions(images, self.max_regions, self.threshold, self.min_area)
@@ -154,8 +167,18 @@ class RegionImageEncoder(nn.Module):
                               angles.sin(), angles.cos()], -1)
         parts = (appearance, self.geometry(geometry), self.color(regions.colors * 2 - 1))
         tokens = sum(norm(part) for norm, part in zip(self.part_norms, parts))
+        bias = self._pair_bias(regions.centroids) if self.pair_bias is not None else None
         for block in self.blocks:
-            tokens, _ = block(tokens, regions.mask)
+            tokens, _ = block(tokens, regions.mask, bias=bias)
         tokens = self.norm(tokens)
         tokens = tokens * regions.mask[..., None]
-        return Features(tokens, regions.mask, masked_mean(tokens, regions.mask))
+        return Features(tokens, regions.mask, masked_mean(tokens, regions.mask), regions.boxes)
+
+    def _pair_bias(self, centroids: torch.Tensor) -> torch.Tensor:
+        """Attention bias [B, heads, K, K] from each pair's offset (scaled so that neighbouring
+        distances differ by about one unit)."""
+        offset = (centroids[:, None, :, :] - centroids[:, :, None, :]) * 8
+        distance = offset.norm(dim=-1, keepdim=True)
+        same = torch.eye(centroids.shape[1], device=centroids.device, dtype=centroids.dtype)
+        pairs = torch.cat([offset, distance, same.expand(centroids.shape[0], -1, -1)[..., None]], -1)
+        return self.pair_bias(pairs).permute(0, 3, 1, 2)

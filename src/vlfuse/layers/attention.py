@@ -15,18 +15,19 @@ from torch import nn
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  key_mask: torch.Tensor | None = None, need_weights: bool = False,
-                                 dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """softmax(q k^T / sqrt(d)) v over [..., Nq, D] x [..., Nk, D].
+                                 dropout_p: float = 0.0, bias: torch.Tensor | None = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T / sqrt(d) + bias) v over [..., Nq, D] x [..., Nk, D].
 
     key_mask: [B, Nk] bool, True for real keys; padded keys get zero weight.
+    bias: optional additive scores broadcastable to [..., Nq, Nk] (e.g. a spatial prior).
     Returns (output [..., Nq, D], weights [..., Nq, Nk] or None).
     """
-    bias = None
     if key_mask is not None:
         # Broadcast [B, Nk] over heads and queries: [B, 1, 1, Nk] for 4-d inputs, [B, 1, Nk] for 3-d.
         shape = (key_mask.shape[0],) + (1,) * (q.dim() - 2) + (key_mask.shape[-1],)
-        bias = torch.zeros(shape, dtype=q.dtype, device=q.device)
-        bias = bias.masked_fill(~key_mask.view(shape), float("-inf"))
+        padding = torch.zeros(shape, dtype=q.dtype, device=q.device).masked_fill(~key_mask.view(shape), float("-inf"))
+        bias = padding if bias is None else bias + padding
     if not need_weights:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p), None
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
@@ -44,7 +45,8 @@ class MultiHeadAttention(nn.Module):
 
     With `kv_index` [B], key and value hold fewer rows ([B_kv, Nk, D]) and query row i reads
     key/value row kv_index[i]: the projections run once per distinct row (e.g. once per image
-    for all of its questions) instead of once per query row.
+    for all of its questions) instead of once per query row. `bias` [B, heads, Nq, Nk] is added
+    to the scores.
     """
 
     def __init__(self, dim: int, heads: int = 4, dropout: float = 0.0):
@@ -60,12 +62,12 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_mask: torch.Tensor | None = None, need_weights: bool = False,
-                kv_index: torch.Tensor | None = None):
+                kv_index: torch.Tensor | None = None, bias: torch.Tensor | None = None):
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
         if kv_index is not None:
             k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
             key_mask = None if key_mask is None else key_mask.index_select(0, kv_index)
         out, weights = scaled_dot_product_attention(q, k, v, key_mask, need_weights,
-                                                    self.dropout if self.training else 0.0)
+                                                    self.dropout if self.training else 0.0, bias)
         out = out.transpose(1, 2).reshape(query.shape)
         return self.out_proj(out), weights

@@ -16,7 +16,9 @@ class FeedForward(nn.Sequential):
 
 
 class TransformerBlock(nn.Module):
-    """x + SelfAttn(LN(x)), then x + FFN(LN(x)). Returns (x, attention weights or None)."""
+    """x + SelfAttn(LN(x)), then x + FFN(LN(x)). Returns (x, attention weights or None).
+
+    `bias` [B, heads, N, N] is added to the attention scores (see MultiHeadAttention)."""
 
     def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
@@ -24,9 +26,10 @@ class TransformerBlock(nn.Module):
         self.attn = MultiHeadAttention(dim, heads, dropout)
         self.ffn = FeedForward(dim, mlp_ratio, dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False,
+                bias: torch.Tensor | None = None):
         h = self.norm1(x)
-        attended, weights = self.attn(h, h, h, mask, need_weights)
+        attended, weights = self.attn(h, h, h, mask, need_weights, bias=bias)
         x = x + attended
         return x + self.ffn(self.norm2(x)), weights
 

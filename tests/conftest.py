@@ -127,6 +127,35 @@ def trained_run(shapes_root, tiny_config, tmp_path_factory) -> TrainedRun:
     return TrainedRun(out, out / "model", config, result)
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A tiny randomly initialised BERT as a local model folder (hidden 16, 2 layers, vocab 32, no
+    tokenizer): how pretrained-model code is tested without weights or a network."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    config = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    with torch.random.fork_rng():  # leave the tests' own random stream alone
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every way out to the network fails, as on an offline machine: pretrained parts must not need it."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unavailable (test)")
+
+    for owner, name in [(socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "create_connection"),
+                        (socket, "getaddrinfo")]:
+        monkeypatch.setattr(owner, name, refuse)
+
+
 # --------------------------------------------------------------------------- the CLI
 
 def cli_env() -> dict:

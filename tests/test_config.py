@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -241,6 +243,11 @@ def test_unknown_component_kwarg_named():
     assert "model.fusion.layrs" in msg and "layers" in msg
 
 
+def test_missing_required_component_key_named():
+    msg = _build_error("model.image_encoder={name: hf_vision}")
+    assert "'model.image_encoder.path' is required" in msg
+
+
 def test_wrong_component_kwarg_type_named():
     msg = _build_error("model.fusion={name: cross_attention, layers: two}")
     assert "model.fusion.layers" in msg
@@ -259,3 +266,39 @@ def test_wrong_component_kwarg_type_named():
 def test_injected_arguments_are_rejected_as_unknown(override, key):
     msg = _build_error(override)
     assert key in msg and "unknown" in msg
+
+
+def test_base_config_merges_sections_and_replaces_components(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(
+        "seed: 3\ntrain: {epochs: 7, lr: 0.002}\n"
+        "model: {dim: 64, fusion: {name: cross_attention, layers: 3, heads: 2}}\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("base: ../base.yaml\ntrain: {epochs: 2}\nmodel: {fusion: {name: concat}}\n")
+    config = load_config(child, ["train.lr=0.01"])
+    assert (config.seed, config.train.epochs, config.train.lr, config.model.dim) == (3, 2, 0.01, 64)
+    assert config.model.fusion == {"name": "concat"}  # not mixed with cross_attention's layers/heads
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: missing.yaml\n", "config file not found"),
+    ("base: [a]\n", "'base' must be a path"),
+    ("base: loop.yaml\n", "loops back"),
+])
+def test_bad_base_config_is_named(tmp_path, text, message):
+    path = tmp_path / "loop.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+FUSION_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fusions"
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_every_fusion_has_a_ready_benchmark_config(name):
+    config = load_config(FUSION_CONFIGS / f"{name}.yaml")
+    assert config.model.fusion["name"] == name
+    assert config.data.root == "data/shapes" and config.out_dir == f"runs/fusions/{name}"
+    model = build_model(config, vocab_size=50, num_answers=20)
+    assert model.fusion.__class__ is FUSIONS[name]

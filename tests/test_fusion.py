@@ -19,6 +19,15 @@ DIM = 16
 NAMES = sorted(FUSIONS)
 # Small values for whichever of these a fusion's constructor takes.
 SMALL = {"hidden": 32, "heads": 2, "layers": 2, "mlp_ratio": 2.0}
+# Fusions with no attention at all: need_weights has nothing to return.
+ATTENTION_FREE = {"concat", "sum", "product", "outer_product", "bilinear"}
+
+
+@pytest.fixture(autouse=True)
+def _pretrained_path(tiny_bert_dir, monkeypatch):
+    """Fusions that run a pretrained transformer (they take a `path`: MMBT) get a tiny random BERT
+    whose width is DIM, so the random text features stand for its input embeddings."""
+    monkeypatch.setitem(SMALL, "path", str(tiny_bert_dir))
 
 
 def _small_kwargs(cls) -> dict:
@@ -125,11 +134,21 @@ def test_deterministic_given_seed(name):
     assert not torch.allclose(a, c)
 
 
+def _axis_mask(n: int, image: Features, text: Features) -> torch.Tensor:
+    """The mask [B, n] of an attention axis of length n: one stream, or a joint sequence in the
+    order [text, image] (graph nodes) or [CLS, text, image] (single stream)."""
+    nt, nv = text.mask.shape[1], image.mask.shape[1]
+    layouts = {nv: image.mask, nt: text.mask, nt + nv: torch.cat([text.mask, image.mask], 1),
+               1 + nt + nv: torch.cat([torch.ones_like(text.mask[:, :1]), text.mask, image.mask], 1),
+               2 + nv + nt: torch.cat([torch.ones_like(text.mask[:, :1]), image.mask,  # MMBT: [CLS] image [SEP] text
+                                       torch.ones_like(text.mask[:, :1]), text.mask], 1)}
+    assert n in layouts, f"an attention axis of length {n} matches no stream nor joint sequence"
+    return layouts[n]
+
+
 def _key_mask_for(w: torch.Tensor, image: Features, text: Features) -> torch.Tensor:
-    nk = w.shape[-1]
-    assert nk in (image.mask.shape[1], text.mask.shape[1])
-    mask = image.mask if nk == image.mask.shape[1] else text.mask
-    return mask.view(mask.shape[0], *([1] * (w.dim() - 2)), nk).expand_as(w)
+    mask = _axis_mask(w.shape[-1], image, text)
+    return mask.view(mask.shape[0], *([1] * (w.dim() - 2)), w.shape[-1]).expand_as(w)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -141,16 +160,26 @@ def test_attentions_only_when_asked(name):
     assert fusion(image, text, need_weights=False).attentions == {}
     weighted = fusion(image, text, need_weights=True)
     torch.testing.assert_close(weighted.pooled, plain.pooled, atol=ATOL, rtol=0)
-    if name == "concat":
+    if name in ATTENTION_FREE:
         return  # no attention, nothing to return
     assert weighted.attentions, f"{name} returned no attention weights with need_weights=True"
     for key, w in weighted.attentions.items():
         assert isinstance(w, torch.Tensor), key
         assert w.shape[0] == 3, key
+        if key == "modality_weights":  # [B, 2]: one weight per modality (image, text); no axis is padded
+            assert w.shape == (3, 2) and torch.all(w >= 0), key
+            torch.testing.assert_close(w.sum(-1), torch.ones(3), atol=ATOL, rtol=0)
+            continue
         kmask = _key_mask_for(w, image, text)
         assert torch.all(w[~kmask] == 0), f"{key}: padded keys got weight"
         assert torch.all(w >= 0), key
-        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), atol=ATOL, rtol=0,
+        if key.endswith("adjacency"):  # a graph's edges (0/1), not a distribution
+            assert set(w.unique().tolist()) <= {0.0, 1.0}, key
+            continue
+        # each real query's row is a distribution (a padded graph node reads nothing: its row is 0)
+        qmask = _axis_mask(w.shape[-2], image, text)
+        real = qmask.view(qmask.shape[0], *([1] * (w.dim() - 3)), w.shape[-2]).expand(w.shape[:-1])
+        torch.testing.assert_close(w.sum(-1)[real], torch.ones(int(real.sum())), atol=ATOL, rtol=0,
                                    msg=lambda m: f"{key}: {m}")
 
 
@@ -176,12 +205,15 @@ def test_image_index_equals_expanded_features(name, need_weights):
 
 def _model_config(name: str):
     fusion = ", ".join(f"{k}: {v}" for k, v in _small_kwargs(FUSIONS[name]).items())
+    text = "{name: transformer, layers: 1, heads: 2}"
+    if getattr(FUSIONS[name], "reads_text_embeddings", False):  # MMBT: the text stops at its embeddings
+        text = f"{{name: pretrained, path: {SMALL['path']}, embeddings_only: true}}"
     return load_config(None, [
         "model.dim=16",
         "data.image_size=16",
         "data.max_question_length=8",
         "model.image_encoder={name: cnn, channels: [4, 8], layers: 1, heads: 2}",
-        "model.text_encoder={name: transformer, layers: 1, heads: 2}",
+        f"model.text_encoder={text}",
         f"model.fusion={{name: {name}{', ' + fusion if fusion else ''}}}",
         "model.head={name: classifier, hidden: 16}",
     ])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from vlfuse.layers.attention import MultiHeadAttention, scaled_dot_product_attention
+from vlfuse.layers.attention import AdditiveAttention, MultiHeadAttention, scaled_dot_product_attention
 from vlfuse.layers.transformer import CrossAttentionBlock, TransformerBlock
 
 ATOL = 1e-5
@@ -178,4 +180,57 @@ def test_cross_attention_block_shapes_weights_gradients_and_context_index():
     assert x.grad.abs().sum() > 0 and ctx.grad.abs().sum() > 0
     assert torch.all(ctx.grad[1, 4:] == 0), "padded context tokens must get no gradient"
     for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ---------------------------------------------------------------- additive attention
+
+@pytest.mark.parametrize("query_rows", [None, 3], ids=["2d-query", "3d-query"])
+def test_additive_attention_masks_normalises_and_ignores_padded_keys(query_rows):
+    torch.manual_seed(5)
+    att = AdditiveAttention(8, key_dim=6, hidden=5).eval()
+    query = torch.randn(2, 8) if query_rows is None else torch.randn(2, query_rows, 8)
+    key, value = torch.randn(2, 4, 6), torch.randn(2, 4, 7)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    out, weights = att(query, key, value, mask, need_weights=True)
+    rows = () if query_rows is None else (query_rows,)
+    assert out.shape == (2, *rows, 7) and weights.shape == (2, *rows, 4)
+    assert torch.all(weights[0, ..., 2:] == 0), "padded keys must get exactly zero weight"
+    assert torch.all(weights[0, ..., :2] > 0) and torch.all(weights[1] > 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), atol=ATOL, rtol=0)
+    fast, none = att(query, key, value, mask)
+    assert none is None
+    torch.testing.assert_close(out, fast, atol=0, rtol=0)
+    # Padded keys and values may hold anything.
+    key2, value2 = key.clone(), value.clone()
+    key2[0, 2:], value2[0, 2:] = 100.0, -100.0
+    torch.testing.assert_close(att(query, key2, value2, mask)[0], out, atol=ATOL, rtol=0)
+
+
+def test_additive_attention_matches_hand_computation():
+    """W_q = W_k = I, no bias, v = (1, 1): score(q, k) = tanh(q1 + k1) + tanh(q2 + k2)."""
+    att = AdditiveAttention(2, hidden=2)
+    with torch.no_grad():
+        att.q_proj.weight.copy_(torch.eye(2))
+        att.k_proj.weight.copy_(torch.eye(2))
+        att.k_proj.bias.zero_()
+        att.v.weight.fill_(1.0)
+    query = torch.tensor([[1.0, 0.0]])
+    key = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]]])
+    value = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True, False]])
+    out, weights = att(query, key, value, mask, need_weights=True)
+    s1, s2 = math.tanh(1.0), math.tanh(2.0) + math.tanh(1.0)
+    w1 = math.exp(s1) / (math.exp(s1) + math.exp(s2))
+    torch.testing.assert_close(weights, torch.tensor([[w1, 1 - w1, 0.0]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, torch.tensor([[w1, 1 - w1]]), atol=1e-6, rtol=0)
+
+
+def test_additive_attention_gradients_reach_every_parameter():
+    torch.manual_seed(6)
+    att = AdditiveAttention(4, hidden=3)
+    query, key = torch.randn(2, 2, 4), torch.randn(2, 5, 4)
+    out, _ = att(query, key, key, torch.tensor([[True] * 5, [True, True, True, False, False]]))
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in att.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -123,6 +123,27 @@ def predict(
 
 
 @app.command()
+def compare(
+    config: Path,
+    fusions: Optional[str] = typer.Option(None, help="Comma-separated fusion names (default: all of them)."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Training time cap per run, in minutes."),
+    seeds: int = typer.Option(1, help="Seeds per fusion (config seed, +1, ...); spread is reported."),
+    out: Path = typer.Option(Path("runs/compare"), help="Folder for the runs and the leaderboard."),
+    set_: SetOption = None,
+) -> None:
+    """Train each fusion on the same data, encoders, budget and seeds; write a leaderboard (md, json, png)."""
+    from .compare import compare as run_compare
+    from .config import load_config
+    from .models.factory import FUSIONS
+
+    names = [f.strip() for f in fusions.split(",") if f.strip()] if fusions else list(FUSIONS)
+    command = "vlfuse " + " ".join(sys.argv[1:])
+    md = run_compare(load_config(config, set_ or []), names, out, budget_minutes, seeds, command)
+    typer.echo(md.read_text(encoding="utf-8").split("## Per question family")[0].rstrip())
+    typer.echo(f"Leaderboard: {md}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("vlfuse-demo"), help="Folder for data, model and report."),
     images: int = typer.Option(4000, help="Images in the generated dataset."),

@@ -32,3 +32,11 @@ class DataError(VLFuseError, ValueError):
 
 class ImageError(DataError):
     """An image file is missing, unreadable, corrupt, too large or of an unsupported kind."""
+
+
+class WeightsError(VLFuseError, ValueError):
+    """Pretrained weights are missing, unreadable or incomplete; the message names the path to pass."""
+
+
+class MissingDependencyError(VLFuseError, ImportError):
+    """An optional package is not installed; the message says what to `pip install`."""

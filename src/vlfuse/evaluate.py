@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import torch
@@ -69,8 +70,12 @@ def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: Skip
     cfg = saved.config.data
     dataset = GroupedVQADataset(samples, saved.tokenizer, saved.answers, cfg.image_size, cfg.max_question_length,
                                 skip_log, progress=progress)
+    start = time.perf_counter()
     records = predict_dataset(saved, dataset, batch_images, progress=progress)
+    seconds = time.perf_counter() - start
     metrics = accuracy_table(records)
+    # model time only (images are decoded before the clock starts), batched as in evaluation
+    metrics["ms_per_question"] = 1000 * seconds / max(len(records), 1)
     metrics["unanswerable"] = dataset.unanswerable  # truth not among the model's answers: always wrong
     metrics["skipped"] = skip_log.as_dict()
     return metrics, records

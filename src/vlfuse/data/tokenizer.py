@@ -1,4 +1,5 @@
-"""Word-level tokenizer built from the training questions (Hugging Face `tokenizers`).
+"""Tokenizers (Hugging Face `tokenizers`): a word-level one built from the training questions, or
+the tokenizer.json a pretrained text encoder brings (see models.factory.text_tokenizer_file).
 
 BERT's normaliser and pre-tokeniser split punctuation and put every CJK character in a token of
 its own, so the same tokenizer serves English and Chinese questions.
@@ -26,15 +27,33 @@ def build_tokenizer(texts: Iterable[str], min_frequency: int = 1):
 
 
 def load_tokenizer(path: str | Path):
+    """A saved tokenizer.json: ours, or a pretrained model's (whose [CLS]/[SEP] it adds itself)."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path))
+    tokenizer = Tokenizer.from_file(str(path))
+    # Pretrained files often pad to a fixed length and truncate; encode_ids and pad_ids do both per batch.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def encode_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to max_length (never empty: an all-unknown text keeps [UNK])."""
+    """Token ids per text, truncated to max_length (never empty: an all-unknown text keeps [UNK]).
+
+    Truncation keeps the special tokens a pretrained tokenizer appends ([SEP]): a long question
+    loses words from its end, never its closing token.
+    """
     unk = tokenizer.token_to_id(UNK)
-    return [enc.ids[:max_length] or [unk] for enc in tokenizer.encode_batch(texts)]
+    result = []
+    for enc in tokenizer.encode_batch(texts):
+        ids = enc.ids
+        if len(ids) > max_length:
+            specials = enc.special_tokens_mask
+            tail = next((i for i, s in enumerate(reversed(specials)) if not s), len(specials))
+            tail = min(tail, max_length - 1)
+            ids = ids[: max_length - tail] + ids[len(ids) - tail:]
+        result.append(ids or [unk])
+    return result
 
 
 def pad_ids(ids: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

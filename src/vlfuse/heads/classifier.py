@@ -9,9 +9,20 @@ from ..types import FusionOutput
 
 
 class ClassifierHead(nn.Module):
+    """logits = MLP(pooled), or with hidden=0 a single Linear (dropout then unused).
+
+    The linear head is what makes late fusion exactly a weighted sum of per-modality logits.
+    """
+
     def __init__(self, dim: int, num_classes: int, hidden: int = 256, dropout: float = 0.1):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        if hidden < 0:
+            raise ValueError(f"hidden must be >= 0 (0 means one Linear layer), got {hidden}")
+        if hidden == 0:
+            self.mlp = nn.Linear(dim, num_classes)
+        else:
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, num_classes))
 
     def forward(self, fused: FusionOutput) -> torch.Tensor:
         return self.mlp(fused.pooled)

@@ -71,3 +71,37 @@ class MultiHeadAttention(nn.Module):
                                                     self.dropout if self.training else 0.0, bias)
         out = out.transpose(1, 2).reshape(query.shape)
         return self.out_proj(out), weights
+
+
+class AdditiveAttention(nn.Module):
+    """Additive attention (Bahdanau et al., 2015): score(q, k) = v^T tanh(W_q q + W_k k).
+
+    forward(query [B, Nq, Dq] or [B, Dq], key [B, Nk, Dk], value [B, Nk, Dv], key_mask [B, Nk])
+    returns (output [B, Nq, Dv], weights [B, Nq, Nk] or None); a 2-d query (one query per row,
+    as in attention pooling) gives output [B, Dv] and weights [B, Nk]. Padded keys get zero weight.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int | None = None, hidden: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        hidden = hidden or query_dim
+        self.q_proj = nn.Linear(query_dim, hidden, bias=False)  # one bias, on the key side, is enough for the sum
+        self.k_proj = nn.Linear(key_dim or query_dim, hidden)
+        self.v = nn.Linear(hidden, 1, bias=False)
+        self.dropout = dropout
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_mask: torch.Tensor | None = None, need_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        single = query.dim() == 2
+        if single:
+            query = query.unsqueeze(1)
+        # [B, Nq, 1, H] + [B, 1, Nk, H]: every query meets every key (memory B * Nq * Nk * H).
+        scores = self.v(torch.tanh(self.q_proj(query).unsqueeze(2) + self.k_proj(key).unsqueeze(1))).squeeze(-1)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask.bool().unsqueeze(1), float("-inf"))
+        weights = scores.softmax(-1)
+        out = F.dropout(weights, self.dropout, self.training) @ value
+        if single:
+            out, weights = out.squeeze(1), weights.squeeze(1)
+        return out, (weights if need_weights else None)

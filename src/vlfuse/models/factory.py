@@ -4,28 +4,55 @@ from __future__ import annotations
 
 import inspect
 import typing
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..config import Config, check_type, unknown_key_message
 from ..encoders.cnn import CNNImageEncoder
+from ..encoders.hf_text import PretrainedTextEncoder
+from ..encoders.pretrained import EfficientNetImageEncoder, HFVisionEncoder
 from ..encoders.regions import RegionImageEncoder
 from ..encoders.text import BiGRUTextEncoder, TransformerTextEncoder
+from ..encoders.vit import ViTImageEncoder
 from ..errors import ConfigError
+from ..fusion.bilinear import LowRankBilinearFusion, OuterProductFusion
 from ..fusion.concat import ConcatFusion
 from ..fusion.cross_attention import CoAttentionFusion, CrossAttentionFusion
+from ..fusion.gated import GatedModalityAttention
+from ..fusion.graph import GraphFusion
+from ..fusion.late import LateFusion
+from ..fusion.mmbt import MMBTFusion
+from ..fusion.pointwise import ProductFusion, SumFusion
 from ..fusion.similarity import SimilarityAttentionFusion
+from ..fusion.single_stream import SingleStreamFusion
 from ..heads.classifier import ClassifierHead
 from .vlm import VisionLanguageModel
 
-IMAGE_ENCODERS: dict[str, type[nn.Module]] = {"cnn": CNNImageEncoder, "regions": RegionImageEncoder}
-TEXT_ENCODERS: dict[str, type[nn.Module]] = {"transformer": TransformerTextEncoder, "bigru": BiGRUTextEncoder}
+IMAGE_ENCODERS: dict[str, type[nn.Module]] = {
+    "cnn": CNNImageEncoder,
+    "regions": RegionImageEncoder,
+    "vit": ViTImageEncoder,
+    "efficientnet": EfficientNetImageEncoder,
+    "hf_vision": HFVisionEncoder,
+}
+TEXT_ENCODERS: dict[str, type[nn.Module]] = {"transformer": TransformerTextEncoder, "bigru": BiGRUTextEncoder,
+                                             "pretrained": PretrainedTextEncoder}
 FUSIONS: dict[str, type[nn.Module]] = {
     "concat": ConcatFusion,
     "similarity_attention": SimilarityAttentionFusion,
     "cross_attention": CrossAttentionFusion,
     "co_attention": CoAttentionFusion,
+    "sum": SumFusion,
+    "product": ProductFusion,
+    "outer_product": OuterProductFusion,
+    "bilinear": LowRankBilinearFusion,
+    "late": LateFusion,
+    "gated": GatedModalityAttention,
+    "single_stream": SingleStreamFusion,
+    "graph": GraphFusion,
+    "mmbt": MMBTFusion,
 }
 HEADS: dict[str, type[nn.Module]] = {"classifier": ClassifierHead}
 
@@ -48,6 +75,9 @@ def build_component(table: dict[str, type[nn.Module]], spec: dict, key: str, **i
         if arg not in settable:
             raise ConfigError(unknown_key_message(f"{key}.{arg}", arg, settable))
         kwargs[arg] = check_type(value, hints.get(arg, Any), f"{key}.{arg}")
+    missing = [p for p in settable if p not in kwargs and params[p].default is inspect.Parameter.empty]
+    if missing:
+        raise ConfigError(f"config key '{key}.{missing[0]}' is required for {key}.name {name!r}")
     return cls(**{k: v for k, v in injected.items() if k in params}, **kwargs)
 
 
@@ -61,3 +91,12 @@ def build_model(config: Config, vocab_size: int, num_answers: int) -> VisionLang
         build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim),
         build_component(HEADS, m.head, "model.head", dim=m.dim, num_classes=num_answers),
     )
+
+
+def text_tokenizer_file(config: Config) -> Path | None:
+    """The tokenizer file a pretrained text encoder brings (its own vocabulary), or None: the run
+    then builds a word-level one from the training questions. The one place this is decided."""
+    spec = config.model.text_encoder
+    name = spec.get("name")
+    find = getattr(TEXT_ENCODERS.get(name) if isinstance(name, str) else None, "tokenizer_file", None)
+    return None if find is None else find(check_type(spec.get("path"), str | None, "model.text_encoder.path"))

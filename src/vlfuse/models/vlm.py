@@ -5,12 +5,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..types import FusionOutput
+
+
+def check_text_input(text_encoder: nn.Module, fusion: nn.Module) -> None:
+    """A fusion that runs a pretrained model over the text's input embeddings (MMBT) needs a text
+    encoder that stops at them, from the same model folder; every other fusion needs finished features."""
+    wants = getattr(fusion, "reads_text_embeddings", False)
+    gives = getattr(text_encoder, "embeddings_only", False)
+    if wants and not gives:
+        raise ConfigError(f"fusion {type(fusion).__name__} reads the text model's input embeddings: set "
+                          "model.text_encoder to {name: pretrained, embeddings_only: true} with the fusion's path")
+    if gives and not wants:
+        raise ConfigError("model.text_encoder.embeddings_only=true gives raw word embeddings, which only a fusion "
+                          "that runs the rest of the pretrained model reads (mmbt)")
+    if wants and text_encoder.path != fusion.path:
+        raise ConfigError(f"model.text_encoder.path ({text_encoder.path}) and model.fusion.path ({fusion.path}) "
+                          "must name the same pretrained model: the fusion runs the rest of it")
 
 
 class VisionLanguageModel(nn.Module):
     def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, fusion: nn.Module, head: nn.Module):
         super().__init__()
+        check_text_input(text_encoder, fusion)
         self.image_encoder, self.text_encoder, self.fusion, self.head = image_encoder, text_encoder, fusion, head
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -22,7 +22,7 @@ from ..data.loading import read_split
 from ..data.tokenizer import build_tokenizer, load_tokenizer
 from ..data.vqa_dataset import EpochSampler, GroupedVQADataset, collate_groups
 from ..errors import ConfigError
-from ..models.factory import build_model
+from ..models.factory import build_model, text_tokenizer_file
 from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
 from .checkpoint_io import SafetensorsCheckpointIO
 from .module import VQAModule
@@ -95,7 +95,8 @@ def _merge_csv(parts: list[Path], target: Path) -> None:
 def _vocabularies(config: Config, samples, model_dir: Path, resume: bool):
     if resume:  # a resumed run must keep the exact token and answer ids of the interrupted one
         return load_tokenizer(model_dir / TOKENIZER), AnswerVocab.load(model_dir / ANSWERS)
-    tokenizer = build_tokenizer(s.question for s in samples)
+    pretrained = text_tokenizer_file(config)  # a pretrained text encoder reads only its own vocabulary
+    tokenizer = load_tokenizer(pretrained) if pretrained else build_tokenizer(s.question for s in samples)
     answers = AnswerVocab.build((s.answer for s in samples if s.answer is not None), config.data.max_answers)
     return tokenizer, answers
 

@@ -1,0 +1,75 @@
+"""Single-stream fusion: one transformer over [CLS] + words + image tokens (UNITER, VisualBERT).
+
+UNITER (Chen et al., ECCV 2020) and VisualBERT (Li et al., 2019) concatenate both modalities into
+one sequence and let every layer's self-attention mix them freely:
+
+  x_cls  = c + P_0 + M_text
+  x_word = t_i + P_i + M_text                       (i = 1..Nt, learned text positions)
+  x_img  = v_j + LN(W_b [x0, y0, x1, y1, w, h, w*h]_j) + M_image      (UNITER's box embedding)
+  X^0    = LN([x_cls; x_word; x_img]),  X^l = TransformerBlock(X^{l-1}) with the joint key mask
+  pooled = LN(X^L)_cls
+
+M_text / M_image are the modality (segment) embeddings: without them (and without positions and
+boxes) the layers could not tell which stream a token came from. Image Features without boxes
+get the whole-image box, so the embedding acts as a plain image-modality offset there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers.transformer import TransformerBlock
+from ..types import Features, FusionOutput
+
+
+def box_features(boxes: torch.Tensor) -> torch.Tensor:
+    """UNITER's 7-d geometry [..., 7]: corners, width, height and area of boxes [..., 4]."""
+    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    return torch.cat([boxes, w[..., None], h[..., None], (w * h)[..., None]], -1)
+
+
+class SingleStreamFusion(nn.Module):
+    """forward(image, text) -> FusionOutput(pooled = CLS state, tokens = joint sequence [B, 1+Nt+Nv, D]).
+
+    With need_weights: "layer{i}.joint" [B, H, N, N] over the joint sequence ([CLS], words, image),
+    and "layer{i}.text_to_image" [B, H, Nt, Nv]: the words' joint weights on the image tokens,
+    renormalised over those tokens (where in the image each word looks, comparable with the
+    cross-attention fusions' map of the same name).
+    """
+
+    def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
+                 dropout: float = 0.0, max_text_length: int = 64):
+        super().__init__()
+        self.max_text_length = max_text_length
+        self.cls = nn.Parameter(torch.randn(dim) * 0.02)
+        self.position = nn.Embedding(max_text_length + 1, dim)  # position 0 is [CLS]
+        self.modality = nn.Embedding(2, dim)  # 0: text and [CLS], 1: image
+        self.box = nn.Sequential(nn.Linear(7, dim), nn.LayerNorm(dim))
+        self.embed_norm = nn.LayerNorm(dim)
+        self.embed_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, image: Features, text: Features, need_weights: bool = False) -> FusionOutput:
+        b, nt, _ = text.tokens.shape
+        if nt > self.max_text_length:
+            raise ValueError(f"text has {nt} tokens, more than max_text_length={self.max_text_length}")
+        positions = torch.arange(nt + 1, device=text.tokens.device)
+        words = torch.cat([self.cls.expand(b, 1, -1), text.tokens], 1)
+        words = words + self.position(positions) + self.modality.weight[0]
+        boxes = image.boxes
+        if boxes is None:
+            boxes = image.tokens.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(*image.tokens.shape[:2], 4)
+        regions = image.tokens + self.box(box_features(boxes.to(image.tokens.dtype))) + self.modality.weight[1]
+        x = self.embed_dropout(self.embed_norm(torch.cat([words, regions], 1)))
+        mask = torch.cat([text.mask.new_ones(b, 1), text.mask, image.mask], 1)
+        attentions = {}
+        for i, block in enumerate(self.blocks):
+            x, weights = block(x, mask, need_weights)
+            if need_weights:
+                to_image = weights[:, :, 1:nt + 1, nt + 1:]
+                attentions[f"layer{i}.joint"] = weights
+                attentions[f"layer{i}.text_to_image"] = to_image / to_image.sum(-1, keepdim=True).clamp_min(1e-12)
+        x = self.norm(x)
+        return FusionOutput(x[:, 0], x, attentions)

@@ -282,13 +282,13 @@ def test_hf_vision_other_layouts(tmp_path, kind, pooler):
 def test_hf_vision_bad_paths_are_clear_errors_before_transformers_is_asked(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # any use of transformers would fail differently
     missing = tmp_path / "no_such_model"
-    with pytest.raises(WeightsError, match="no model folder at .*no_such_model"):
+    with pytest.raises(WeightsError, match="model.image_encoder.path: no Hugging Face model folder at .*no_such_model"):
         HFVisionEncoder(dim=8, image_size=32, path=str(missing))
-    with pytest.raises(WeightsError, match="no model folder at google/vit-base"):
+    with pytest.raises(WeightsError, match="no Hugging Face model folder at google/vit-base"):
         HFVisionEncoder(dim=8, image_size=32, path="google/vit-base-patch16-224")  # a hub id is not a folder
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(WeightsError, match=f"{empty.name} has no config.json"):
+    with pytest.raises(WeightsError, match=f"{empty.name} \\(no config.json there\\)"):
         HFVisionEncoder(dim=8, image_size=32, path=str(empty))
 
 

@@ -16,7 +16,7 @@ from .errors import VLFuseError
 
 app = typer.Typer(help="Image-text fusion: generate data, train, evaluate, predict.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Datasets: generate the built-in one.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate the built-in one, inspect a configured split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.sub=value")]
@@ -42,6 +42,25 @@ def data_shapes(
                         seed=seed)
     typer.echo(f"Wrote {out_dir}: " + ", ".join(f"{k} {v['images']} images / {v['questions']} questions"
                                                 for k, v in manifest["splits"].items()))
+
+
+@data_app.command("inspect")
+def data_inspect(
+    config: Path,
+    split: str = typer.Option("train", help="Which split of the data config: train, val or test."),
+    json_: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of text."),
+    top: int = typer.Option(10, help="How many of the most common answers to list."),
+    set_: SetOption = None,
+) -> None:
+    """Summarise a configured split: counts, top answers, question lengths and types, bad samples."""
+    from .config import load_config
+    from .data.inspect import format_report, inspect_split
+
+    report = inspect_split(load_config(config, set_ or []).data, split, top)
+    if json_:
+        _echo_json(report)
+    else:
+        typer.echo(format_report(report))
 
 
 @app.command()
@@ -120,6 +139,54 @@ def predict(
     typer.echo(result.answer)
     for answer, prob in result.top:
         typer.echo(f"  {prob:7.2%}  {answer}")
+
+
+@app.command("explain")
+def explain_(
+    model_dir: Path,
+    image: Path = typer.Option(..., help="Image file."),
+    question: str = typer.Option(..., help="Question about the image."),
+    out: Path = typer.Option(Path("explanation.png"), help="Where to write the figure (PNG)."),
+    method: str = typer.Option("attention", help="attention (raw word-to-image attention), rollout (attention "
+                                                 "flow through the layers) or gradcam (any fusion)."),
+    layer: Optional[int] = typer.Option(None, help="attention: that layer only; rollout: stop after it "
+                                                   "(default: mean over layers / all layers)."),
+    head: Optional[int] = typer.Option(None, help="One attention head (default: the mean over heads)."),
+) -> None:
+    """Show where in the image the model looked: the image, a heatmap over it, one map per word."""
+    from .explain.api import explain
+    from .explain.plot import plot_explanation
+
+    result = explain(model_dir, image, question, method=method, layer=layer, head=head)
+    plot_explanation(result, out)
+    typer.echo(f"{result.answer} ({result.confidence:.0%}); figure: {out}")
+
+
+@app.command("explain-sanity")
+def explain_sanity(
+    model_dir: Path,
+    data: Optional[Path] = typer.Option(None, help="A YAML config whose data section to use (the built-in shapes "
+                                                   "data); default: the model's own config."),
+    split: str = typer.Option("test", help="Which split: train, val or test."),
+    limit: int = typer.Option(200, help="How many one-object questions (shape/left/top) to check."),
+    method: str = typer.Option("attention", help="attention, rollout or gradcam."),
+    out: Optional[Path] = typer.Option(None, help="Write the JSON here (default MODEL_DIR/../explain_sanity_"
+                                                  "METHOD.json)."),
+) -> None:
+    """How much of the heatmap falls on the object a question names, against that object's share of the image."""
+    from .config import load_config
+    from .explain.sanity import explain_sanity as run_sanity
+
+    report = run_sanity(model_dir, load_config(data) if data else None, split, limit, method)
+    out = out or model_dir.parent / f"explain_sanity_{method}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name, s in [("overall", report["overall"]), *report["families"].items()]:
+        word = "" if s.get("word_mass") is None else f", colour word {s['word_mass']:.3f}"
+        typer.echo(f"{name:8} {s['questions']:4d} q: on object {s['object_mass']:.3f} vs area {s['object_area']:.3f} "
+                   f"(x{s['object_lift']:.1f}), uniform tokens {s['uniform_mass']:.3f}; box {s['box_mass']:.3f} vs "
+                   f"{s['box_area']:.3f}; pointing {s['pointing']:.2f}{word}; accuracy {s['correct']:.2f}")
+    typer.echo(f"Wrote {out}")
 
 
 @app.command()

@@ -31,7 +31,7 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
-    format: Literal["vqa_v2", "jsonl"] = "vqa_v2"
+    format: Literal["vqa_v2", "jsonl", "gqa", "vgqa", "nlvr", "nlvr2", "snli_ve"] = "vqa_v2"
     root: str = "."  # relative split paths are resolved against this folder
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig | None = None

@@ -1,12 +1,40 @@
-"""Config -> samples: reads one split in the configured format, paths resolved against data.root."""
+"""Config -> samples: reads one split in the configured format, paths resolved against data.root.
+
+Which keys of `data.<split>` each format reads (`images` is the image folder, optional where the
+published layout fixes it):
+
+  vqa_v2   questions, annotations (optional: test-style without), images
+  jsonl    path (.jsonl or .csv table), images (root for relative image paths)
+  gqa      questions (a file, or a folder of shards), images
+  vgqa     questions (question_answers.json), images (may hold VG_100K/, VG_100K_2/)
+  nlvr     path (e.g. dev.json), images (default: images/ beside it)
+  nlvr2    path (e.g. dev.json), images
+  snli_ve  path (e.g. snli_ve_dev.jsonl), images (the Flickr30k images)
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from ..config import DataConfig, SplitConfig
+from ..config import DataConfig
 from ..errors import ConfigError
 from .formats.common import ReadResult
+
+SPLITS = ("train", "val", "test")
+
+# format -> (module in vlfuse.data.formats, reader function, the SplitConfig keys it reads besides images).
+# Modules are imported on use, so a run loads only its own format's reader.
+READERS = {
+    "vqa_v2": ("vqav2", "read_vqa_v2", ("questions", "annotations")),
+    "jsonl": ("jsonl", "read_vqa_table", ("path",)),
+    "gqa": ("gqa", "read_gqa", ("questions",)),
+    "vgqa": ("vgqa", "read_vgqa", ("questions",)),
+    "nlvr": ("nlvr", "read_nlvr", ("path",)),
+    "nlvr2": ("nlvr2", "read_nlvr2", ("path",)),
+    "snli_ve": ("snli_ve", "read_snli_ve", ("path",)),
+}
+_FILE_KEYS = ("questions", "annotations", "path")
 
 
 def _resolve(root: str, value: str | None) -> Path | None:
@@ -14,19 +42,20 @@ def _resolve(root: str, value: str | None) -> Path | None:
 
 
 def read_split(data: DataConfig, split: str) -> ReadResult:
-    spec: SplitConfig | None = getattr(data, split)
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    spec = getattr(data, split)
     if spec is None:
         raise ConfigError(f"config key 'data.{split}' is not set")
-    if data.format == "vqa_v2":
-        if spec.questions is None:
-            raise ConfigError(f"config key 'data.{split}.questions' is required for format vqa_v2")
-        from .formats.vqav2 import read_vqa_v2
-
-        return read_vqa_v2(_resolve(data.root, spec.questions), _resolve(data.root, spec.annotations),
-                           _resolve(data.root, spec.images), on_bad_sample=data.on_bad_sample)
-    if spec.path is None:
-        raise ConfigError(f"config key 'data.{split}.path' is required for format {data.format}")
-    from .formats.jsonl import read_vqa_table
-
-    return read_vqa_table(_resolve(data.root, spec.path), _resolve(data.root, spec.images),
-                          on_bad_sample=data.on_bad_sample)
+    module, function, keys = READERS[data.format]
+    for key in _FILE_KEYS:
+        # A key the format ignores is almost always a mistake (a copied vqa_v2 block, a typo'd format).
+        if key not in keys and getattr(spec, key) is not None:
+            raise ConfigError(f"config key 'data.{split}.{key}' is not used by format {data.format} "
+                              f"(it reads {', '.join(keys)} and images); remove it or set it to null")
+    main = keys[0]
+    if getattr(spec, main) is None:
+        raise ConfigError(f"config key 'data.{split}.{main}' is required for format {data.format}")
+    files = [_resolve(data.root, getattr(spec, key)) for key in keys]
+    reader = getattr(importlib.import_module(f"{__package__}.formats.{module}"), function)
+    return reader(*files, _resolve(data.root, spec.images), on_bad_sample=data.on_bad_sample)

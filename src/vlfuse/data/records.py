@@ -34,3 +34,32 @@ def majority_answer(answers: list[str] | tuple[str, ...]) -> str | None:
     counts = Counter(answers)
     best = max(counts.values())
     return next(a for a in answers if counts[a] == best)
+
+
+@dataclass(frozen=True)
+class CaptionSample:
+    """One image and every caption written for it (COCO: 5; an uncaptioned image: none).
+
+    `split` is the split the source names (Karpathy's "train"/"restval"/..., a split list's name,
+    a COCO file's "val2017"), or "" when the source names none.
+    """
+
+    image_id: int | str
+    image_path: Path
+    captions: tuple[str, ...]
+    split: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class RegionAnnotation:
+    """The labelled objects of one image: boxes as (x0, y0, x1, y1) fractions of the image size,
+    so they are ready for any resize; `categories[i]` names `boxes[i]`."""
+
+    image_id: int | str
+    image_path: Path
+    width: int
+    height: int
+    boxes: tuple[tuple[float, float, float, float], ...]
+    categories: tuple[str, ...]
+    extra: dict = field(default_factory=dict, compare=False)

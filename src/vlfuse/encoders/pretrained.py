@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import MissingDependencyError, WeightsError
 from ..types import Features, grid_boxes
+from .hf_loading import check_model_folder, load_hf_model, refuse_missing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -183,38 +184,15 @@ class HFVisionEncoder(_PretrainedImageEncoder):
 
     def __init__(self, dim: int, image_size: int, path: str, freeze: bool = True):
         super().__init__()
-        folder = Path(path).expanduser()
-        # Checked before transformers is asked anything, so a wrong path never looks like a model id.
-        if not folder.is_dir():
-            raise WeightsError(f"no model folder at {folder}: HFVisionEncoder loads local folders only; pass "
-                               f"path=<a folder saved with save_pretrained, holding config.json and weights>")
-        if not (folder / "config.json").is_file():
-            raise WeightsError(f"{folder} has no config.json: pass a folder saved with save_pretrained")
-        if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
-            raise WeightsError(f"{folder} has no model.safetensors (vlfuse does not unpickle pytorch_model.bin): "
-                               f"re-save the model with save_pretrained(folder, safe_serialization=True)")
-        try:
-            from transformers import AutoModel
-        except ImportError:
-            raise MissingDependencyError("HFVisionEncoder needs transformers: pip install 'transformers>=5,<6'"
-                                         ) from None
-        try:
-            # float32 whatever the checkpoint's dtype: inputs are float32 (use autocast for less).
-            model, info = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
-                                                    output_loading_info=True, dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001 - bad folders raise OSError, ValueError, SafetensorError...
-            raise WeightsError(f"cannot load a vision model from {folder} ({type(exc).__name__}: {exc})") from None
+        folder = check_model_folder(path, "model.image_encoder.path")
+        model, missing = load_hf_model(folder, "a vision model")
         config, prefix = model.config, ""
         if getattr(config, "vision_config", None) is not None and hasattr(model, "vision_model"):
             model, config, prefix = model.vision_model, config.vision_config, "vision_model."
-        ours = [k for k in info["missing_keys"] if k.startswith(prefix)]
-        missing = [k for k in ours if "pooler" not in k]
-        if missing:
-            shown = ", ".join(sorted(missing)[:5]) + ("..." if len(missing) > 5 else "")
-            raise WeightsError(f"the weights in {folder} do not cover the model (missing {shown}): "
-                               f"pass a complete save_pretrained folder")
+        ours = [k for k in missing if k.startswith(prefix)]
+        refuse_missing([k for k in ours if "pooler" not in k], folder)
         # A pooler the checkpoint did not train is random: better the CLS state than a random map.
-        self.use_pooler = len(missing) == len(ours)
+        self.use_pooler = not ours
         self.backbone = model
         preprocessor = _read_preprocessor(folder)
         size = _image_size(config, preprocessor, folder)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlfuse.data.records import VQASample
+from vlfuse.data.records import CaptionSample, RegionAnnotation, VQASample
 from vlfuse.errors import ConfigError, DataError
 
 ON_BAD_SAMPLE = ("error", "skip")
@@ -55,9 +55,13 @@ class SkipLog:
 
 @dataclass
 class ReadResult:
-    """What every reader returns: the good samples, and the log of the bad ones it skipped."""
+    """What every reader returns: the good samples, and the log of the bad ones it skipped.
 
-    samples: list[VQASample]
+    Question-style readers return VQASamples, caption readers CaptionSamples, COCO instances
+    RegionAnnotations; one result never mixes kinds.
+    """
+
+    samples: list[VQASample] | list[CaptionSample] | list[RegionAnnotation]
     skipped: SkipLog = field(default_factory=SkipLog)
 
 
@@ -148,3 +152,5 @@ def _parse_json(text: str, path: Path, *, line: int | None) -> Any:
                         path=path, line=at_line) from None
     except RecursionError:
         raise DataError("malformed JSON: nested too deeply", path=path, line=line) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits, which Python refuses to parse
+        raise DataError(f"malformed JSON: {exc}", path=path, line=line) from None

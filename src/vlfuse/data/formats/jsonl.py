@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlfuse.data.formats.common import ReadResult, SkipLog, check_question, iter_jsonl, read_text
+from vlfuse.data.formats.fields import is_file
 from vlfuse.data.records import VQASample, majority_answer
 from vlfuse.errors import DataError
 
@@ -104,17 +105,9 @@ def _image_path(record: dict, line: int, path: Path, base: Path, check_images: b
     if not isinstance(image, str) or not image.strip():
         raise DataError("image must be a non-empty path string", path=path, line=line, field="image")
     image_path = base / image  # an absolute `image` replaces `base`
-    if check_images and not _is_file(image_path):
+    if check_images and not is_file(image_path):
         raise DataError(f"image not found: {image_path}", path=path, line=line, field="image")
     return image_path
-
-
-def _is_file(path: Path) -> bool:
-    """Path.is_file that also says False for names the OS rejects (too long, NUL bytes)."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
 
 
 def _answers(record: dict, line: int, path: Path) -> tuple[str, ...]:

@@ -1,0 +1,90 @@
+"""explain(): one image and one question -> the answer and where in the image it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.formats.common import check_question
+from ..data.images import load_image, load_image_bytes, to_rgb
+from ..data.tokenizer import encode_ids, pad_ids
+from ..data.vqa_dataset import image_to_tensor
+from ..predict import Predictor, load
+from .base import ExplainError
+from .capture import fusion_name, run_model
+from .gradcam import gradcam
+from .maps import attention_weights
+from .paint import paint
+from .rollout import rollout_weights
+
+METHODS = ("attention", "rollout", "gradcam")
+
+
+@dataclass
+class Explanation:
+    """heatmap and per_word are at the size of the image as given, each a distribution over pixels."""
+
+    answer: str
+    confidence: float
+    heatmap: np.ndarray  # [H, W] float32, sums to 1 (all zero if no image token got any weight)
+    per_word: np.ndarray | None  # [Nt, H, W], one map per entry of `tokens`; None for Grad-CAM
+    tokens: list[str]  # the question as the model's tokenizer split it
+    question: str
+    method: str
+    image: np.ndarray  # [H, W, 3] uint8
+    token_boxes: np.ndarray  # [Nv, 4] boxes of the real image tokens, (x0, y0, x1, y1) in [0, 1]
+
+
+def _open(image):
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
+        return load_image_bytes(bytes(image))
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    raise TypeError(f"image must be a path, bytes or a PIL image, not {type(image).__name__}")
+
+
+def explain(model, image, question: str, method: str = "attention", layer: int | None = None,
+            head: int | None = None) -> Explanation:
+    """model: a saved model directory or a Predictor (vlfuse.load); image: a path, bytes or a PIL image.
+
+    method: "attention" (raw word -> image attention; `layer`, `head` pick one, default: the mean),
+    "rollout" (attention flow through the layers; `layer` stops after that layer, `head` picks a
+    head in every layer) or "gradcam" (gradients; every fusion, no layer or head).
+    """
+    if method not in METHODS:
+        raise ExplainError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "gradcam" and (layer is not None or head is not None):
+        raise ExplainError("layer and head choose attention maps; Grad-CAM has neither")
+    predictor = model if isinstance(model, Predictor) else load(model)
+    net, config = predictor.model.eval(), predictor.config
+    picture = _open(image)
+    question = check_question(question)
+    device = next(net.parameters()).device
+    ids, mask = (t.to(device) for t in pad_ids(encode_ids(predictor.tokenizer, [question],
+                                                          config.data.max_question_length)))
+    images = image_to_tensor(picture, config.data.image_size).unsqueeze(0).to(device)
+    if method == "gradcam":
+        weights, logits, features = gradcam(net, images, ids, mask)
+    else:
+        with torch.no_grad():
+            logits, fused, features = run_model(net, images, ids, mask, need_weights=True)
+        find = attention_weights if method == "attention" else rollout_weights
+        weights = find(fused.attentions, fusion_name(net), mask, features.mask, layer, head)
+    if features.boxes is None:
+        raise ExplainError("the image encoder gives no token boxes, so its tokens cannot be placed on the image")
+    size, boxes, real = (picture.height, picture.width), features.boxes[0], features.mask[0]
+    probs = logits[0].float().softmax(-1)
+    best = int(probs.argmax())
+    per_word = None if weights.per_word is None else paint(weights.per_word[0], boxes, size, real).cpu().numpy()
+    return Explanation(
+        answer=predictor.answers[best], confidence=float(probs[best]),
+        heatmap=paint(weights.pooled[0], boxes, size, real).cpu().numpy(), per_word=per_word,
+        tokens=[predictor.tokenizer.id_to_token(i) or "?" for i in ids[0].tolist()], question=question,
+        method=method, image=np.asarray(picture), token_boxes=boxes[real].detach().cpu().numpy())

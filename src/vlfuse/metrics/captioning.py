@@ -151,7 +151,8 @@ def cider_d_scores(candidates: Sequence[str], references: Sequence[Sequence[str]
                 if norm_c and norm_r:
                     # "-D": the candidate's weight is clipped to the reference's, so repeating a
                     # word cannot raise the score
-                    total += penalty * sum(min(v, gr.get(g, 0.0)) * gr.get(g, 0.0) for g, v in gc.items()) / (norm_c * norm_r)
+                    dot = sum(min(v, gr.get(g, 0.0)) * gr.get(g, 0.0) for g, v in gc.items())
+                    total += penalty * dot / (norm_c * norm_r)
         scores.append(10.0 * total / (max_n * len(rs)))
     return scores
 

@@ -60,7 +60,10 @@ def macro_f1(predictions, target, num_classes: int | None = None) -> float:
 
 
 def auroc(scores, target) -> float:
-    """Binary AUROC (scores [N]) or macro one-vs-rest AUROC (scores [N, C]); every class needs positives and negatives."""
+    """Binary AUROC (scores [N]) or macro one-vs-rest AUROC (scores [N, C]).
+
+    Every class needs both positives and negatives in `target`, else the ROC curve is undefined.
+    """
     from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
 
     scores, target = torch.as_tensor(scores), torch.as_tensor(target)

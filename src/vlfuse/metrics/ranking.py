@@ -31,7 +31,7 @@ def answer_ranks(scores, gt_index) -> torch.Tensor:
         raise ValueError("gt_index must hold integer candidate indices")
     if not torch.isfinite(scores.float()).all():
         raise ValueError("scores hold NaN or infinite values")
-    gt = gt.long()
+    gt = gt.long().to(scores.device)
     if gt.min() < 0 or gt.max() >= scores.shape[-1]:
         raise ValueError(f"gt_index must lie in [0, {scores.shape[-1]})")
     gt_score = scores.gather(-1, gt.unsqueeze(-1))

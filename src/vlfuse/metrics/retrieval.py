@@ -30,19 +30,21 @@ def _inputs(similarity, text_to_image) -> tuple[torch.Tensor, torch.Tensor]:
     sims = torch.as_tensor(similarity)
     owner = torch.as_tensor(text_to_image)
     if sims.ndim != 2 or sims.numel() == 0:
-        raise ValueError(f"similarity must be a non-empty [num_images, num_texts] matrix, got shape {tuple(sims.shape)}")
+        raise ValueError(f"similarity must be a non-empty [num_images, num_texts] matrix, "
+                         f"got shape {tuple(sims.shape)}")
     if not sims.is_floating_point():
         sims = sims.float()
     if not torch.isfinite(sims).all():
         raise ValueError("similarity holds NaN or infinite values")
     if owner.ndim != 1 or owner.shape[0] != sims.shape[1]:
-        raise ValueError(f"text_to_image must have one entry per text ({sims.shape[1]}), got shape {tuple(owner.shape)}")
+        raise ValueError(f"text_to_image must have one entry per text ({sims.shape[1]}), "
+                         f"got shape {tuple(owner.shape)}")
     if owner.is_floating_point() or owner.dtype == torch.bool:
         raise ValueError("text_to_image must hold integer image indices")
-    owner = owner.long()
+    owner = owner.long().to(sims.device)  # so that GPU similarities work with a CPU list of owners
     if owner.min() < 0 or owner.max() >= sims.shape[0]:
         raise ValueError(f"text_to_image holds an index outside [0, {sims.shape[0]})")
-    captioned = torch.zeros(sims.shape[0], dtype=torch.bool).index_fill_(0, owner, True)
+    captioned = torch.zeros(sims.shape[0], dtype=torch.bool, device=sims.device).index_fill_(0, owner, True)
     if not captioned.all():
         missing = torch.nonzero(~captioned).flatten()[:5].tolist()
         raise ValueError(f"images without any caption (first: {missing}); image->text recall is undefined for them")
@@ -51,12 +53,16 @@ def _inputs(similarity, text_to_image) -> tuple[torch.Tensor, torch.Tensor]:
 
 def retrieval_ranks(similarity, text_to_image) -> tuple[torch.Tensor, torch.Tensor]:
     """(image->text ranks [num_images], text->image ranks [num_texts]), 1-based, ties pessimistic."""
-    sims, owner = _inputs(similarity, text_to_image)
+    return _ranks(*_inputs(similarity, text_to_image))
+
+
+def _ranks(sims: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     num_images, num_texts = sims.shape
-    owns = owner.unsqueeze(0) == torch.arange(num_images).unsqueeze(1)  # [I, T]: caption t belongs to image i
+    # owns[i, t]: caption t belongs to image i
+    owns = owner.unsqueeze(0) == torch.arange(num_images, device=sims.device).unsqueeze(1)
     best_own = sims.masked_fill(~owns, -math.inf).amax(dim=1, keepdim=True)
     i2t = 1 + ((sims >= best_own) & ~owns).sum(dim=1)
-    own_score = sims[owner, torch.arange(num_texts)]
+    own_score = sims[owner, torch.arange(num_texts, device=sims.device)]
     t2i = (sims >= own_score.unsqueeze(0)).sum(dim=0)  # counts the own image too, hence already 1-based
     return i2t, t2i
 
@@ -85,7 +91,7 @@ def retrieval_metrics(similarity, text_to_image, ks: Sequence[int] = (1, 5, 10))
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
     if max(ks) > num_images:  # num_texts >= num_images: every image has a caption
         raise ValueError(f"K={max(ks)} exceeds the {num_images} candidate images of text->image retrieval")
-    i2t, t2i = retrieval_ranks(sims, owner)
+    i2t, t2i = _ranks(sims, owner)
     out = {**_summary(i2t, ks, "i2t"), **_summary(t2i, ks, "t2i")}
     recalls = [out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]
     out["r_mean"] = sum(recalls) / len(recalls)

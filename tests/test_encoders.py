@@ -175,3 +175,15 @@ def test_image_encoders_report_where_their_tokens_lie():
     out = CNNImageEncoder(dim=8, channels=[4, 4], image_size=16)(torch.rand(2, 3, 16, 16))
     assert out.boxes.shape == (2, 16, 4) and torch.all(out.boxes[..., 2:] > out.boxes[..., :2])
     assert out.index_select(torch.tensor([1, 1, 0])).boxes.shape == (3, 16, 4)
+
+
+def test_cnn_stages_are_residual_blocks():
+    from vlfuse.encoders.cnn import ResidualBlock
+
+    enc = CNNImageEncoder(dim=8, channels=[4, 4], image_size=16, residual_blocks=2)
+    assert sum(isinstance(m, ResidualBlock) for m in enc.cnn) == 4
+    block = ResidualBlock(4)
+    for p in block.body.parameters():
+        torch.nn.init.zeros_(p)  # a zero residual branch leaves relu(x)
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(block(x), torch.relu(x))

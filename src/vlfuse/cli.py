@@ -86,6 +86,9 @@ def _print_metrics(metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if metrics.get("task") == "retrieval":
+        _print_recall(metrics)
+        return
     table = Table(title="Accuracy")
     for col in ("", "accuracy %", "questions"):
         table.add_column(col)
@@ -102,6 +105,28 @@ def _print_metrics(metrics: dict) -> None:
                    err=True)
 
 
+def _print_recall(metrics: dict) -> None:
+    """Recall@K (%) and median / mean rank, each direction, first stage and re-ranked."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ks = metrics["ks"]
+    table = Table(title=f"Retrieval: {metrics['images']} images, {metrics['captions']} captions")
+    for col in ("stage", "direction", *(f"R@{k} %" for k in ks), "median rank", "mean rank"):
+        table.add_column(col, no_wrap=True)
+    stages = [("embeddings", metrics["first_stage"])]
+    if metrics.get("reranked"):
+        stages.append((f"re-ranked@{metrics['rerank_k']}", metrics["reranked"]))
+    for stage, m in stages:
+        for d, name in (("i2t", "image→text"), ("t2i", "text→image")):
+            table.add_row(stage, name, *(f"{100 * m[f'{d}_r{k}']:.1f}" for k in ks), f"{m[f'{d}_median_rank']:g}",
+                          f"{m[f'{d}_mean_rank']:.1f}")
+    Console().print(table)
+    if metrics.get("skipped", {}).get("count"):
+        typer.echo(f"skipped {metrics['skipped']['count']} bad samples: " + "; ".join(metrics["skipped"]["reasons"]),
+                   err=True)
+
+
 @app.command("eval")
 def eval_(
     model_dir: Path,
@@ -111,7 +136,7 @@ def eval_(
     out: Optional[Path] = typer.Option(None, help="Write metrics JSON here (default MODEL_DIR/../eval.json)."),
     set_: SetOption = None,
 ) -> None:
-    """Evaluate a saved model: overall accuracy and accuracy per question family."""
+    """Evaluate a saved model: VQA accuracy per question family, or retrieval Recall@K both ways."""
     from .config import load_config
     from .train.run import evaluate_split
 

@@ -21,7 +21,8 @@ from .errors import ConfigError
 
 @dataclass
 class SplitConfig:
-    """Where one split lives. VQA v2: questions + annotations + images; JSONL/CSV: path (+ images)."""
+    """Where one split lives. VQA v2: questions + annotations + images; JSONL/CSV: path (+ images);
+    COCO captions: annotations (captions_*.json) + images."""
 
     questions: str | None = None
     annotations: str | None = None
@@ -31,13 +32,14 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
-    format: Literal["vqa_v2", "jsonl", "gqa", "vgqa", "nlvr", "nlvr2", "snli_ve"] = "vqa_v2"
+    # Question formats serve task vqa; caption formats (coco_captions) serve task retrieval.
+    format: Literal["vqa_v2", "jsonl", "gqa", "vgqa", "nlvr", "nlvr2", "snli_ve", "coco_captions"] = "vqa_v2"
     root: str = "."  # relative split paths are resolved against this folder
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig | None = None
     test: SplitConfig | None = None
     image_size: int = 64
-    max_question_length: int = 32
+    max_question_length: int = 32  # tokens of a question (task retrieval: of a caption)
     max_answers: int = 3000  # the most frequent training answers become the classes
     on_bad_sample: Literal["error", "skip"] = "skip"
 
@@ -47,7 +49,9 @@ class ModelConfig:
     dim: int = 128
     image_encoder: dict = field(default_factory=lambda: {"name": "cnn"})
     text_encoder: dict = field(default_factory=lambda: {"name": "transformer"})
-    fusion: dict = field(default_factory=lambda: {"name": "cross_attention"})
+    # Task retrieval: null trains a dual encoder alone (no matching head, no re-ranking).
+    fusion: dict | None = field(default_factory=lambda: {"name": "cross_attention"})
+    # Task vqa: classifier. Task retrieval: dual_encoder (embedding projections + temperature).
     head: dict = field(default_factory=lambda: {"name": "classifier"})
 
 
@@ -71,12 +75,33 @@ class TrainConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """Settings of task retrieval (read by no other task).
+
+    Loss = InfoNCE + hinge_weight * VSE++ hinge + itm_weight * image-text matching on hard negatives
+    (the matching part only when model.fusion is set). Evaluation ranks by embedding similarity,
+    then re-ranks each query's top rerank_k with the matching head: score = ITC + ITM (LAVIS).
+    """
+
+    itm_head: dict = field(default_factory=lambda: {"name": "itm"})  # fused pooled -> match / no match
+    itm_weight: float = 1.0
+    hinge_weight: float = 0.0  # 0: InfoNCE alone
+    hinge_margin: float = 0.2
+    hinge_max_violation: bool = True  # VSE++: only the hardest negative counts
+    negatives_temperature: float = 1.0  # ITM negatives drawn by softmax(ITC logits / this); 0: hardest
+    rerank_k: int = 16  # 0: report the first stage only
+    eval_batch: int = 64
+
+
+@dataclass
 class Config:
     seed: int = 0
+    task: Literal["vqa", "retrieval"] = "vqa"
     out_dir: str = "runs/vqa"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

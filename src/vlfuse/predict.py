@@ -64,6 +64,6 @@ class Predictor:
 
 def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
     """Rebuild a saved model directory (config.yaml + model.safetensors + vocabularies)."""
-    saved = load_model_dir(model_dir)
+    saved = load_model_dir(model_dir, task="vqa")  # a retrieval model answers no questions
     saved.model.to(device)
     return Predictor(saved)

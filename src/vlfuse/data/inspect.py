@@ -14,13 +14,28 @@ from collections import Counter
 from ..config import DataConfig
 from .answers import normalize_answer
 from .formats.common import ReadResult
-from .loading import read_split
+from .loading import CAPTION_FORMATS, read_split
 
 
 def inspect_split(data: DataConfig, split: str = "train", top: int = 10) -> dict:
     """The JSON-ready summary of one split of a data config."""
     result = read_split(dataclasses.replace(data, on_bad_sample="skip"), split)
-    return {"format": data.format, "split": split, **summarize(result, top)}
+    summary = summarize_captions(result) if data.format in CAPTION_FORMATS else summarize(result, top)
+    return {"format": data.format, "split": split, **summary}
+
+
+def summarize_captions(result: ReadResult) -> dict:
+    """Counts of a caption-style ReadResult (CaptionSamples): images, captions per image, caption words."""
+    samples = result.samples
+    per_image = [len(s.captions) for s in samples]
+    words = [len(c.split()) for s in samples for c in s.captions]
+
+    def spread(values: list[int]) -> dict | None:
+        return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else None
+
+    return {"images": len(samples), "captions": sum(per_image), "uncaptioned": per_image.count(0),
+            "captions_per_image": spread(per_image), "caption_words": spread(words),
+            "skipped": result.skipped.as_dict()}
 
 
 def summarize(result: ReadResult, top: int = 10) -> dict:
@@ -46,6 +61,8 @@ def summarize(result: ReadResult, top: int = 10) -> dict:
 
 def format_report(report: dict) -> str:
     """The summary as text for a terminal."""
+    if "captions" in report:
+        return _format_captions(report)
     lines = [f"{report['format']} / {report['split']}: {report['samples']} samples "
              f"({report['distinct_questions']} distinct questions), {report['images']} images, "
              f"{report['answered']} answered, {report['distinct_answers']} distinct answers"]
@@ -56,10 +73,25 @@ def format_report(report: dict) -> str:
         lines.append(f"question words: min {w['min']}, median {w['median']:g}, max {w['max']}")
     if report["question_types"]:
         lines.append("question types: " + ", ".join(f"{t} ({n})" for t, n in report["question_types"].items()))
+    return "\n".join(lines + _problems(report))
+
+
+def _format_captions(report: dict) -> str:
+    lines = [f"{report['format']} / {report['split']}: {report['images']} images, {report['captions']} captions, "
+             f"{report['uncaptioned']} without a caption"]
+    for key, name in (("captions_per_image", "captions per image"), ("caption_words", "caption words")):
+        if report[key]:
+            low, mid, high = (report[key][k] for k in ("min", "median", "max"))
+            lines.append(f"{name}: min {low}, median {mid:g}, max {high}")
+    return "\n".join(lines + _problems(report))
+
+
+def _problems(report: dict) -> list[str]:
+    lines = []
     skipped = report["skipped"]
     if skipped["count"]:
         lines.append(f"problems: {skipped['count']} bad samples skipped; first reasons:")
         lines += [f"  - {reason}" for reason in skipped["reasons"]]
     else:
         lines.append("problems: none")
-    return "\n".join(lines)
+    return lines

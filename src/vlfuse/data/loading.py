@@ -10,6 +10,10 @@ published layout fixes it):
   nlvr     path (e.g. dev.json), images (default: images/ beside it)
   nlvr2    path (e.g. dev.json), images
   snli_ve  path (e.g. snli_ve_dev.jsonl), images (the Flickr30k images)
+
+Caption formats (task retrieval), whose readers return CaptionSamples:
+
+  coco_captions  annotations (captions_*.json), images (default: the split's folder beside annotations/)
 """
 
 from __future__ import annotations
@@ -33,12 +37,26 @@ READERS = {
     "nlvr": ("nlvr", "read_nlvr", ("path",)),
     "nlvr2": ("nlvr2", "read_nlvr2", ("path",)),
     "snli_ve": ("snli_ve", "read_snli_ve", ("path",)),
+    "coco_captions": ("coco", "read_coco_captions", ("annotations",)),
 }
+# Which task reads each format: question formats give VQASamples, caption formats CaptionSamples.
+CAPTION_FORMATS = ("coco_captions",)
 _FILE_KEYS = ("questions", "annotations", "path")
 
 
 def _resolve(root: str, value: str | None) -> Path | None:
     return None if value is None else Path(root).expanduser() / Path(value).expanduser()
+
+
+def check_task_format(task: str, data: DataConfig) -> None:
+    """A format holds questions (task vqa) or captions (task retrieval); refuse the other pairing."""
+    captions = data.format in CAPTION_FORMATS
+    if task == "retrieval" and not captions:
+        raise ConfigError(f"config key 'data.format' is {data.format}, a question format, but task retrieval "
+                          f"reads captions: set data.format to {' or '.join(CAPTION_FORMATS)}")
+    if task != "retrieval" and captions:
+        raise ConfigError(f"config key 'data.format' is {data.format}, a caption format, but task {task} reads "
+                          "questions: set task: retrieval, or a question format")
 
 
 def read_split(data: DataConfig, split: str) -> ReadResult:

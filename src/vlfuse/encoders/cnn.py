@@ -13,8 +13,24 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+class ResidualBlock(nn.Module):
+    """ResNet's basic block (He et al., 2016): relu(x + BN(conv(relu(BN(conv(x))))))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels),
+                                  nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
 class CNNImageEncoder(nn.Module):
-    """Strided CNN -> G x G grid tokens (+ position embeddings) -> optional transformer layers.
+    """ResNet-style CNN -> G x G grid tokens (+ position embeddings) -> optional transformer layers.
+
+    Each entry of `channels` is a stage: a stride-2 conv (halving the grid) then `residual_blocks`
+    residual basic blocks.
 
     With `coord=True` two coordinate channels are appended to the input (CoordConv, Liu et al.
     2018), as the Relation Networks paper does for its CNN, so tokens know where they are.
@@ -23,15 +39,16 @@ class CNNImageEncoder(nn.Module):
     """
 
     def __init__(self, dim: int = 128, channels: list[int] = (32, 64, 128), image_size: int = 64,
-                 coord: bool = True, layers: int = 0, heads: int = 4, dropout: float = 0.0):
+                 coord: bool = True, layers: int = 0, heads: int = 4, dropout: float = 0.0,
+                 residual_blocks: int = 1):
         super().__init__()
         self.coord = coord
         chans = [3 + 2 * coord, *channels]
         stages = []
         for cin, cout in zip(chans[:-1], chans[1:]):
-            stages += [_conv(cin, cout, 2), _conv(cout, cout, 1)]
+            stages += [_conv(cin, cout, 2), *(ResidualBlock(cout) for _ in range(residual_blocks))]
         self.cnn = nn.Sequential(*stages, nn.Conv2d(chans[-1], dim, 1))
-        self.grid = image_size // 2 ** len(channels)
+        self.grid, self.image_size = image_size // 2 ** len(channels), image_size
         if self.grid < 1:
             raise ValueError(f"image_size {image_size} is too small for {len(channels)} stride-2 stages")
         self.row_embed = nn.Parameter(torch.zeros(self.grid, dim))
@@ -50,7 +67,7 @@ class CNNImageEncoder(nn.Module):
             x = torch.cat([x, xs, ys], 1)
         grid = self.cnn(x)
         if grid.shape[-2:] != (self.grid, self.grid):
-            raise ValueError(f"expected images of {self.grid * 2 ** (len(self.cnn) // 2)} px, got {tuple(images.shape[-2:])}")
+            raise ValueError(f"expected images of {self.image_size} px, got {tuple(images.shape[-2:])}")
         tokens = grid.flatten(2).transpose(1, 2)
         pos = (self.row_embed[:, None, :] + self.col_embed[None, :, :]).reshape(-1, tokens.shape[-1])
         tokens = tokens + pos

@@ -28,6 +28,8 @@ from ..fusion.pointwise import ProductFusion, SumFusion
 from ..fusion.similarity import SimilarityAttentionFusion
 from ..fusion.single_stream import SingleStreamFusion
 from ..heads.classifier import ClassifierHead
+from ..heads.retrieval import DualEncoderHead, ITMHead
+from .retrieval import RetrievalModel
 from .vlm import VisionLanguageModel
 
 IMAGE_ENCODERS: dict[str, type[nn.Module]] = {
@@ -55,6 +57,8 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "mmbt": MMBTFusion,
 }
 HEADS: dict[str, type[nn.Module]] = {"classifier": ClassifierHead}
+RETRIEVAL_HEADS: dict[str, type[nn.Module]] = {"dual_encoder": DualEncoderHead}
+ITM_HEADS: dict[str, type[nn.Module]] = {"itm": ITMHead}
 
 
 def build_component(table: dict[str, type[nn.Module]], spec: dict, key: str, **injected: Any) -> nn.Module:
@@ -81,16 +85,45 @@ def build_component(table: dict[str, type[nn.Module]], spec: dict, key: str, **i
     return cls(**{k: v for k, v in injected.items() if k in params}, **kwargs)
 
 
+def _encoders(config: Config, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+    m = config.model
+    return (build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
+                            image_size=config.data.image_size),
+            build_component(TEXT_ENCODERS, m.text_encoder, "model.text_encoder", dim=m.dim, vocab_size=vocab_size,
+                            max_length=config.data.max_question_length))
+
+
 def build_model(config: Config, vocab_size: int, num_answers: int) -> VisionLanguageModel:
     m = config.model
+    if m.fusion is None:
+        raise ConfigError("config key 'model.fusion' is required for task vqa (null is for task retrieval only)")
     return VisionLanguageModel(
-        build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
-                        image_size=config.data.image_size),
-        build_component(TEXT_ENCODERS, m.text_encoder, "model.text_encoder", dim=m.dim, vocab_size=vocab_size,
-                        max_length=config.data.max_question_length),
+        *_encoders(config, vocab_size),
         build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim),
         build_component(HEADS, m.head, "model.head", dim=m.dim, num_classes=num_answers),
     )
+
+
+def build_retrieval_model(config: Config, vocab_size: int) -> RetrievalModel:
+    """Encoders + dual-encoder head (model.head) + optional fusion and ITM head (retrieval.itm_head)."""
+    m = config.model
+    if m.head.get("name") not in RETRIEVAL_HEADS:
+        raise ConfigError(f"config key 'model.head.name' must be one of {', '.join(RETRIEVAL_HEADS)} for task "
+                          f"retrieval, got {m.head.get('name')!r}")
+    image_encoder, text_encoder = _encoders(config, vocab_size)
+    head = build_component(RETRIEVAL_HEADS, m.head, "model.head", dim=m.dim)
+    fusion = itm_head = None
+    if m.fusion is not None:
+        fusion = build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim)
+        itm_head = build_component(ITM_HEADS, config.retrieval.itm_head, "retrieval.itm_head", dim=m.dim)
+    return RetrievalModel(image_encoder, text_encoder, head, fusion, itm_head)
+
+
+def build_task_model(config: Config, vocab_size: int, num_answers: int | None = None) -> nn.Module:
+    """The model of `config.task`: a VisionLanguageModel (vqa) or a RetrievalModel (retrieval)."""
+    if config.task == "retrieval":
+        return build_retrieval_model(config, vocab_size)
+    return build_model(config, vocab_size, num_answers)
 
 
 def text_tokenizer_file(config: Config) -> Path | None:

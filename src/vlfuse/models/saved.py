@@ -1,4 +1,5 @@
-"""A saved model is a directory: config.yaml, model.safetensors, tokenizer.json, answers.json.
+"""A saved model is a directory: config.yaml, model.safetensors, tokenizer.json, answers.json
+(task vqa only: a retrieval model has no answers).
 
 Loading rebuilds the model from the config through the factory and fills in the weights; nothing
 in the directory is executed.
@@ -23,10 +24,10 @@ class SavedModel:
     model: nn.Module
     config: Config
     tokenizer: object
-    answers: AnswerVocab
+    answers: AnswerVocab | None  # None for task retrieval
 
 
-def save_vocabularies(path: str | Path, config: Config, tokenizer, answers: AnswerVocab) -> Path:
+def save_vocabularies(path: str | Path, config: Config, tokenizer, answers: AnswerVocab | None) -> Path:
     """Everything but the weights: written before training so a resumed run keeps the same ids."""
     import yaml
 
@@ -34,11 +35,13 @@ def save_vocabularies(path: str | Path, config: Config, tokenizer, answers: Answ
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG).write_text(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
     tokenizer.save(str(path / TOKENIZER))
-    answers.save(path / ANSWERS)
+    if answers is not None:
+        answers.save(path / ANSWERS)
     return path
 
 
-def save_model_dir(path: str | Path, model: nn.Module, config: Config, tokenizer, answers: AnswerVocab) -> Path:
+def save_model_dir(path: str | Path, model: nn.Module, config: Config, tokenizer,
+                   answers: AnswerVocab | None) -> Path:
     from safetensors.torch import save_model
 
     path = save_vocabularies(path, config, tokenizer, answers)
@@ -46,21 +49,27 @@ def save_model_dir(path: str | Path, model: nn.Module, config: Config, tokenizer
     return path
 
 
-def load_model_dir(path: str | Path, *, weights: bool = True) -> SavedModel:
+def load_model_dir(path: str | Path, *, weights: bool = True, task: str | None = None) -> SavedModel:
+    """Rebuild the model in `path`; `task` (vqa, retrieval), when given, refuses a model of another task."""
     from safetensors.torch import load_model
 
     from ..data.tokenizer import load_tokenizer
-    from .factory import build_model
+    from .factory import build_task_model
 
     path = Path(path)
-    needed = [CONFIG, TOKENIZER, ANSWERS] + ([WEIGHTS] if weights else [])
+    if not (path / CONFIG).is_file():
+        raise DataError(f"not a vlfuse model directory: {CONFIG} is missing", path=path)
+    config = load_config(path / CONFIG)
+    if task is not None and config.task != task:
+        raise DataError(f"holds a {config.task} model, not a {task} model", path=path)
+    vqa = config.task == "vqa"
+    needed = [TOKENIZER] + ([ANSWERS] if vqa else []) + ([WEIGHTS] if weights else [])
     for name in needed:
         if not (path / name).is_file():
             raise DataError(f"not a vlfuse model directory: {name} is missing", path=path)
-    config = load_config(path / CONFIG)
     tokenizer = load_tokenizer(path / TOKENIZER)
-    answers = AnswerVocab.load(path / ANSWERS)
-    model = build_model(config, tokenizer.get_vocab_size(), len(answers))
+    answers = AnswerVocab.load(path / ANSWERS) if vqa else None
+    model = build_task_model(config, tokenizer.get_vocab_size(), None if answers is None else len(answers))
     if weights:
         try:
             load_model(model, str(path / WEIGHTS))

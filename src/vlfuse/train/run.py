@@ -9,16 +9,17 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
 from ..data.answers import AnswerVocab
-from ..data.loading import read_split
+from ..data.loading import check_task_format, read_split
 from ..data.tokenizer import build_tokenizer, load_tokenizer
 from ..data.vqa_dataset import EpochSampler, GroupedVQADataset, collate_groups
 from ..errors import ConfigError
@@ -47,21 +48,28 @@ class TrainResult:
     interrupted: bool
 
 
-class VQADataModule(L.LightningDataModule):
-    """Loaders with a per-epoch deterministic order, so an interrupted epoch resumes where it stopped."""
+class EpochDataModule(L.LightningDataModule):
+    """Loaders with a per-epoch deterministic order, so an interrupted epoch resumes where it stopped.
 
-    def __init__(self, train_set: GroupedVQADataset, val_set: GroupedVQADataset | None, config: Config):
+    `collate` batches the dataset's items; `sampler` is EpochSampler or a subclass (retrieval's
+    PairSampler also hands the dataset the epoch).
+    """
+
+    def __init__(self, train_set: Dataset, val_set: Dataset | None, config: Config,
+                 collate: Callable = partial(collate_groups, with_samples=False),
+                 sampler: type[EpochSampler] = EpochSampler):
         super().__init__()
         self.train_set, self.val_set, self.config = train_set, val_set, config
+        self.collate, self.sampler = collate, sampler
 
-    def _loader(self, dataset: GroupedVQADataset, sampler: EpochSampler) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: EpochSampler) -> DataLoader:
         workers = self.config.train.num_workers
         return DataLoader(dataset, batch_size=self.config.train.batch_images, sampler=sampler,
-                          collate_fn=partial(collate_groups, with_samples=False), num_workers=workers, persistent_workers=workers > 0)
+                          collate_fn=self.collate, num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = EpochSampler(len(self.train_set), self.config.seed, True, trainer.global_rank, trainer.world_size)
+        sampler = self.sampler(len(self.train_set), self.config.seed, True, trainer.global_rank, trainer.world_size)
         # After a restore, skip the batches of the interrupted epoch that were trained. A checkpoint
         # written at a batch's end counts that batch as processed but not yet completed.
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -73,8 +81,8 @@ class VQADataModule(L.LightningDataModule):
         if self.val_set is None or len(self.val_set) == 0:
             return []
         trainer = self.trainer
-        return self._loader(self.val_set, EpochSampler(len(self.val_set), 0, False, trainer.global_rank,
-                                                        trainer.world_size))
+        return self._loader(self.val_set, self.sampler(len(self.val_set), 0, False, trainer.global_rank,
+                                                       trainer.world_size))
 
 
 def _merge_csv(parts: list[Path], target: Path) -> None:
@@ -92,6 +100,142 @@ def _merge_csv(parts: list[Path], target: Path) -> None:
         writer.writerows(rows)
 
 
+@dataclass
+class Prepared:
+    """What a task hands the shared training loop (`train`)."""
+
+    module: L.LightningModule
+    datamodule: L.LightningDataModule
+    save: Callable[[], None]  # writes the finished model directory (weights and vocabularies)
+    summary: dict  # the task's part of run.json
+
+
+@dataclass
+class RunDirs:
+    """out_dir's layout: model/ (the export), checkpoints/ (last.ckpt, to resume), logs/ (metrics.csv)."""
+
+    out: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / "model"
+
+    @property
+    def last(self) -> Path:
+        return self.out / "checkpoints" / "last.ckpt"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.out / "logs"
+
+    def check(self, resume: bool) -> None:
+        """Refuse to resume without a checkpoint, and to train over an interrupted or finished run."""
+        out, last = self.out, self.last
+        if resume and not last.is_file():
+            raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
+        if not resume and last.is_file():
+            raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or set out_dir elsewhere")
+        if not resume and ((out / "run.json").is_file() or (self.model_dir / "model.safetensors").is_file()):
+            raise ConfigError(f"{out} already holds a finished run: set out_dir elsewhere, or delete it to train again")
+
+    def set_logs_aside(self, resume: bool) -> list[Path]:
+        """Lightning's CSV logger starts its file afresh: keep the interrupted run's part for `join_logs`."""
+        log_dir = self.log_dir
+        if not (resume and (log_dir / "metrics.csv").is_file()):
+            return []
+        part = log_dir / f"metrics.part{len(list(log_dir.glob('metrics.part*.csv')))}.csv"
+        (log_dir / "metrics.csv").rename(part)
+        return sorted(log_dir.glob("metrics.part*.csv"))
+
+    def join_logs(self, previous: list[Path]) -> None:
+        if previous:
+            _merge_csv(previous + [self.log_dir / "metrics.csv"], self.log_dir / "metrics.csv")
+            for part in previous:
+                part.unlink()
+
+
+def steps_per_epoch(config: Config, items: int) -> int:
+    """Optimizer steps in an epoch of `items` dataset items (each process takes its share)."""
+    world = config.train.devices if "ddp" in config.train.strategy else 1
+    return math.ceil(math.ceil(items / world) / config.train.batch_images)
+
+
+def make_trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
+    t = config.train
+    return L.Trainer(
+        max_epochs=t.epochs,
+        max_time={"minutes": t.max_minutes} if t.max_minutes else None,
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        gradient_clip_val=t.grad_clip or None,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=L.pytorch.loggers.CSVLogger(run.out, name="", version="logs"),
+        callbacks=[
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=run.last.parent, every_n_train_steps=t.checkpoint_every_n_steps,
+                                                save_last=True, save_top_k=0),
+            L.pytorch.callbacks.OnExceptionCheckpoint(dirpath=run.last.parent, filename="last"),
+        ],
+        plugins=[SafetensorsCheckpointIO()],
+        use_distributed_sampler=False,  # EpochSampler splits the data across processes itself
+        enable_progress_bar=progress and t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def fit(trainer: L.Trainer, prepared: Prepared, ckpt_path: Path | None) -> None:
+    with warnings.catch_warnings():
+        # Our loader resumes mid-epoch through EpochSampler.skip, which Lightning cannot see.
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+        # OnExceptionCheckpoint makes Lightning look for a "last" checkpoint even on a fresh run;
+        # fresh runs are guarded by RunDirs.check, so its notes about that are noise.
+        warnings.filterwarnings("ignore", message=r".*\(ckpt_path=None\)` was called without a model.*")
+        warnings.filterwarnings("ignore", message=r'.*ckpt_path="last"\) is set, but there is no last checkpoint.*')
+        # A config without a val split; frozen pretrained encoders, which stay in eval mode on purpose.
+        warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+        trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
+
+
+def warn_skipped(**reads) -> None:
+    for name, read in reads.items():
+        if read is not None and read.skipped.count:
+            print(f"warning: {name}: {read.skipped.summary()}", file=sys.stderr)
+
+
+def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split."""
+    check_task_format(config.task, config.data)
+    start = time.time()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    run = RunDirs(Path(config.out_dir))
+    run.check(resume)
+    if config.task == "retrieval":
+        from .retrieval import prepare_retrieval as prepare
+    else:
+        prepare = prepare_vqa
+    prepared = prepare(config, run.model_dir, resume, progress)
+    previous_logs = run.set_logs_aside(resume)
+    trainer = make_trainer(config, run, progress)
+    fit(trainer, prepared, run.last if resume else None)
+
+    test_metrics = None
+    if trainer.global_rank == 0:
+        run.join_logs(previous_logs)
+        if not trainer.interrupted:
+            prepared.save()
+            if config.data.test is not None:
+                test_metrics = evaluate_split(run.model_dir, config, "test", run.out / "eval.json", progress)
+        summary = {
+            "steps": trainer.global_step, "epochs_completed": trainer.current_epoch,
+            "interrupted": trainer.interrupted, "wall_seconds": round(time.time() - start, 1),
+            **prepared.summary,
+        }
+        (run.out / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return TrainResult(run.model_dir, run.out, test_metrics, time.time() - start, trainer.interrupted)
+
+
 def _vocabularies(config: Config, samples, model_dir: Path, resume: bool):
     if resume:  # a resumed run must keep the exact token and answer ids of the interrupted one
         return load_tokenizer(model_dir / TOKENIZER), AnswerVocab.load(model_dir / ANSWERS)
@@ -101,19 +245,8 @@ def _vocabularies(config: Config, samples, model_dir: Path, resume: bool):
     return tokenizer, answers
 
 
-def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    start = time.time()
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    out = Path(config.out_dir)
-    model_dir, ckpt_dir, log_dir = out / "model", out / "checkpoints", out / "logs"
-    last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and last.is_file():
-        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or set out_dir elsewhere")
-    if not resume and ((out / "run.json").is_file() or (model_dir / "model.safetensors").is_file()):
-        raise ConfigError(f"{out} already holds a finished run: set out_dir elsewhere, or delete it to train again")
-
+def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -> Prepared:
+    """Task vqa: questions grouped by image, answers as classes."""
     train_read = read_split(config.data, "train")
     val_read = read_split(config.data, "val") if config.data.val else None
     tokenizer, answers = _vocabularies(config, train_read.samples, model_dir, resume)
@@ -124,77 +257,29 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         raise ConfigError("no usable training samples: " + train_read.skipped.summary())
     val_set = (GroupedVQADataset(val_read.samples, *data_args, val_read.skipped, progress, "Loading val images")
                if val_read else None)
-    for name, read in (("train", train_read), ("val", val_read)):
-        if read is not None and read.skipped.count:
-            print(f"warning: {name}: {read.skipped.summary()}", file=sys.stderr)
+    warn_skipped(train=train_read, val=val_read)
 
     model = build_model(config, tokenizer.get_vocab_size(), len(answers))
-    world = config.train.devices if "ddp" in config.train.strategy else 1
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / config.train.batch_images)
-    module = VQAModule(model, config.train, steps_per_epoch * config.train.epochs)
-
-    previous_logs = []
-    if resume and (log_dir / "metrics.csv").is_file():  # Lightning's CSV logger starts its file afresh
-        previous_logs = [log_dir / f"metrics.part{len(list(log_dir.glob('metrics.part*.csv')))}.csv"]
-        (log_dir / "metrics.csv").rename(previous_logs[0])
-        previous_logs = sorted(log_dir.glob("metrics.part*.csv"))
-
-    t = config.train
-    trainer = L.Trainer(
-        max_epochs=t.epochs,
-        max_time={"minutes": t.max_minutes} if t.max_minutes else None,
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
-        gradient_clip_val=t.grad_clip or None,
-        log_every_n_steps=t.log_every_n_steps,
-        logger=L.pytorch.loggers.CSVLogger(out, name="", version="logs"),
-        callbacks=[
-            L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_n_steps,
-                                                save_last=True, save_top_k=0),
-            L.pytorch.callbacks.OnExceptionCheckpoint(dirpath=ckpt_dir, filename="last"),
-        ],
-        plugins=[SafetensorsCheckpointIO()],
-        use_distributed_sampler=False,  # EpochSampler splits the data across processes itself
-        enable_progress_bar=progress and t.progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    with warnings.catch_warnings():
-        # Our loader resumes mid-epoch through EpochSampler.skip, which Lightning cannot see.
-        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-        # OnExceptionCheckpoint makes Lightning look for a "last" checkpoint even on a fresh run;
-        # fresh runs are guarded above, so its notes about that are noise.
-        warnings.filterwarnings("ignore", message=r".*\(ckpt_path=None\)` was called without a model.*")
-        warnings.filterwarnings("ignore", message=r'.*ckpt_path="last"\) is set, but there is no last checkpoint.*')
-        trainer.fit(module, datamodule=VQADataModule(train_set, val_set, config), ckpt_path=last if resume else None)
-
-    test_metrics = None
-    if trainer.global_rank == 0:
-        if previous_logs:
-            _merge_csv(previous_logs + [log_dir / "metrics.csv"], log_dir / "metrics.csv")
-            for part in previous_logs:
-                part.unlink()
-        if not trainer.interrupted:
-            save_model_dir(model_dir, model.cpu(), config, tokenizer, answers)
-            if config.data.test is not None:
-                test_metrics = evaluate_split(model_dir, config, "test", out / "eval.json", progress)
-        summary = {
-            "steps": trainer.global_step, "epochs_completed": trainer.current_epoch,
-            "interrupted": trainer.interrupted, "wall_seconds": round(time.time() - start, 1),
-            "train": {"images": len(train_set), "questions": train_set.num_questions,
-                      "unanswerable": train_set.unanswerable, "skipped": train_read.skipped.as_dict()},
-            "val": None if val_set is None else {"images": len(val_set), "questions": val_set.num_questions,
-                                                 "skipped": val_read.skipped.as_dict()},
-            "answers": len(answers), "vocab": tokenizer.get_vocab_size(),
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }
-        (out / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return TrainResult(model_dir, out, test_metrics, time.time() - start, trainer.interrupted)
+    module = VQAModule(model, config.train, steps_per_epoch(config, len(train_set)) * config.train.epochs)
+    summary = {
+        "train": {"images": len(train_set), "questions": train_set.num_questions,
+                  "unanswerable": train_set.unanswerable, "skipped": train_read.skipped.as_dict()},
+        "val": None if val_set is None else {"images": len(val_set), "questions": val_set.num_questions,
+                                             "skipped": val_read.skipped.as_dict()},
+        "answers": len(answers), "vocab": tokenizer.get_vocab_size(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return Prepared(module, EpochDataModule(train_set, val_set, config),
+                    lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, answers), summary)
 
 
 def evaluate_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool = True) -> dict:
     """Evaluate a saved model on one split of `config.data`; write metrics (+ predictions) as JSON."""
+    check_task_format(config.task, config.data)
+    if config.task == "retrieval":
+        from .retrieval import evaluate_retrieval_split
+
+        return evaluate_retrieval_split(model_dir, config, split, out_json, progress)
     from ..evaluate import evaluate_samples
     from ..models.saved import load_model_dir
 

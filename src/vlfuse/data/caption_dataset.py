@@ -1,0 +1,83 @@
+"""Image-caption pairs for retrieval: each image decoded once, with every caption written for it.
+
+Training takes one caption per image per batch, so the other images of the batch are the
+negatives (no image appears twice in a batch). The caption an image brings cycles through its
+captions from epoch to epoch, decided by (image, epoch) alone: a resumed run and a run with
+loader workers see the same pairs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from ..progress import track
+from .formats.common import SkipLog
+from .images import load_image
+from .records import CaptionSample
+from .tokenizer import encode_ids, pad_ids
+from .vqa_dataset import EpochSampler, image_to_tensor
+
+
+class CaptionDataset(Dataset):
+    """Item (i, epoch) = (image i as uint8 [3, S, S], token ids of its caption for that epoch).
+
+    Images without captions are left out (counted in `uncaptioned`); a bad image is recorded in
+    `skip_log` (or raises, under on_bad_sample=error), its captions dropped with it. Every caption
+    is also available flat, for evaluation: `caption_ids[t]`, `captions[t]` and `text_to_image[t]`.
+    """
+
+    def __init__(self, samples: list[CaptionSample], tokenizer, image_size: int, max_length: int,
+                 skip_log: SkipLog, progress: bool = True, description: str = "Loading images"):
+        self.uncaptioned = sum(not s.captions for s in samples)
+        kept, images = [], []
+        for sample in track([s for s in samples if s.captions], description, enabled=progress):
+            try:
+                images.append(image_to_tensor(load_image(sample.image_path), image_size))
+            except DataError as exc:
+                skip_log.add(exc, samples=len(sample.captions))
+                continue
+            kept.append(sample)
+        self.samples: list[CaptionSample] = kept
+        self.images = torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
+        self.captions: list[str] = [c for s in kept for c in s.captions]
+        self.text_to_image = torch.tensor([i for i, s in enumerate(kept) for _ in s.captions], dtype=torch.long)
+        self.caption_ids: list[list[int]] = encode_ids(tokenizer, self.captions, max_length) if self.captions else []
+        starts = [0]
+        for s in kept:
+            starts.append(starts[-1] + len(s.captions))
+        self.first_caption = starts  # image i's captions are caption_ids[starts[i]:starts[i + 1]]
+
+    @property
+    def image_paths(self) -> list[Path]:
+        return [Path(s.image_path) for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def caption_for(self, i: int, epoch: int) -> int:
+        """Which caption (a flat index) image i brings in `epoch`: each in turn, from a per-image start."""
+        first, count = self.first_caption[i], self.first_caption[i + 1] - self.first_caption[i]
+        return first + (i + epoch) % count
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        return self.images[i], self.caption_ids[self.caption_for(i, epoch)]
+
+
+class PairSampler(EpochSampler):
+    """EpochSampler that hands the dataset (image index, epoch), so it can pick that epoch's caption."""
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((i, epoch) for i in super().__iter__())
+
+
+def collate_pairs(items: list[tuple[torch.Tensor, list[int]]]) -> dict:
+    """Row i of the batch: image i and one of its captions (images [B, 3, S, S] uint8, padded ids)."""
+    input_ids, attention_mask = pad_ids([ids for _, ids in items])
+    return {"images": torch.stack([image for image, _ in items]), "input_ids": input_ids,
+            "attention_mask": attention_mask}

@@ -1,0 +1,55 @@
+"""RetrievalModel: image encoder + text encoder + embedding head + optional fusion and ITM head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..types import Features
+from .vlm import check_text_input
+
+
+class RetrievalModel(nn.Module):
+    """Two-stage image-text retrieval (LAVIS): embeddings for the first stage, matching for re-ranking.
+
+    `head` (heads.retrieval.DualEncoderHead) maps each encoder's Features to unit embeddings;
+    `fusion` + `itm_head` (both or neither) score a pair of Features as match / no match.
+    """
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, head: nn.Module,
+                 fusion: nn.Module | None = None, itm_head: nn.Module | None = None):
+        super().__init__()
+        if (fusion is None) != (itm_head is None):
+            raise ConfigError("a retrieval model needs both a fusion and an ITM head to re-rank, or neither")
+        if getattr(text_encoder, "embeddings_only", False) or getattr(fusion, "reads_text_embeddings", False):
+            raise ConfigError("task retrieval embeds whole sentences: model.text_encoder.embeddings_only and "
+                              "fusions that run the text model themselves (mmbt) do not fit it")
+        if fusion is not None:
+            check_text_input(text_encoder, fusion)
+        self.image_encoder, self.text_encoder, self.head = image_encoder, text_encoder, head
+        self.fusion, self.itm_head = fusion, itm_head
+
+    @property
+    def can_rerank(self) -> bool:
+        return self.itm_head is not None
+
+    def encode_images(self, images: torch.Tensor) -> Features:
+        """images [B, 3, H, W], uint8 or float in [0, 1] -> the image encoder's Features."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        return self.image_encoder(images)
+
+    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
+        return self.text_encoder(input_ids, attention_mask)
+
+    def match(self, image: Features, text: Features) -> torch.Tensor:
+        """ITM logits [B, 2] (class 1 = match) of row-aligned image and text Features."""
+        if self.itm_head is None:
+            raise ConfigError("this retrieval model has no fusion (model.fusion: null), so no matching head")
+        return self.itm_head(self.fusion(image, text))
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit embeddings (images [B_i, E], texts [B_t, E]); their dot products are the ITC scores."""
+        return self.head(self.encode_images(images), self.encode_texts(input_ids, attention_mask))

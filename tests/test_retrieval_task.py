@@ -1,0 +1,375 @@
+"""Task retrieval end to end: heads, caption pairs, a tiny run through the CLI, two-stage re-ranking, bad configs.
+
+The tiny run trains on the 14 training images of the shared tiny shapes data and is tested on the
+same split (its own test split has one image, too few for Recall@10): this checks the plumbing,
+not how well retrieval generalises.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlfuse.types import Features, FusionOutput
+
+REPO = Path(__file__).resolve().parents[1]
+RETRIEVAL_CONFIG = REPO / "configs" / "retrieval_shapes.yaml"
+COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
+
+TINY = [
+    "model.dim=16",
+    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
+    "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
+    "model.fusion={name: cross_attention, layers: 1, heads: 2, dropout: 0.0}",
+    "model.head={name: dual_encoder, embed_dim: 8}",
+    "data.image_size=32",
+    "data.val=null",
+    "data.test={annotations: captions/captions_train.json, images: images/train}",
+    "train.progress_bar=false",
+    "train.epochs=2",
+    "train.batch_images=4",
+    "train.warmup_steps=2",
+    "train.log_every_n_steps=1",
+    "train.accelerator=cpu",
+    "train.max_minutes=null",
+    "retrieval.hinge_weight=0.5",
+]
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def assert_one_line_error(result, *culprits: str) -> str:
+    everything = result.stdout + result.stderr
+    assert "Traceback" not in everything, everything
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, (result.returncode, everything)
+    assert lines[0].startswith("error: "), lines[0]
+    for culprit in culprits:
+        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
+    return lines[0]
+
+
+def retrieval_config(shapes_root: Path, out_dir: Path, *extra: str):
+    from vlfuse.config import load_config
+
+    return load_config(RETRIEVAL_CONFIG, [f"data.root={shapes_root}", f"out_dir={out_dir}", *TINY, *extra])
+
+
+def write_yaml(path: Path, config) -> Path:
+    import yaml
+
+    from vlfuse.config import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- heads
+
+def test_dual_encoder_head_gives_unit_embeddings_in_a_shared_space():
+    from vlfuse.heads.retrieval import DualEncoderHead
+
+    torch.manual_seed(0)
+    head = DualEncoderHead(dim=16, embed_dim=8, temperature=0.05)
+    image = Features(torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.bool), torch.randn(3, 16))
+    text = Features(torch.randn(4, 7, 16), torch.ones(4, 7, dtype=torch.bool), torch.randn(4, 16))
+    image_emb, text_emb = head(image, text)
+    assert image_emb.shape == (3, 8) and text_emb.shape == (4, 8)
+    for emb in (image_emb, text_emb):
+        assert torch.allclose(emb.norm(dim=-1), torch.ones(len(emb)), atol=1e-6)
+    assert float(head.scale) == pytest.approx(20.0)
+    # The temperature is a parameter of the model (saved with it) and learns from the loss.
+    loss = head.loss(image_emb[:3], text_emb[:3])
+    loss.backward()
+    assert head.contrastive.log_scale.grad is not None and head.image_proj.weight.grad is not None
+    assert "contrastive.log_scale" in dict(head.named_parameters())
+    fixed = DualEncoderHead(dim=16, embed_dim=8, learnable_temperature=False)
+    assert "contrastive.log_scale" not in dict(fixed.named_parameters())
+    assert "contrastive.log_scale" in fixed.state_dict()
+
+
+def test_itm_head_gives_two_logits_from_a_fusion_output():
+    from vlfuse.heads.retrieval import ITMHead, match_score
+
+    head = ITMHead(dim=16)
+    logits = head(FusionOutput(torch.randn(5, 16)))
+    assert logits.shape == (5, 2)
+    assert torch.allclose(match_score(logits), logits[:, 1] - logits[:, 0])
+    assert ITMHead(dim=16, hidden=8)(FusionOutput(torch.randn(2, 16))).shape == (2, 2)
+
+
+# --------------------------------------------------------------------------- data
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 200, 0), "blue": (0, 0, 255), "black": (0, 0, 0)}
+
+
+def _coloured_samples(tmp_path: Path):
+    """Images of one solid colour each, captioned by colour (blue has three captions, black none)."""
+    from PIL import Image
+
+    from vlfuse.data.records import CaptionSample
+
+    captions = {"red": ("a red square",), "green": ("green", "all green"),
+                "blue": ("blue one", "a blue square", "just blue"), "black": ()}
+    samples = []
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        path = tmp_path / f"{name}.png"
+        Image.new("RGB", (8, 8), rgb).save(path)
+        samples.append(CaptionSample(i, path, captions[name]))
+    return samples
+
+
+def _colour_of(image: torch.Tensor) -> str:
+    rgb = tuple(int(v) for v in image[:, 0, 0])
+    return next(name for name, value in COLOURS.items() if value == rgb)
+
+
+def test_caption_dataset_pairs_each_caption_with_its_image(tmp_path):
+    from vlfuse.data.caption_dataset import CaptionDataset, PairSampler, collate_pairs
+    from vlfuse.data.formats.common import SkipLog
+    from vlfuse.data.tokenizer import build_tokenizer
+
+    samples = _coloured_samples(tmp_path)
+    tokenizer = build_tokenizer(c for s in samples for c in s.captions)
+    dataset = CaptionDataset(samples, tokenizer, 8, 16, SkipLog("error"), progress=False)
+    assert len(dataset) == 3 and dataset.uncaptioned == 1  # black has no caption: nothing to retrieve it by
+    assert len(dataset.captions) == 6 and dataset.text_to_image.tolist() == [0, 1, 1, 2, 2, 2]
+    for t, caption in enumerate(dataset.captions):  # the flat view, used by evaluation
+        assert _colour_of(dataset.images[dataset.text_to_image[t]]) in caption
+    vocab = {i: w for w, i in tokenizer.get_vocab().items()}
+    seen = {name: set() for name in ("red", "green", "blue")}
+    for epoch in range(3):
+        for i in range(len(dataset)):
+            image, ids = dataset[(i, epoch)]
+            words = " ".join(vocab[t] for t in ids)
+            assert _colour_of(image) in words
+            seen[_colour_of(image)].add(words)
+    assert [len(seen[c]) for c in ("red", "green", "blue")] == [1, 2, 3]  # every caption comes round
+
+    # A batch: one caption per image, rows aligned, each image once; the sampler hands over the epoch.
+    sampler = PairSampler(len(dataset), seed=0, shuffle=True)
+    sampler.set_epoch(4)
+    keys = list(sampler)
+    assert sorted(i for i, _ in keys) == [0, 1, 2] and {e for _, e in keys} == {4}
+    batch = collate_pairs([dataset[key] for key in keys])
+    assert batch["images"].shape == (3, 3, 8, 8) and batch["images"].dtype == torch.uint8
+    for image, ids, mask in zip(batch["images"], batch["input_ids"], batch["attention_mask"]):
+        assert _colour_of(image) in " ".join(vocab[int(t)] for t in ids[mask])
+
+
+def test_coco_captions_format_reads_the_generated_captions(shapes_root):
+    from vlfuse.config import load_config
+    from vlfuse.data.loading import read_split
+    from vlfuse.data.records import CaptionSample
+
+    config = load_config(RETRIEVAL_CONFIG, [f"data.root={shapes_root}"])
+    read = read_split(config.data, "train")
+    assert len(read.samples) == 14 and all(isinstance(s, CaptionSample) for s in read.samples)
+    doc = read_json(shapes_root / "captions" / "captions_train.json")
+    by_id = {a["image_id"]: a["caption"] for a in doc["annotations"]}
+    for sample in read.samples:
+        assert sample.captions == (by_id[sample.image_id],)
+        assert sample.image_path == shapes_root / "images" / "train" / f"train_{sample.image_id:06d}.png"
+
+
+def test_data_inspect_summarises_a_caption_split(shapes_root, cli_main, tmp_path):
+    config = write_yaml(tmp_path / "data.yaml", retrieval_config(shapes_root, tmp_path / "unused"))
+    result = cli_main("data", "inspect", config)
+    assert result.returncode == 0, result.stderr
+    assert "coco_captions / train: 14 images, 14 captions, 0 without a caption" in result.stdout
+    assert "problems: none" in result.stdout
+
+
+@pytest.mark.skipif(not COCO_MINI.is_dir(), reason="../shared/data/coco-mini is not here (the CI data folder)")
+def test_shipped_coco_mini_config_reads_real_coco_captions():
+    from vlfuse.config import load_config
+    from vlfuse.data.loading import read_split
+
+    config = load_config(REPO / "configs" / "retrieval_coco_mini.yaml", [f"data.root={COCO_MINI}"])
+    train, test = read_split(config.data, "train"), read_split(config.data, "test")
+    assert (len(train.samples), len(test.samples)) == (80, 159) and not train.skipped.count
+    assert all(len(s.captions) >= 5 and s.image_path.is_file() for s in train.samples + test.samples)
+
+
+# --------------------------------------------------------------------------- re-ranking
+
+def test_reranking_with_a_perfect_matcher_fixes_the_order():
+    from vlfuse.metrics.retrieval import retrieval_metrics
+    from vlfuse.train.retrieval import rerank_top_k
+
+    owner = torch.tensor([0, 0, 1, 1, 2, 2])  # two captions per image
+    # A first stage that prefers the wrong items: every image likes the captions of image (i + 1) % 3.
+    similarity = torch.tensor([[0.1, 0.2, 0.9, 0.8, 0.3, 0.4],
+                               [0.3, 0.4, 0.1, 0.2, 0.9, 0.8],
+                               [0.9, 0.8, 0.3, 0.4, 0.1, 0.2]])
+    assert retrieval_metrics(similarity, owner, (1,))["i2t_r1"] == 0.0
+    calls = []
+
+    def perfect(image_index, text_index):
+        calls.append(len(image_index))
+        return torch.where(owner[text_index] == image_index, 10.0, -10.0)
+
+    i2t, t2i = rerank_top_k(similarity, 6, perfect)
+    fixed = {**{k: v for k, v in retrieval_metrics(i2t, owner, (1, 2)).items() if k.startswith("i2t")},
+             **{k: v for k, v in retrieval_metrics(t2i, owner, (1, 2)).items() if k.startswith("t2i")}}
+    assert fixed["i2t_r1"] == fixed["t2i_r1"] == 1.0 and fixed["i2t_mean_rank"] == fixed["t2i_mean_rank"] == 1.0
+    assert calls == [18]  # every pair once, although each is a candidate in both directions
+    # ITC + ITM: among the re-ranked, the first stage still orders two matches.
+    assert i2t[0, 2] == pytest.approx(0.9 - 10) and i2t[0, 0] == pytest.approx(0.1 + 10)
+
+    # With k = 2 only the top two of each query are re-scored: image 0's own captions (first-stage
+    # ranks 5 and 6) stay out of reach, and below the candidates the first-stage order holds.
+    i2t, t2i = rerank_top_k(similarity, 2, perfect)
+    order = i2t[0].argsort(descending=True).tolist()
+    assert order[:2] == [2, 3] and order[2:] == [5, 4, 1, 0]
+    # Text 0's top two images (2, then 1) are both wrong: re-scored, they keep their order, and its
+    # own image 0 stays below them.
+    assert t2i[:, 0].argsort(descending=True).tolist() == [2, 1, 0]
+
+
+# --------------------------------------------------------------------------- a tiny run end to end
+
+@pytest.fixture(scope="module")
+def retrieval_run(shapes_root, tmp_path_factory):
+    """`vlfuse train` (in this process) of the tiny retrieval config: returns (out_dir, CLI stdout)."""
+    import sys
+
+    from vlfuse.cli import main
+
+    root = tmp_path_factory.mktemp("retrieval")
+    config = write_yaml(root / "tiny.yaml", retrieval_config(shapes_root, root / "run"))
+    argv = sys.argv
+    sys.argv = ["vlfuse", "train", str(config)]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+    finally:
+        sys.argv = argv
+    return root / "run", config
+
+
+def test_training_writes_a_model_dir_and_recall_both_ways(retrieval_run, capsys):
+    out, _ = retrieval_run
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.yaml", "model.safetensors", "tokenizer.json"]
+    run = read_json(out / "run.json")
+    assert run["task"] == "retrieval" and run["steps"] == 2 * 4 and run["interrupted"] is False
+    assert run["train"]["images"] == run["train"]["captions"] == 14
+    metrics = read_json(out / "eval.json")
+    assert metrics["images"] == metrics["captions"] == 14 and metrics["ks"] == [1, 5, 10]
+    assert metrics["rerank_k"] == 16
+    for stage in ("first_stage", "reranked"):
+        for direction in ("i2t", "t2i"):
+            for key in ("r1", "r5", "r10", "median_rank", "mean_rank"):
+                assert f"{direction}_{key}" in metrics[stage], (stage, direction, key)
+            recalls = [metrics[stage][f"{direction}_r{k}"] for k in (1, 5, 10)]
+            assert recalls == sorted(recalls) and all(0 <= r <= 1 for r in recalls)
+    rankings = [json.loads(line) for line in (out / "eval_rankings.jsonl").read_text().splitlines()]
+    assert len(rankings) == 14 and all(1 <= r["rank_reranked"] <= 14 for r in rankings)
+    t2i_r1 = sum(r["rank_reranked"] == 1 for r in rankings) / 14
+    assert t2i_r1 == pytest.approx(metrics["reranked"]["t2i_r1"])
+    with (out / "logs" / "metrics.csv").open() as f:
+        header = f.readline()
+    assert "train_itc" in header and "train_itm" in header and "train_hinge" in header
+
+
+def test_eval_reloads_the_model_with_identical_embeddings(retrieval_run, cli_main, tmp_path):
+    from vlfuse.data.caption_dataset import CaptionDataset
+    from vlfuse.data.formats.common import SkipLog
+    from vlfuse.data.loading import read_split
+    from vlfuse.models.saved import load_model_dir
+    from vlfuse.train.retrieval import embed_dataset
+
+    out, _ = retrieval_run
+    result = cli_main("eval", out / "model", "--out", tmp_path / "again.json")
+    assert result.returncode == 0, result.stderr
+    assert "R@10" in result.stdout and "re-ranked" in result.stdout and "text→image" in result.stdout
+    first, again = read_json(out / "eval.json"), read_json(tmp_path / "again.json")
+    first.pop("seconds"), again.pop("seconds")
+    assert again == first  # the scores of the trained model, rebuilt from the directory
+
+    a, b = load_model_dir(out / "model"), load_model_dir(out / "model")
+    read = read_split(a.config.data, "test")
+    data = CaptionDataset(read.samples, a.tokenizer, 32, 64, SkipLog(), progress=False)
+    ea, eb = embed_dataset(a.model, data, progress=False), embed_dataset(b.model, data, progress=False)
+    assert torch.equal(ea.images, eb.images) and torch.equal(ea.texts, eb.texts)
+    assert float(a.model.head.scale) == pytest.approx(first["logit_scale"])
+
+
+def test_dual_encoder_without_fusion_reports_the_first_stage_only(shapes_root, tmp_path):
+    from vlfuse.train.run import train
+
+    result = train(retrieval_config(shapes_root, tmp_path / "run", "model.fusion=null", "train.epochs=1"),
+                   progress=False)
+    metrics = result.test_metrics
+    assert metrics["reranked"] is None and metrics["rerank_k"] == 0 and "i2t_r10" in metrics["first_stage"]
+
+
+def test_a_retrieval_model_answers_no_questions(retrieval_run, shapes_root, cli_main):
+    out, _ = retrieval_run
+    image = shapes_root / "images" / "test" / "test_000001.png"
+    assert_one_line_error(cli_main("predict", out / "model", "--image", image, "--question", "What?"),
+                          "retrieval model", str(out / "model"))
+
+
+# --------------------------------------------------------------------------- bad configs
+
+@pytest.mark.parametrize("case", ["retrieval with a VQA format", "vqa with a caption format",
+                                  "retrieval with the VQA head", "retrieval with batches of one"])
+def test_bad_retrieval_config_is_a_one_line_error(case, shapes_root, cli_main, tmp_path):
+    from vlfuse.config import load_config
+
+    if case == "vqa with a caption format":
+        config = retrieval_config(shapes_root, tmp_path / "run", "task=vqa")
+        culprits = ("data.format", "coco_captions", "task vqa")
+    elif case == "retrieval with a VQA format":
+        config = load_config(REPO / "configs" / "vqa_shapes.yaml", [f"data.root={shapes_root}", "task=retrieval",
+                                                                     f"out_dir={tmp_path / 'run'}"])
+        culprits = ("data.format", "vqa_v2", "task retrieval", "coco_captions")
+    elif case == "retrieval with the VQA head":
+        config = retrieval_config(shapes_root, tmp_path / "run", "model.head={name: classifier}")
+        culprits = ("model.head.name", "dual_encoder", "classifier")
+    else:
+        config = retrieval_config(shapes_root, tmp_path / "run", "train.batch_images=1")
+        culprits = ("train.batch_images", "negatives")
+    assert_one_line_error(cli_main("train", write_yaml(tmp_path / "bad.yaml", config)), *culprits)
+    assert not (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(shapes_root, tmp_path, monkeypatch):
+    """Mid-epoch crash, then --resume: same pairs, same hard negatives, same weights (in this process)."""
+    from safetensors.torch import load_file
+
+    from vlfuse.errors import ConfigError
+    from vlfuse.train import retrieval
+    from vlfuse.train.run import train
+
+    extra = ("train.checkpoint_every_n_steps=1",)
+    reference = train(retrieval_config(shapes_root, tmp_path / "reference", *extra), progress=False)
+
+    step = retrieval.RetrievalModule.training_step
+
+    def crash_at_step_5(self, batch, batch_idx):
+        if self.global_step == 5:  # epoch 1, second batch: the resumed run must start mid-epoch
+            raise RuntimeError("simulated crash")
+        return step(self, batch, batch_idx)
+
+    config = retrieval_config(shapes_root, tmp_path / "run", *extra)
+    monkeypatch.setattr(retrieval.RetrievalModule, "training_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, progress=False)
+    monkeypatch.setattr(retrieval.RetrievalModule, "training_step", step)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, progress=False)
+    resumed = train(config, resume=True, progress=False)
+    assert read_json(tmp_path / "run" / "run.json")["steps"] == read_json(tmp_path / "reference" / "run.json")["steps"]
+    ours, theirs = (load_file(str(r.model_dir / "model.safetensors")) for r in (resumed, reference))
+    assert list(ours) == list(theirs)
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-6, rtol=0) for k in theirs)
+    assert resumed.test_metrics["first_stage"] == reference.test_metrics["first_stage"]

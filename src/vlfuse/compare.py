@@ -85,7 +85,7 @@ def leaderboard(runs: list[RunSummary]) -> list[dict]:
     for fusion in dict.fromkeys(r.fusion for r in runs):
         mine = [r for r in runs if r.fusion == fusion]
         groups = {g for r in mine for g in r.metrics.get("groups", {})}
-        families = {f for r in mine for f in r.metrics["families"]}
+        families = dict.fromkeys(f for r in mine for f in r.metrics["families"])  # evaluation's order: by group
         rows.append({
             "fusion": fusion,
             "seeds": [r.seed for r in mine],
@@ -93,7 +93,7 @@ def leaderboard(runs: list[RunSummary]) -> list[dict]:
             "groups": {g: _mean_std([r.metrics["groups"][g]["accuracy"] for r in mine if g in r.metrics["groups"]])
                        for g in sorted(groups, key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else 99)},
             "families": {f: _mean_std([r.metrics["families"][f]["accuracy"] for r in mine
-                                       if f in r.metrics["families"]]) for f in sorted(families)},
+                                       if f in r.metrics["families"]]) for f in families},
             "parameters": mine[0].parameters,
             "train_seconds": statistics.fmean(r.train_seconds for r in mine),
             "steps": statistics.fmean(r.steps for r in mine),

@@ -154,3 +154,22 @@ def image_folder(path: Path, check: bool) -> Path:
 def extra_fields(entry: dict, used: set[str] | frozenset[str]) -> dict:
     """The entry's other fields, kept under their own names for later use (programs, scenes, ...)."""
     return {key: value for key, value in entry.items() if key not in used}
+
+
+def read_unique_lines(path: Path, skipped, make_sample, id_field: str) -> list:
+    """`make_sample(row, where)` for every JSON line of `path`; a bad row or a repeated
+    question_id (named by `id_field` in the message) is a bad sample, counted in `skipped`."""
+    from vlfuse.data.formats.common import iter_jsonl
+
+    samples, seen = [], set()
+    for line, row in iter_jsonl(path, skipped):
+        where = Where(path, line)
+        try:
+            sample = make_sample(row, where)
+            if sample.question_id in seen:
+                raise where.at(id_field).error(f"duplicate {id_field} {sample.question_id!r}")
+            seen.add(sample.question_id)
+            samples.append(sample)
+        except DataError as error:
+            skipped.add(error)
+    return samples

@@ -16,11 +16,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vlfuse.data.formats.common import ReadResult, SkipLog, iter_jsonl
+from vlfuse.data.formats.common import ReadResult, SkipLog
 from vlfuse.data.formats.fields import (Where, as_object, extra_fields, image_file, image_folder, plain_name,
-                                        question_text, require, true_false)
+                                        question_text, read_unique_lines, require, true_false)
 from vlfuse.data.records import VQASample
-from vlfuse.errors import DataError
 
 _IDENTIFIER = re.compile(r"^(.+)-\d+$")  # the pair's name, then the sentence number
 _USED = frozenset({"identifier", "sentence", "label", "directory"})
@@ -33,17 +32,8 @@ def read_nlvr2(path: str | Path, image_dir: str | Path | None = None, *, on_bad_
     skipped = SkipLog(on_bad_sample)
     path = Path(path)
     folder = image_folder(Path(image_dir) if image_dir is not None else path.parent, check_images)
-    samples, seen = [], set()
-    for line, row in iter_jsonl(path, skipped):
-        where = Where(path, line)
-        try:
-            sample = _sample(row, where, folder, check_images)
-            if sample.question_id in seen:
-                raise where.at("identifier").error(f"duplicate identifier {sample.question_id!r}")
-            seen.add(sample.question_id)
-            samples.append(sample)
-        except DataError as error:
-            skipped.add(error)
+    samples = read_unique_lines(path, skipped, lambda row, where: _sample(row, where, folder, check_images),
+                                "identifier")
     return ReadResult(samples=samples, skipped=skipped)
 
 

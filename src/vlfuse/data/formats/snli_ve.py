@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlfuse.data.formats.common import ReadResult, SkipLog, iter_jsonl
+from vlfuse.data.formats.common import ReadResult, SkipLog
 from vlfuse.data.formats.fields import (Where, as_list, as_object, brief, extra_fields, identifier, image_file,
-                                        image_folder, plain_name, question_text, required_text, text)
+                                        image_folder, plain_name, question_text, read_unique_lines, required_text, text)
 from vlfuse.data.records import VQASample
-from vlfuse.errors import DataError
 
 LABELS = ("entailment", "neutral", "contradiction")
 _USED = frozenset({"Flickr30K_ID", "sentence1", "sentence2", "gold_label", "annotator_labels", "pairID"})
@@ -30,17 +29,8 @@ def read_snli_ve(path: str | Path, image_dir: str | Path | None = None, *, on_ba
     path = Path(path)
     folder = image_folder(Path(image_dir) if image_dir is not None else path.parent / "flickr30k_images",
                           check_images)
-    samples, seen = [], set()
-    for line, row in iter_jsonl(path, skipped):
-        where = Where(path, line)
-        try:
-            sample = _sample(row, where, folder, check_images)
-            if sample.question_id in seen:
-                raise where.at("pairID").error(f"duplicate pairID {sample.question_id!r}")
-            seen.add(sample.question_id)
-            samples.append(sample)
-        except DataError as error:
-            skipped.add(error)
+    samples = read_unique_lines(path, skipped, lambda row, where: _sample(row, where, folder, check_images),
+                                "pairID")
     return ReadResult(samples=samples, skipped=skipped)
 
 

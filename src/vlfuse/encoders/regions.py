@@ -146,7 +146,6 @@ class RegionImageEncoder(nn.Module):
         self.part_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        self.heads = heads
         self.pair_bias = None
         if geometry_bias:
             # (dx, dy, distance, same object) -> one score per head; zero output at the start, so the

@@ -40,7 +40,7 @@ def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | 
     """`base` with only the fusion, seed, time budget and output folder changed.
 
     The fusion keeps the base config's settings when the base already uses it; otherwise it gets its
-    constructor defaults, plus whatever the factory says that fusion needs of the encoders.
+    constructor defaults, plus what FUSION_NEEDS says that fusion needs of the rest of the model.
     """
     from .models.factory import FUSIONS
 
@@ -60,7 +60,7 @@ def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | 
 
 
 def run_one(config: Config, progress: bool = True) -> RunSummary:
-    """Train (or resume, or read back) one run and measure its inference speed on the test split."""
+    """Train (or resume, or read back) one run; its accuracy and inference speed come from its eval.json."""
     from .train.run import train
 
     out = Path(config.out_dir)

@@ -128,6 +128,20 @@ def trained_run(shapes_root, tiny_config, tmp_path_factory) -> TrainedRun:
 
 
 @pytest.fixture(scope="session")
+def trained_retrieval(shapes_root, tmp_path_factory) -> TrainedRun:
+    """One tiny retrieval run (test_retrieval_task's tiny settings: dual encoder + ITM head, 8-d
+    embeddings), shared by the index and server tests. Tests must not write into it."""
+    from test_retrieval_task import retrieval_config
+
+    from vlfuse.train.run import train
+
+    out = tmp_path_factory.mktemp("trained_retrieval") / "run"
+    config = retrieval_config(shapes_root, out)
+    result = train(config, progress=False)
+    return TrainedRun(out, out / "model", config, result)
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A tiny randomly initialised BERT as a local model folder (hidden 16, 2 layers, vocab 32, no
     tokenizer): how pretrained-model code is tested without weights or a network."""

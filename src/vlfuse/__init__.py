@@ -2,11 +2,18 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "__version__"]
+__all__ = ["load", "load_captioner", "__version__"]
 
 
 def load(model_dir, device: str = "cpu"):
     """Load a saved model directory and return a Predictor (`.predict(image, question)`)."""
     from .predict import load as _load
+
+    return _load(model_dir, device)
+
+
+def load_captioner(model_dir, device: str = "cpu"):
+    """Load a saved captioning model and return a Captioner (`.caption(image)`); `load` does too."""
+    from .caption import load_captioner as _load
 
     return _load(model_dir, device)

@@ -18,6 +18,16 @@ app = typer.Typer(help="Image-text fusion: generate data, train, evaluate, predi
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Datasets: generate the built-in one, inspect a configured split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+from .cli_index import index_app  # noqa: E402 - typer apps of their own files; light to import
+
+app.add_typer(index_app, name="index")
+from .cli_serve import serve  # noqa: E402
+
+app.command("serve")(serve)
+from .cli_data_tools import cache_app, data_shard  # noqa: E402 - feature cache and tar shards
+
+app.add_typer(cache_app, name="cache")
+data_app.command("shard")(data_shard)
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.sub=value")]
 
@@ -34,12 +44,14 @@ def data_shapes(
     lang: str = typer.Option("en", help="Question language: en or zh."),
     size: int = typer.Option(64, help="Image side in pixels."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives identical files."),
+    dialogs: Optional[bool] = typer.Option(None, "--dialogs/--no-dialogs", help="Also write VisDial-layout "
+                                           "dialogues to OUT_DIR/dialog/ (default: for English data)."),
 ) -> None:
     """Generate the built-in Sort-of-CLEVR-style dataset (VQA v2 + COCO captions layouts)."""
     from .data.shapes import generate
 
     manifest = generate(out_dir, images=images, questions_per_image=questions_per_image, lang=lang, size=size,
-                        seed=seed)
+                        seed=seed, dialogs=dialogs)
     typer.echo(f"Wrote {out_dir}: " + ", ".join(f"{k} {v['images']} images / {v['questions']} questions"
                                                 for k, v in manifest["splits"].items()))
 
@@ -68,12 +80,17 @@ def train(
     config: Path,
     set_: SetOption = None,
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in out_dir."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start the encoders and fusion from this model "
+                                                             "directory (e.g. what `vlfuse pretrain` wrote)."),
 ) -> None:
     """Train a model from a YAML config; writes OUT_DIR/model (safetensors) and OUT_DIR/eval.json."""
     from .config import load_config
     from .train.run import train as run_training
 
-    result = run_training(load_config(config, set_ or []), resume=resume)
+    loaded = load_config(config, set_ or [])
+    if init is not None:
+        loaded.train.init = str(init)
+    result = run_training(loaded, resume=resume)
     if result.interrupted:
         typer.echo(f"Interrupted. Continue with: vlfuse train {config} --resume", err=True)
         raise typer.Exit(130)
@@ -82,12 +99,60 @@ def train(
         _print_metrics(result.test_metrics)
 
 
+@app.command()
+def pretrain(
+    config: Path,
+    set_: SetOption = None,
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in out_dir."),
+) -> None:
+    """Pre-train a VQA model's encoders + fusion on image-caption pairs (ITC, ITM, MLM, MRM, ... as
+    `pretrain.objectives` weighs them); fine-tune from OUT_DIR/model with `vlfuse train CFG --init`."""
+    from .config import load_config
+    from .errors import ConfigError
+    from .train.run import train as run_training
+
+    loaded = load_config(config, set_ or [])
+    if loaded.task not in ("vqa", "pretrain"):  # vqa is the default: a VQA config's model section is the point
+        raise ConfigError(f"config key 'task' is {loaded.task}: vlfuse pretrain runs task pretrain")
+    loaded.task = "pretrain"
+    result = run_training(loaded, resume=resume)
+    if result.interrupted:
+        typer.echo(f"Interrupted. Continue with: vlfuse pretrain {config} --resume", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"Pre-trained encoders + fusion saved to {result.model_dir} ({result.wall_seconds:.0f} s); "
+               f"fine-tune with: vlfuse train CONFIG --init {result.model_dir}")
+    if result.test_metrics:
+        _print_metrics(result.test_metrics)
+
+
 def _print_metrics(metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if metrics.get("task") == "pretrain":
+        table = Table(title=f"Pre-training objectives ({metrics['split']}, {metrics['images']} images)")
+        table.add_column("")
+        table.add_column("value")
+        for name, value in metrics.items():
+            if isinstance(value, float):
+                table.add_row(name, f"{value:.4f}")
+        Console().print(table)
+        return
     if metrics.get("task") == "retrieval":
         _print_recall(metrics)
+        return
+    if metrics.get("task") == "dialogue":
+        from .dialogue import print_dialogue_metrics
+
+        print_dialogue_metrics(metrics)
+        return
+    if metrics.get("task") == "captioning":
+        _print_caption_scores(metrics)
+        return
+    if metrics.get("task") in ("matching", "classification"):
+        from .train.labelled import format_labelled_metrics
+
+        typer.echo(format_labelled_metrics(metrics))
         return
     table = Table(title="Accuracy")
     for col in ("", "accuracy %", "questions"):
@@ -127,6 +192,24 @@ def _print_recall(metrics: dict) -> None:
                    err=True)
 
 
+def _print_caption_scores(metrics: dict) -> None:
+    """BLEU-1..4, ROUGE-L and CIDEr-D (x100, as papers report them) of the generated captions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    d = metrics["decoding"]
+    table = Table(title=f"Captioning: {metrics['images']} images, {metrics['references']} reference captions "
+                        f"(beam {d['beam_size']}, length penalty {d['length_penalty']:g})")
+    names = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
+    for header in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"):
+        table.add_column(header)
+    table.add_row(*(f"{100 * metrics[name]:.1f}" for name in names))
+    Console().print(table)
+    if metrics.get("skipped", {}).get("count"):
+        typer.echo(f"skipped {metrics['skipped']['count']} bad samples: " + "; ".join(metrics["skipped"]["reasons"]),
+                   err=True)
+
+
 @app.command("eval")
 def eval_(
     model_dir: Path,
@@ -136,7 +219,8 @@ def eval_(
     out: Optional[Path] = typer.Option(None, help="Write metrics JSON here (default MODEL_DIR/../eval.json)."),
     set_: SetOption = None,
 ) -> None:
-    """Evaluate a saved model: VQA accuracy per question family, or retrieval Recall@K both ways."""
+    """Evaluate a saved model: VQA accuracy per question family, retrieval Recall@K both ways, or captions
+    (BLEU-1..4, ROUGE-L, CIDEr-D against every reference; decoding from --set captioning.beam_size=...)."""
     from .config import load_config
     from .train.run import evaluate_split
 
@@ -144,6 +228,7 @@ def eval_(
     if data is not None and data.suffix.lower() in (".jsonl", ".csv"):
         config.data.format, config.data.root = "jsonl", "."
         config.data.test, split = type(config.data.train)(path=str(data)), "test"
+        config.data.scene_graphs = None  # a table carries no scene graphs
     elif data is not None:
         config.data = load_config(data, set_ or []).data
     metrics = evaluate_split(model_dir, config, split, out or model_dir.parent / f"eval_{split}.json")
@@ -154,13 +239,47 @@ def eval_(
 def predict(
     model_dir: Path,
     image: Path = typer.Option(..., help="Image file."),
-    question: str = typer.Option(..., help="Question about the image."),
+    question: Optional[str] = typer.Option(None, help="Question about the image (VQA models; a captioning "
+                                                      "model takes none)."),
     top_k: int = typer.Option(5, help="How many answers to list."),
+    history: Optional[list[str]] = typer.Option(None, "--history", help="Dialogue models: the caption, then one "
+                                                "'question answer' per earlier round (repeat the option)."),
+    candidate: Optional[list[str]] = typer.Option(None, "--candidate", help="Dialogue models: an answer to rank "
+                                                  "(repeat; default: every answer seen in training)."),
+    scene: Optional[Path] = typer.Option(None, help="Models trained with scene graphs (data.scene_graphs): the "
+                                                    "image's scene as JSON (built-in {size, objects}, NLVR "
+                                                    "structured_rep, or {boxes, categories})."),
 ) -> None:
-    """Answer a question about an image; prints the answer and the top-k probabilities."""
+    """Answer a question about an image (top-k probabilities too), or caption it (a captioning model)."""
+    from .dialogue import is_dialogue_model
+    from .errors import ConfigError
     from .predict import load
 
-    result = load(model_dir).predict(image, question, top_k=top_k)
+    if is_dialogue_model(model_dir):  # ranks candidate answers; prints the scores (logits), best first
+        from .dialogue import load_dialogue
+
+        if question is None:
+            raise ConfigError(f"--question is required: {model_dir} holds a dialogue model")
+        ranking = load_dialogue(model_dir).rank(image, question, history or [], candidate or None, top_k)
+        typer.echo(ranking.answer)
+        if ranking.written is not None:
+            typer.echo(f"  written by the decoder: {ranking.written}")
+        for answer, score in ranking.top:
+            typer.echo(f"  {score:8.3f}  {answer}")
+        return
+    predictor = load(model_dir)
+    if getattr(predictor, "task", None) == "captioning":
+        if question is not None:
+            raise ConfigError(f"{model_dir} holds a captioning model: it takes --image only, not --question")
+        typer.echo(predictor.caption(image))
+        return
+    if question is None:
+        raise ConfigError(f"--question is required: {model_dir} holds a {predictor.config.task} model")
+    if scene is None and predictor.config.data.scene_graphs:
+        typer.echo("note: this model was trained with scene graphs; without --scene it answers from the image alone",
+                   err=True)
+        predictor._warned_no_scene = True
+    result = predictor.predict(image, question, top_k=top_k, scene=scene)
     typer.echo(result.answer)
     for answer, prob in result.top:
         typer.echo(f"  {prob:7.2%}  {answer}")

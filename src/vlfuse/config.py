@@ -32,8 +32,10 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
-    # Question formats serve task vqa; caption formats (coco_captions) serve task retrieval.
-    format: Literal["vqa_v2", "jsonl", "gqa", "vgqa", "nlvr", "nlvr2", "snli_ve", "coco_captions"] = "vqa_v2"
+    # Question formats serve tasks vqa, matching and classification; caption formats (coco_captions,
+    # karpathy) serve retrieval, captioning, matching and pretrain; visdial serves dialogue.
+    format: Literal["vqa_v2", "jsonl", "gqa", "vgqa", "nlvr", "nlvr2", "snli_ve", "coco_captions",
+                    "visdial", "webdataset", "karpathy"] = "vqa_v2"
     root: str = "."  # relative split paths are resolved against this folder
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig | None = None
@@ -42,6 +44,16 @@ class DataConfig:
     max_question_length: int = 32  # tokens of a question (task retrieval: of a caption)
     max_answers: int = 3000  # the most frequent training answers become the classes
     on_bad_sample: Literal["error", "skip"] = "skip"
+    # A folder for a frozen image encoder's features (vlfuse.data.feature_cache): computed once per
+    # image, reused by every epoch and run; only with model.image_encoder {name: efficientnet, freeze: true}.
+    feature_cache: str | None = None
+    # Share of the training images kept (with all their questions), drawn by the run's seed: e.g. 0.1
+    # trains on 10% of the labels. 1.0 keeps every image.
+    train_fraction: float = 1.0
+    # Scene graphs for graph fusion (vlfuse.data.scene_graph): null = none; auto = the format's own
+    # (nlvr: structured_rep; vqa_v2: the built-in scenes/{split}_scenes.json); else a scenes JSON or
+    # COCO instances JSON per split under data.root, "{split}" replaced by the split's name.
+    scene_graphs: str | None = None
 
 
 @dataclass
@@ -53,6 +65,9 @@ class ModelConfig:
     fusion: dict | None = field(default_factory=lambda: {"name": "cross_attention"})
     # Task vqa: classifier. Task retrieval: dual_encoder (embedding projections + temperature).
     head: dict = field(default_factory=lambda: {"name": "classifier"})
+    # Task captioning: the caption decoder, {name: transformer|lstm, layers, heads, ...}; it reads the
+    # image encoder's tokens (text_encoder, fusion and head are not used by that task).
+    decoder: dict | None = None
 
 
 @dataclass
@@ -65,13 +80,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_minutes: float | None = None  # stop (and export) after this much training time
     accelerator: str = "auto"
-    devices: int = 1
-    strategy: str = "auto"
+    devices: int = 1  # per node
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning's: auto, ddp, fsdp, ...
     precision: str = "32-true"
     num_workers: int = 0
     log_every_n_steps: int = 20
     checkpoint_every_n_steps: int = 200
     progress_bar: bool = True
+    # A model directory (e.g. one `vlfuse pretrain` wrote) whose encoder and fusion weights start the run.
+    init: str | None = None
 
 
 @dataclass
@@ -94,14 +112,91 @@ class RetrievalConfig:
 
 
 @dataclass
+class CaptioningConfig:
+    """Settings of task captioning (read by no other task); model.decoder is the decoder.
+
+    Training: teacher forcing, cross-entropy with optional label smoothing. Decoding (eval, predict):
+    beam search (beam_size 1 = greedy) ranked by log-prob / ((5 + length) / 6) ** length_penalty (GNMT).
+    """
+
+    tokenizer: Literal["words", "pretrained"] = "words"  # words: built from the training captions
+    label_smoothing: float = 0.0
+    beam_size: int = 3
+    length_penalty: float = 0.0  # GNMT alpha; 0 ranks by the plain sum of log-probs
+    max_length: int | None = None  # tokens generated, EOS included; null: data.max_question_length - 1
+    eval_batch: int = 32  # images decoded at once
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of task pretrain (see vlfuse.models.pretrain): each objective's weight in the summed
+    loss (0 leaves it out: no head, no compute) and the objectives' own settings."""
+
+    objectives: dict = field(default_factory=lambda: {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mrm": 0.5,
+                                                      "translation": 0.0, "adversarial": 0.0, "mmd": 0.0})
+    mask_probability: float = 0.15  # MLM: share of caption tokens to predict
+    region_mask_probability: float = 0.15  # MRM: share of image tokens to reconstruct
+    mrm_classes: int = 32  # MRC-kl: prototypes the masked image tokens' soft labels are drawn over
+    mrm_kl_weight: float = 1.0  # MRM = feature regression + this * KL classification
+    embed_dim: int = 128  # ITC embedding width
+    temperature: float = 0.07  # ITC initial temperature (learned)
+    negatives_temperature: float = 1.0  # ITM: negatives drawn by softmax(ITC logits / this); 0: hardest
+    # Extra texts for the word tokenizer besides the captions (e.g. the fine-tuning questions), so
+    # fine-tuning meets no unknown words. A data section: {format: vqa_v2, root: ..., train: {...}}.
+    vocabulary_data: DataConfig | None = None
+
+
+@dataclass
+class MatchingConfig:
+    """Settings of task matching (true/false of a statement about an image; read by no other task).
+
+    Statement formats (nlvr, nlvr2, jsonl) give the labels. Caption formats (coco_captions) give
+    positives; each caption also gets one negative (see vlfuse.data.matching): `similar`, the most
+    similar caption of another image; `attribute`, the caption with one of `attribute_words`
+    swapped for another; `mixed`, the two kinds in turn.
+    """
+
+    negatives: Literal["similar", "attribute", "mixed"] = "mixed"
+    attribute_words: list[str] = field(default_factory=lambda: ["circle", "square", "triangle"])
+    # > 0: every split reads the same statements, divided by sentence id (all images of a sentence
+    # on one side): this share of the sentences is val/test, the rest train. For NLVR dev alone.
+    holdout_sentences: float = 0.0
+    holdout_seed: int = 0
+    max_images_per_statement: int | None = None  # NLVR renders each scene 6 times: keep the first N
+
+
+@dataclass
+class DialogueConfig:
+    """Settings of task dialogue (read by no other task; see vlfuse.train.dialogue).
+
+    Each round's context is the image, the question and the history (caption, then the earlier
+    rounds' questions and answers, the most recent kept when it is longer than max_history_length
+    tokens); the decoder scores the round's candidate answers (VisDial's 100).
+    """
+
+    # discriminative: model.head scores the candidates; generative: model.decoder (a caption decoder)
+    # writes answers, candidates ranked by log-likelihood.
+    decoder: Literal["discriminative", "generative"] = "discriminative"
+    max_history_length: int = 96  # tokens of history; the oldest are dropped first
+    max_answer_length: int = 16  # tokens of a candidate answer (generative: BOS and EOS included)
+    share_text_encoder: bool = True  # discriminative: candidates go through the question encoder, else a copy
+    beam_size: int = 3  # generative: the answers predict writes (1 = greedy)
+    eval_batch: int = 16  # dialogues at once in evaluation
+
+
+@dataclass
 class Config:
     seed: int = 0
-    task: Literal["vqa", "retrieval"] = "vqa"
+    task: Literal["vqa", "retrieval", "captioning", "pretrain", "matching", "classification", "dialogue"] = "vqa"
     out_dir: str = "runs/vqa"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 
@@ -43,16 +44,18 @@ def accuracy_table(records: list[dict]) -> dict:
 
 @torch.no_grad()
 def predict_dataset(saved: SavedModel, dataset: GroupedVQADataset, batch_images: int = 64, top_k: int = 1,
-                    progress: bool = True) -> list[dict]:
+                    progress: bool = True, collate=collate_groups) -> list[dict]:
     """One record per question: question, answer, prediction, confidence, correct, family, image."""
     model, answers = saved.model.eval(), saved.answers
     device = next(model.parameters()).device
     records = []
     starts = range(0, len(dataset), batch_images)
     for start in track(starts, "Evaluating", total=len(starts), enabled=progress):
-        batch = collate_groups([dataset[i] for i in range(start, min(start + batch_images, len(dataset)))])
+        batch = collate([dataset[i] for i in range(start, min(start + batch_images, len(dataset)))])
+        graph = batch.get("scene_graph")
         logits, _ = model(batch["images"].to(device), batch["input_ids"].to(device),
-                          batch["attention_mask"].to(device), batch["image_index"].to(device))
+                          batch["attention_mask"].to(device), batch["image_index"].to(device),
+                          graph=None if graph is None else graph.to(device))
         probs = logits.float().softmax(-1)
         conf, pred = probs.max(-1)
         for sample, p, c in zip(batch["samples"], pred.tolist(), conf.tolist()):
@@ -63,15 +66,35 @@ def predict_dataset(saved: SavedModel, dataset: GroupedVQADataset, batch_images:
     return records
 
 
+def scene_graph_collate(saved: SavedModel, scene_graphs: dict | None):
+    """collate_groups, plus the images' scene graphs when given; a model trained with scene graphs
+    and evaluated without them is said so (it runs on the image alone)."""
+    if scene_graphs is None:
+        if saved.config.data.scene_graphs:
+            print(f"warning: this model was trained with scene graphs (data.scene_graphs: "
+                  f"{saved.config.data.scene_graphs}) but the evaluation data has none: answering from the "
+                  "images alone", file=sys.stderr)
+        return collate_groups
+    if not saved.config.data.scene_graphs:
+        print("warning: this model was trained without scene graphs: the evaluation data's are ignored",
+              file=sys.stderr)
+        return collate_groups
+    from .data.scene_graph import SceneGraphCollate, encode_scene_graphs
+
+    return SceneGraphCollate(collate_groups, encode_scene_graphs(scene_graphs, saved.tokenizer))
+
+
 def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: SkipLog, batch_images: int = 64,
-                     progress: bool = True) -> tuple[dict, list[dict]]:
-    """(metrics, per-question records) for samples that have answers."""
+                     progress: bool = True, scene_graphs: dict | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, per-question records) for samples that have answers; scene_graphs: each image's
+    SceneGraph by image path (vlfuse.data.scene_graph), for a model trained with them."""
     samples = [s for s in samples if s.answer is not None]
     cfg = saved.config.data
     dataset = GroupedVQADataset(samples, saved.tokenizer, saved.answers, cfg.image_size, cfg.max_question_length,
                                 skip_log, progress=progress)
+    collate = scene_graph_collate(saved, scene_graphs)
     start = time.perf_counter()
-    records = predict_dataset(saved, dataset, batch_images, progress=progress)
+    records = predict_dataset(saved, dataset, batch_images, progress=progress, collate=collate)
     seconds = time.perf_counter() - start
     metrics = accuracy_table(records)
     # model time only (images are decoded before the clock starts), batched as in evaluation

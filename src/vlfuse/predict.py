@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .data.formats.common import check_question
-from .data.images import load_image, load_image_bytes
 from .data.tokenizer import encode_ids, pad_ids
-from .data.vqa_dataset import image_to_tensor
+from .data.vqa_dataset import image_tensor
+from .errors import ConfigError, DataError
 from .models.saved import SavedModel, load_model_dir
 
 
@@ -25,34 +26,55 @@ class Predictor:
     def __init__(self, saved: SavedModel):
         self.saved = saved
         self.model, self.config, self.tokenizer, self.answers = saved.model, saved.config, saved.tokenizer, saved.answers
+        self._warned_no_scene = False
 
-    def _image(self, image) -> torch.Tensor:
-        from PIL import Image
+    def _scene_graph(self, scene):
+        """The batch of one scene graph, or None (with a one-time warning when the model expects one)."""
+        from .data import scene_graph as sg
 
-        if isinstance(image, (bytes, bytearray)):
-            image = load_image_bytes(bytes(image))
-        elif isinstance(image, (str, Path)):
-            image = load_image(image)
-        elif isinstance(image, Image.Image):
-            image = image.convert("RGB")
-        else:
-            raise TypeError(f"image must be a path, bytes or a PIL image, not {type(image).__name__}")
-        return image_to_tensor(image, self.config.data.image_size)
+        trained_with = self.config.data.scene_graphs
+        if scene is None:
+            if trained_with and not self._warned_no_scene:
+                self._warned_no_scene = True
+                warnings.warn(f"this model was trained with scene graphs (data.scene_graphs: {trained_with}); "
+                              "none was given, so it answers from the image alone (pass scene=... / --scene)",
+                              stacklevel=3)
+            return None
+        if not trained_with:
+            raise ConfigError("this model was trained without scene graphs: it cannot read a scene (leave it out)")
+        if not isinstance(scene, sg.SceneGraph):
+            if isinstance(scene, (str, Path)):
+                from .data.formats.common import read_json
+                from .data.formats.fields import Where
+
+                scene = sg.scene_from_json(read_json(scene), Where(Path(scene)))
+            else:
+                scene = sg.scene_from_json(scene)
+        encoded = sg.encode_scene_graphs({Path("scene"): scene}, self.tokenizer)[Path("scene")]
+        return sg.batch_scene_graphs([encoded])
 
     @torch.no_grad()
-    def predict(self, image, question: str, top_k: int = 5) -> Prediction:
-        """Answer one question about one image (a path, raw bytes or a PIL image)."""
-        return self.predict_many(image, [question], top_k)[0]
+    def predict(self, image, question: str, top_k: int = 5, scene=None) -> Prediction:
+        """Answer one question about one image (a path, raw bytes or a PIL image). scene: the image's
+        scene graph, for a model trained with them (see `predict_many`)."""
+        return self.predict_many(image, [question], top_k, scene)[0]
 
     @torch.no_grad()
-    def predict_many(self, image, questions: list[str], top_k: int = 5) -> list[Prediction]:
-        """Several questions about the same image, encoding the image once."""
+    def predict_many(self, image, questions: list[str], top_k: int = 5, scene=None) -> list[Prediction]:
+        """Several questions about the same image, encoding the image once.
+
+        scene (models trained with data.scene_graphs only): a SceneGraph, a path to a JSON scene, or
+        the scene itself (vlfuse.data.scene_graph.scene_from_json: built-in, NLVR or COCO-style).
+        Without one such a model answers from the image alone, and says so once (a warning).
+        """
         questions = [check_question(q) for q in questions]
         ids, mask = pad_ids(encode_ids(self.tokenizer, questions, self.config.data.max_question_length))
         device = next(self.model.parameters()).device
-        images = self._image(image).unsqueeze(0).to(device)
+        images = image_tensor(image, self.config.data.image_size).unsqueeze(0).to(device)
         index = torch.zeros(len(questions), dtype=torch.long, device=device)
-        logits, _ = self.model.eval()(images, ids.to(device), mask.to(device), index)
+        graph = self._scene_graph(scene)
+        logits, _ = self.model.eval()(images, ids.to(device), mask.to(device), index,
+                                      graph=None if graph is None else graph.to(device))
         probs = logits.float().softmax(-1)
         values, indices = probs.topk(min(top_k, probs.shape[-1]), -1)
         results = []
@@ -64,6 +86,12 @@ class Predictor:
 
 def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
     """Rebuild a saved model directory (config.yaml + model.safetensors + vocabularies)."""
-    saved = load_model_dir(model_dir, task="vqa")  # a retrieval model answers no questions
+    from .caption import load_captioner, saved_task
+
+    if saved_task(model_dir) == "captioning":  # a Captioner: .caption(image)
+        return load_captioner(model_dir, device)
+    saved = load_model_dir(model_dir)
+    if saved.answers is None:  # a retrieval model answers no questions
+        raise DataError(f"holds a {saved.config.task} model, which answers no questions", path=model_dir)
     saved.model.to(device)
     return Predictor(saved)

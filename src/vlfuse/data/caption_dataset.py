@@ -31,12 +31,14 @@ class CaptionDataset(Dataset):
     """
 
     def __init__(self, samples: list[CaptionSample], tokenizer, image_size: int, max_length: int,
-                 skip_log: SkipLog, progress: bool = True, description: str = "Loading images"):
+                 skip_log: SkipLog, progress: bool = True, description: str = "Loading images", image_loader=None):
+        # image_loader(path) -> the item's image tensor (the feature cache's returns cached features).
+        load = image_loader or (lambda path: image_to_tensor(load_image(path), image_size))
         self.uncaptioned = sum(not s.captions for s in samples)
         kept, images = [], []
         for sample in track([s for s in samples if s.captions], description, enabled=progress):
             try:
-                images.append(image_to_tensor(load_image(sample.image_path), image_size))
+                images.append(load(sample.image_path))
             except DataError as exc:
                 skip_log.add(exc, samples=len(sample.captions))
                 continue

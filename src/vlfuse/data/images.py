@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vlfuse.errors import ImageError
+from vlfuse.errors import DataError, ImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20
@@ -29,6 +29,15 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
     """Decode the image file at `path` into an RGB image, or raise ImageError saying why."""
     path = Path(path)
+    from .shards import read_member, tar_member
+
+    member = tar_member(path)  # an image inside a WebDataset shard: ".../shard-000000.tar/KEY.jpg"
+    if member is not None:
+        try:
+            data = read_member(*member)
+        except DataError as exc:
+            raise ImageError(exc.reason, path=exc.path) from None
+        return load_image_bytes(data, name=str(path), max_pixels=max_pixels, max_bytes=max_bytes)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -72,6 +81,18 @@ def load_image_bytes(data: bytes, *, name: str = "<upload>", max_pixels: int = D
         except Exception as exc:  # noqa: BLE001 - PIL decoders raise many types on hostile input
             raise ImageError(f"corrupt or truncated image ({type(exc).__name__}: {exc})",
                              path=name) from None
+
+
+def open_image(image) -> Image.Image:
+    """A path, encoded bytes or a PIL image -> an RGB PIL image, decoded with the same checks as
+    training data (ImageError / DataError when it is not a usable image)."""
+    if isinstance(image, (bytes, bytearray)):
+        return load_image_bytes(bytes(image))
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    raise TypeError(f"image must be a path, bytes or a PIL image, not {type(image).__name__}")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -14,13 +14,20 @@ from collections import Counter
 from ..config import DataConfig
 from .answers import normalize_answer
 from .formats.common import ReadResult
-from .loading import CAPTION_FORMATS, read_split
+from .loading import CAPTION_FORMATS, DIALOG_FORMATS, read_split
 
 
 def inspect_split(data: DataConfig, split: str = "train", top: int = 10) -> dict:
     """The JSON-ready summary of one split of a data config."""
     result = read_split(dataclasses.replace(data, on_bad_sample="skip"), split)
-    summary = summarize_captions(result) if data.format in CAPTION_FORMATS else summarize(result, top)
+    # webdataset shards hold either kind: their samples say which.
+    captions = data.format in CAPTION_FORMATS or any(hasattr(s, "captions") for s in result.samples[:1])
+    if data.format in DIALOG_FORMATS:
+        from .dialog_dataset import summarize_dialogs
+
+        summary = summarize_dialogs(result, top)
+    else:
+        summary = summarize_captions(result) if captions else summarize(result, top)
     return {"format": data.format, "split": split, **summary}
 
 
@@ -63,6 +70,10 @@ def format_report(report: dict) -> str:
     """The summary as text for a terminal."""
     if "captions" in report:
         return _format_captions(report)
+    if "dialogs" in report:
+        from .dialog_dataset import format_dialog_report
+
+        return format_dialog_report(report) + "\n" + "\n".join(_problems(report))
     lines = [f"{report['format']} / {report['split']}: {report['samples']} samples "
              f"({report['distinct_questions']} distinct questions), {report['images']} images, "
              f"{report['answered']} answered, {report['distinct_answers']} distinct answers"]

@@ -14,6 +14,12 @@ published layout fixes it):
 Caption formats (task retrieval), whose readers return CaptionSamples:
 
   coco_captions  annotations (captions_*.json), images (default: the split's folder beside annotations/)
+  karpathy       path (dataset_coco.json / dataset_flickr30k.json), images (the folder that holds each
+                 entry's filepath/filename); split train reads Karpathy's train + restval, val and test their own
+
+Dialogue formats (task dialogue), whose reader returns DialogSamples:
+
+  visdial  path (VisDial v1.0 JSON), images (default: images/<split>/ beside the JSON's folder)
 """
 
 from __future__ import annotations
@@ -38,9 +44,14 @@ READERS = {
     "nlvr2": ("nlvr2", "read_nlvr2", ("path",)),
     "snli_ve": ("snli_ve", "read_snli_ve", ("path",)),
     "coco_captions": ("coco", "read_coco_captions", ("annotations",)),
+    "karpathy": ("karpathy", "read_karpathy_split", ("path",)),
+    "visdial": ("visdial", "read_visdial", ("path",)),
+    "webdataset": ("webdataset", "read_webdataset", ("path",)),  # tar shards of either kind (data/shards.py)
 }
 # Which task reads each format: question formats give VQASamples, caption formats CaptionSamples.
-CAPTION_FORMATS = ("coco_captions",)
+CAPTION_FORMATS = ("coco_captions", "karpathy")
+CAPTION_TASKS = ("retrieval", "captioning", "pretrain")  # the tasks that read caption formats
+DIALOG_FORMATS = ("visdial",)  # DialogSamples, for task dialogue
 _FILE_KEYS = ("questions", "annotations", "path")
 
 
@@ -50,13 +61,21 @@ def _resolve(root: str, value: str | None) -> Path | None:
 
 def check_task_format(task: str, data: DataConfig) -> None:
     """A format holds questions (task vqa) or captions (task retrieval); refuse the other pairing."""
+    if data.format == "webdataset":  # shards hold questions or captions: they say which
+        from .shards import check_shard_task
+
+        return check_shard_task(task, data)
+    if (task == "dialogue") != (data.format in DIALOG_FORMATS):  # dialogues serve task dialogue alone
+        raise ConfigError(f"config key 'data.format' is {data.format}, but task {task} reads "
+                          + ("dialogues: set data.format to visdial" if task == "dialogue" else
+                             "no dialogues: set task: dialogue, or another format"))
     captions = data.format in CAPTION_FORMATS
-    if task == "retrieval" and not captions:
-        raise ConfigError(f"config key 'data.format' is {data.format}, a question format, but task retrieval "
+    if task in CAPTION_TASKS and not captions:
+        raise ConfigError(f"config key 'data.format' is {data.format}, a question format, but task {task} "
                           f"reads captions: set data.format to {' or '.join(CAPTION_FORMATS)}")
-    if task != "retrieval" and captions:
+    if task not in CAPTION_TASKS and task != "matching" and captions:  # matching reads either (see data.matching)
         raise ConfigError(f"config key 'data.format' is {data.format}, a caption format, but task {task} reads "
-                          "questions: set task: retrieval, or a question format")
+                          f"questions: set task: {' or '.join(CAPTION_TASKS)}, or a question format")
 
 
 def read_split(data: DataConfig, split: str) -> ReadResult:
@@ -76,4 +95,6 @@ def read_split(data: DataConfig, split: str) -> ReadResult:
         raise ConfigError(f"config key 'data.{split}.{main}' is required for format {data.format}")
     files = [_resolve(data.root, getattr(spec, key)) for key in keys]
     reader = getattr(importlib.import_module(f"{__package__}.formats.{module}"), function)
+    if data.format == "karpathy":  # one file holds every split: the reader picks this one's images
+        return reader(*files, _resolve(data.root, spec.images), split=split, on_bad_sample=data.on_bad_sample)
     return reader(*files, _resolve(data.root, spec.images), on_bad_sample=data.on_bad_sample)

@@ -63,3 +63,30 @@ class RegionAnnotation:
     boxes: tuple[tuple[float, float, float, float], ...]
     categories: tuple[str, ...]
     extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class DialogRound:
+    """One round of a visual dialogue: a question, its answer and the candidate answers to rank.
+
+    `answer` and `gt_index` are None where the data withholds them (VisDial's test split);
+    otherwise `options[gt_index] == answer`.
+    """
+
+    question: str
+    answer: str | None
+    options: tuple[str, ...]
+    gt_index: int | None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class DialogSample:
+    """One image, its caption and its dialogue; round t's history is the caption and rounds < t."""
+
+    image_id: int | str
+    image_path: Path
+    caption: str
+    rounds: tuple[DialogRound, ...]
+    split: str = ""
+    extra: dict = field(default_factory=dict, compare=False)

@@ -9,6 +9,7 @@ data serve this data unchanged:
     OUT/vqa/{split}_questions.json, OUT/vqa/{split}_annotations.json   (VQA v2 layout)
     OUT/captions/captions_{split}.json                                 (COCO captions layout)
     OUT/scenes/{split}_scenes.json    objects and each question's subject colours
+    OUT/dialog/{split}.json           English data: VisDial v1.0 dialogues (shapes_dialog)
     OUT/dataset.json                  manifest
 
 The pure functions (scenes, rendering, questions, captions) are tested apart from file writing.
@@ -379,19 +380,25 @@ def _split_of_each_image(images: int, val_fraction: float, test_fraction: float)
 
 def _make_image(task: tuple) -> dict:
     """Build, render and save one image; the RNG depends only on (seed, index), so order is free."""
-    index, split, out, seed, size, n_questions, lang = task
+    index, split, out, seed, size, n_questions, lang, dialogs = task
     rng = random.Random(f"{seed}:{index}")
     scene = random_scene(rng, size)
     image_id = index + 1
     file_name = f"{split}_{image_id:06d}.png"
     # Level 1 encodes ~40% faster than the default; files grow from ~370 to ~490 bytes.
     render(scene).save(Path(out) / "images" / split / file_name, format="PNG", compress_level=1)
-    return {
+    record = {
         "split": split, "image_id": image_id, "file_name": file_name,
         "objects": [dict(vars(o)) for o in scene.objects],  # asdict deep-copies: slow
         "questions": ask(scene, rng, n_questions, lang, offset=index),
         "caption": caption(scene, lang),
     }
+    if dialogs:  # its own random stream: the files above stay byte-identical with or without dialogues
+        from vlfuse.data.shapes_dialog import dialog_caption, dialog_rng, make_dialog
+
+        record["dialog"] = make_dialog(scene, dialog_rng(seed, index))
+        record["dialog_caption"] = dialog_caption(scene)
+    return record
 
 
 def _build_all(tasks: list[tuple], progress: bool) -> Iterator[dict]:
@@ -455,19 +462,30 @@ def _write_split(out: Path, split: str, records: list[dict], size: int) -> None:
 
 def generate(out_dir, images: int = 10000, questions_per_image: int = 20, lang: str = "en", size: int = 64,
              seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05,
-             progress: bool = True) -> dict:
-    """Write the dataset under `out_dir` (layout in the module docstring) and return its manifest."""
+             progress: bool = True, dialogs: bool | None = None) -> dict:
+    """Write the dataset under `out_dir` (layout in the module docstring) and return its manifest.
+
+    `dialogs` (default: for English data) also writes OUT/dialog/{split}.json, VisDial v1.0 layout
+    (see shapes_dialog); every other file is the same with or without them.
+    """
     _check_arguments(images, questions_per_image, lang, size, seed, val_fraction, test_fraction)
+    if dialogs and lang != "en":
+        raise ConfigError(f"dialogs: the dialogues are English only; pass dialogs=False for lang {lang!r}")
+    dialogs = lang == "en" if dialogs is None else bool(dialogs)
     out = Path(out_dir)
-    for folder in [*(f"images/{s}" for s in SPLITS), "vqa", "captions", "scenes"]:
+    for folder in [*(f"images/{s}" for s in SPLITS), "vqa", "captions", "scenes", *(["dialog"] if dialogs else [])]:
         (out / folder).mkdir(parents=True, exist_ok=True)
     splits = _split_of_each_image(images, val_fraction, test_fraction)
-    tasks = [(i, split, str(out), seed, size, questions_per_image, lang) for i, split in enumerate(splits)]
+    tasks = [(i, split, str(out), seed, size, questions_per_image, lang, dialogs) for i, split in enumerate(splits)]
     records: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for record in _build_all(tasks, progress):
         records[record["split"]].append(record)
     for split in SPLITS:
         _write_split(out, split, records[split], size)
+        if dialogs:
+            from vlfuse.data.shapes_dialog import visdial_split
+
+            _write_json(out / "dialog" / f"{split}.json", visdial_split(split, records[split]))
     manifest = {
         "name": "vlfuse-shapes", "version": GENERATOR_VERSION, "lang": lang,
         "arguments": {"images": images, "questions_per_image": questions_per_image, "lang": lang, "size": size,

@@ -15,13 +15,15 @@ import torch
 PAD, UNK = "[PAD]", "[UNK]"
 
 
-def build_tokenizer(texts: Iterable[str], min_frequency: int = 1):
+def build_tokenizer(texts: Iterable[str], min_frequency: int = 1, specials: tuple[str, ...] = ()):
+    """Word-level tokenizer over `texts`; ids 0, 1 are [PAD], [UNK], then `specials` (e.g. [MASK])."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True, strip_accents=False)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK], min_frequency=min_frequency, show_progress=False)
+    trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK, *specials], min_frequency=min_frequency,
+                                        show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 

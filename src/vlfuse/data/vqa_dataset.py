@@ -14,7 +14,7 @@ from ..errors import DataError
 from ..progress import track
 from .answers import AnswerVocab
 from .formats.common import SkipLog
-from .images import load_image
+from .images import load_image, open_image
 from .records import VQASample
 from .tokenizer import encode_ids, pad_ids
 
@@ -28,6 +28,11 @@ def image_to_tensor(image, size: int) -> torch.Tensor:
     if image.size != (size, size):
         image = image.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def image_tensor(image, size: int) -> torch.Tensor:
+    """A path, encoded bytes or a PIL image -> uint8 [3, size, size], decoded and resized as in training."""
+    return image_to_tensor(open_image(image), size)
 
 
 @dataclass
@@ -46,7 +51,11 @@ class GroupedVQADataset(Dataset):
     """
 
     def __init__(self, samples: list[VQASample], tokenizer, answers: AnswerVocab, image_size: int,
-                 max_length: int, skip_log: SkipLog, progress: bool = True, description: str = "Loading images"):
+                 max_length: int, skip_log: SkipLog, progress: bool = True, description: str = "Loading images",
+                 image_loader=None):
+        # image_loader(path) -> the item's image tensor; the feature cache passes one that returns
+        # the frozen encoder's cached features instead (vlfuse.data.feature_cache).
+        load = image_loader or (lambda path: image_to_tensor(load_image(path), image_size))
         groups: dict[Path, ImageGroup] = {}
         for sample in samples:
             groups.setdefault(Path(sample.image_path), ImageGroup(Path(sample.image_path))).samples.append(sample)
@@ -54,7 +63,7 @@ class GroupedVQADataset(Dataset):
         images = []
         for group in track(groups.values(), description, total=len(groups), enabled=progress):
             try:
-                images.append(image_to_tensor(load_image(group.image_path), image_size))
+                images.append(load(group.image_path))
             except DataError as exc:
                 skip_log.add(exc, samples=len(group.samples))  # all of the image's questions are lost
                 continue

@@ -63,6 +63,18 @@ class _PretrainedImageEncoder(nn.Module):
             self.backbone.eval()
         return self
 
+    def frozen_fingerprint(self) -> str:
+        """sha256 of everything the frozen part's output depends on: class, backbone weights and
+        buffers, input size and normalisation. A feature cache keyed by it is invalid once it changes."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{type(self).__qualname__}|{self.input_size}".encode())
+        for name, tensor in [*sorted(self.backbone.state_dict().items()), ("mean", self.mean), ("std", self.std)]:
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()
+
 
 def _read_state_dict(path: Path, what: str, hint: str) -> dict[str, torch.Tensor]:
     """Tensors only: .safetensors, or a .pth read with weights_only=True (never unpickles code)."""
@@ -124,7 +136,16 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
             self.freeze()
 
     def forward(self, images: torch.Tensor) -> Features:
-        grid = self.backbone.extract_features(self._prepare(images))  # [B, 1280, 7, 7]
+        return self.from_frozen(self.frozen_features(images))
+
+    # The split a feature cache (vlfuse.data.feature_cache) uses: the frozen backbone's output can be
+    # computed once per image and stored; only the trainable projection runs at every step.
+    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images [B, 3, H, W] in [0, 1] -> the backbone's feature grid [B, 1280, 7, 7]."""
+        return self.backbone.extract_features(self._prepare(images))
+
+    def from_frozen(self, grid: torch.Tensor) -> Features:
+        """The backbone's grid (computed now or read from a cache) -> Features."""
         b, _, rows, cols = grid.shape
         tokens = self.proj(grid.flatten(2).transpose(1, 2))
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)

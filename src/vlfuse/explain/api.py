@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.formats.common import check_question
-from ..data.images import load_image, load_image_bytes, to_rgb
+from ..data.images import open_image
 from ..data.tokenizer import encode_ids, pad_ids
 from ..data.vqa_dataset import image_to_tensor
 from ..predict import Predictor, load
@@ -38,18 +37,6 @@ class Explanation:
     token_boxes: np.ndarray  # [Nv, 4] boxes of the real image tokens, (x0, y0, x1, y1) in [0, 1]
 
 
-def _open(image):
-    from PIL import Image
-
-    if isinstance(image, (bytes, bytearray)):
-        return load_image_bytes(bytes(image))
-    if isinstance(image, (str, Path)):
-        return load_image(image)
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    raise TypeError(f"image must be a path, bytes or a PIL image, not {type(image).__name__}")
-
-
 def explain(model, image, question: str, method: str = "attention", layer: int | None = None,
             head: int | None = None) -> Explanation:
     """model: a saved model directory or a Predictor (vlfuse.load); image: a path, bytes or a PIL image.
@@ -64,7 +51,7 @@ def explain(model, image, question: str, method: str = "attention", layer: int |
         raise ExplainError("layer and head choose attention maps; Grad-CAM has neither")
     predictor = model if isinstance(model, Predictor) else load(model)
     net, config = predictor.model.eval(), predictor.config
-    picture = _open(image)
+    picture = open_image(image)
     question = check_question(question)
     device = next(net.parameters()).device
     ids, mask = (t.to(device) for t in pad_ids(encode_ids(predictor.tokenizer, [question],

@@ -123,6 +123,14 @@ def build_task_model(config: Config, vocab_size: int, num_answers: int | None = 
     """The model of `config.task`: a VisionLanguageModel (vqa) or a RetrievalModel (retrieval)."""
     if config.task == "retrieval":
         return build_retrieval_model(config, vocab_size)
+    if config.task == "dialogue":
+        from .dialogue import build_dialogue_model
+
+        return build_dialogue_model(config, vocab_size)
+    if config.task == "captioning":
+        from .captioning import build_captioning_model
+
+        return build_captioning_model(config, vocab_size)
     return build_model(config, vocab_size, num_answers)
 
 

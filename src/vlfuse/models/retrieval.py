@@ -34,8 +34,11 @@ class RetrievalModel(nn.Module):
     def can_rerank(self) -> bool:
         return self.itm_head is not None
 
-    def encode_images(self, images: torch.Tensor) -> Features:
-        """images [B, 3, H, W], uint8 or float in [0, 1] -> the image encoder's Features."""
+    def encode_images(self, images: torch.Tensor | None, image_features: torch.Tensor | None = None) -> Features:
+        """images [B, 3, H, W], uint8 or float in [0, 1] -> the image encoder's Features; or, given
+        image_features (a frozen encoder's cached output, data.feature_cache), from those."""
+        if image_features is not None:
+            return self.image_encoder.from_frozen(image_features)
         if images.dtype == torch.uint8:
             images = images.float() / 255
         return self.image_encoder(images)

@@ -17,6 +17,7 @@ from ..data.answers import AnswerVocab
 from ..errors import DataError
 
 CONFIG, WEIGHTS, TOKENIZER, ANSWERS = "config.yaml", "model.safetensors", "tokenizer.json", "answers.json"
+ANSWER_TASKS = ("vqa", "matching", "classification")  # classifiers: answers.json holds their classes
 
 
 @dataclass
@@ -62,7 +63,10 @@ def load_model_dir(path: str | Path, *, weights: bool = True, task: str | None =
     config = load_config(path / CONFIG)
     if task is not None and config.task != task:
         raise DataError(f"holds a {config.task} model, not a {task} model", path=path)
-    vqa = config.task == "vqa"
+    if config.task == "pretrain":  # encoders + fusion without a task head
+        raise DataError(f"holds pre-trained encoders and a fusion, no task head: fine-tune them first with "
+                        f"`vlfuse train CONFIG --init {path}`", path=path)
+    vqa = config.task in ANSWER_TASKS
     needed = [TOKENIZER] + ([ANSWERS] if vqa else []) + ([WEIGHTS] if weights else [])
     for name in needed:
         if not (path / name).is_file():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..types import FusionOutput
+from ..types import Features, FusionOutput
 
 
 def check_text_input(text_encoder: nn.Module, fusion: nn.Module) -> None:
@@ -32,21 +32,34 @@ class VisionLanguageModel(nn.Module):
         self.image_encoder, self.text_encoder, self.fusion, self.head = image_encoder, text_encoder, fusion, head
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                image_index: torch.Tensor | None = None, need_weights: bool = False
+                image_index: torch.Tensor | None = None, need_weights: bool = False, graph=None
                 ) -> tuple[torch.Tensor, FusionOutput]:
         """images: [B_img, 3, H, W], uint8 or float in [0, 1]; input_ids, attention_mask: [B_q, L].
 
         image_index [B_q] says which image each question is about, so each image is encoded once
-        for all of its questions; without it, images and questions pair up row by row.
+        for all of its questions; without it, images and questions pair up row by row. graph: the
+        images' scene graphs (a data.scene_graph.SceneGraphBatch, one per image), for graph fusion.
         """
         if images.dtype == torch.uint8:
             images = images.float() / 255
-        image = self.image_encoder(images)
+        return self.from_image_features(self.image_encoder(images), input_ids, attention_mask, image_index,
+                                        need_weights, graph)
+
+    def from_image_features(self, image: Features, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            image_index: torch.Tensor | None = None, need_weights: bool = False, graph=None
+                            ) -> tuple[torch.Tensor, FusionOutput]:
+        """`forward` after the image encoder: for image features computed once (a frozen encoder's)."""
         text = self.text_encoder(input_ids, attention_mask)
+        extra = {}
+        if graph is not None:  # scene graphs -> entity nodes and labelled edges, per question
+            from .scene_graph_input import external_graph
+
+            extra["graph"] = external_graph(self.text_encoder, self.fusion, graph, image, text, input_ids,
+                                            attention_mask, image_index)
         if image_index is None:
-            fused = self.fusion(image, text, need_weights=need_weights)
+            fused = self.fusion(image, text, need_weights=need_weights, **extra)
         elif getattr(self.fusion, "accepts_image_index", False):  # it reads each image once for all questions
-            fused = self.fusion(image, text, need_weights=need_weights, image_index=image_index)
+            fused = self.fusion(image, text, need_weights=need_weights, image_index=image_index, **extra)
         else:
-            fused = self.fusion(image.index_select(image_index), text, need_weights=need_weights)
+            fused = self.fusion(image.index_select(image_index), text, need_weights=need_weights, **extra)
         return self.head(fused), fused

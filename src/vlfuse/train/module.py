@@ -19,7 +19,13 @@ class VQAModule(L.LightningModule):
         self.model, self.cfg, self.total_steps = model, train_config, max(1, total_steps)
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
-        logits, _ = self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"])
+        if "image_features" in batch:  # data.feature_cache: the frozen backbone's output, read from disk
+            image = self.model.image_encoder.from_frozen(batch["image_features"])
+            logits, _ = self.model.from_image_features(image, batch["input_ids"], batch["attention_mask"],
+                                                       batch["image_index"], graph=batch.get("scene_graph"))
+        else:
+            logits, _ = self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"],
+                                   graph=batch.get("scene_graph"))
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         correct = (logits.argmax(-1) == labels).sum()

@@ -23,6 +23,7 @@ import torch
 
 from ..config import Config, RetrievalConfig, TrainConfig
 from ..data.caption_dataset import CaptionDataset, PairSampler, collate_pairs
+from ..data.feature_cache import feature_collate, feature_loader
 from ..data.formats.common import SkipLog
 from ..data.loading import read_split
 from ..data.records import CaptionSample
@@ -61,7 +62,7 @@ class RetrievalModule(L.LightningModule):
     def losses(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """{"loss", "itc", ["hinge"], ["itm", "itm_acc"], "acc"} of one batch of row-aligned pairs."""
         model, task = self.model, self.task
-        image = model.encode_images(batch["images"])
+        image = model.encode_images(batch.get("images"), batch.get("image_features"))  # features: data.feature_cache
         text = model.encode_texts(batch["input_ids"], batch["attention_mask"])
         image_emb, text_emb = model.head(image, text)
         out = {"itc": model.head.loss(image_emb, text_emb)}
@@ -133,16 +134,20 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
     val_read = read_split(config.data, "val") if config.data.val else None
     tokenizer = _tokenizer(config, train_read.samples, model_dir, resume)
     save_vocabularies(model_dir, config, tokenizer, None)
+    model = build_retrieval_model(config, tokenizer.get_vocab_size())
+    # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
+    loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
+                            progress)
     args = (tokenizer, config.data.image_size, config.data.max_question_length)
-    train_set = CaptionDataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images")
+    train_set = CaptionDataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images",
+                               image_loader=loader)
     if len(train_set) < 2:
         raise ConfigError(f"task retrieval needs at least 2 captioned training images, found {len(train_set)}"
                           + (f"; {train_read.skipped.summary()}" if train_read.skipped.count else ""))
-    val_set = CaptionDataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images") \
-        if val_read else None
+    val_set = CaptionDataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images",
+                             image_loader=loader) if val_read else None
     warn_skipped(train=train_read, val=val_read)
 
-    model = build_retrieval_model(config, tokenizer.get_vocab_size())
     module = RetrievalModule(model, config.retrieval, config.train,
                              steps_per_epoch(config, len(train_set)) * config.train.epochs, config.seed)
     summary = {
@@ -153,7 +158,7 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
-    datamodule = EpochDataModule(train_set, val_set, config, collate_pairs, PairSampler)
+    datamodule = EpochDataModule(train_set, val_set, config, feature_collate(config, collate_pairs), PairSampler)
     return Prepared(module, datamodule, lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, None),
                     summary)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import logging
 import math
@@ -19,7 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
 from ..data.answers import AnswerVocab
+from ..data.feature_cache import check_cache_current, check_cache_task, feature_collate, feature_loader
 from ..data.loading import check_task_format, read_split
+from ..data.scene_graph import (SceneGraphCollate, encode_scene_graphs, entity_names, read_scene_graphs,
+                                scene_graph_summary, training_scene_graphs)
+from ..data.subsample import sample_images
 from ..data.tokenizer import build_tokenizer, load_tokenizer
 from ..data.vqa_dataset import EpochSampler, GroupedVQADataset, collate_groups
 from ..errors import ConfigError
@@ -156,7 +161,9 @@ class RunDirs:
 
 def steps_per_epoch(config: Config, items: int) -> int:
     """Optimizer steps in an epoch of `items` dataset items (each process takes its share)."""
-    world = config.train.devices if "ddp" in config.train.strategy else 1
+    t = config.train
+    sharded = any(name in t.strategy for name in ("ddp", "fsdp", "deepspeed"))
+    world = t.devices * t.num_nodes if sharded else 1
     return math.ceil(math.ceil(items / world) / config.train.batch_images)
 
 
@@ -165,7 +172,8 @@ def make_trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
     return L.Trainer(
         max_epochs=t.epochs,
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision,
         gradient_clip_val=t.grad_clip or None,
         log_every_n_steps=t.log_every_n_steps,
         logger=L.pytorch.loggers.CSVLogger(run.out, name="", version="logs"),
@@ -204,18 +212,40 @@ def warn_skipped(**reads) -> None:
             print(f"warning: {name}: {read.skipped.summary()}", file=sys.stderr)
 
 
+# task -> module with its prepare (model + data for the shared loop) and evaluate functions; imported on
+# use, so one task's code never loads for another. Task vqa's live below.
+TASKS = {
+    "vqa": (__name__, "prepare_vqa", "evaluate_vqa_split"),
+    "retrieval": ("vlfuse.train.retrieval", "prepare_retrieval", "evaluate_retrieval_split"),
+    "captioning": ("vlfuse.train.captioning", "prepare_captioning", "evaluate_captioning_split"),
+    "matching": ("vlfuse.train.labelled", "prepare_labelled", "evaluate_labelled_split"),
+    "classification": ("vlfuse.train.labelled", "prepare_labelled", "evaluate_labelled_split"),
+    "dialogue": ("vlfuse.train.dialogue", "prepare_dialogue", "evaluate_dialogue_split"),
+    "pretrain": ("vlfuse.train.pretrain", "prepare_pretrain", "evaluate_pretrain_split"),
+}
+
+
+def task_function(task: str, which: str) -> Callable:
+    """The `which` ("prepare" or "evaluate") function of `task`."""
+    module, prepare, evaluate = TASKS[task]
+    return getattr(importlib.import_module(module), prepare if which == "prepare" else evaluate)
+
+
 def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split."""
     check_task_format(config.task, config.data)
+    check_cache_task(config)
     start = time.time()
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = RunDirs(Path(config.out_dir))
     run.check(resume)
-    if config.task == "retrieval":
-        from .retrieval import prepare_retrieval as prepare
-    else:
-        prepare = prepare_vqa
+    prepare = task_function(config.task, "prepare")
     prepared = prepare(config, run.model_dir, resume, progress)
+    if config.train.init and not resume:  # a resumed run takes every weight from its checkpoint
+        from .pretrain import init_from_dir
+
+        prepared.summary["init"] = init_from_dir(prepared.module.model, config, run.model_dir)
+        check_cache_current(config, prepared.module.model)
     previous_logs = run.set_logs_aside(resume)
     trainer = make_trainer(config, run, progress)
     fit(trainer, prepared, run.last if resume else None)
@@ -236,11 +266,18 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
     return TrainResult(run.model_dir, run.out, test_metrics, time.time() - start, trainer.interrupted)
 
 
-def _vocabularies(config: Config, samples, model_dir: Path, resume: bool):
+def _vocabularies(config: Config, samples, model_dir: Path, resume: bool, extra_texts: list[str] = ()):
+    """extra_texts: more words for a word tokenizer (scene-graph entity names) besides the questions."""
     if resume:  # a resumed run must keep the exact token and answer ids of the interrupted one
         return load_tokenizer(model_dir / TOKENIZER), AnswerVocab.load(model_dir / ANSWERS)
     pretrained = text_tokenizer_file(config)  # a pretrained text encoder reads only its own vocabulary
-    tokenizer = load_tokenizer(pretrained) if pretrained else build_tokenizer(s.question for s in samples)
+    if config.train.init and not pretrained:  # keep the ids of the words the --init model learnt
+        from ..models.init_weights import init_tokenizer
+
+        tokenizer = init_tokenizer(config.train.init, [s.question for s in samples] + list(extra_texts))
+    else:
+        tokenizer = load_tokenizer(pretrained) if pretrained else build_tokenizer(
+            [s.question for s in samples] + list(extra_texts))
     answers = AnswerVocab.build((s.answer for s in samples if s.answer is not None), config.data.max_answers)
     return tokenizer, answers
 
@@ -248,18 +285,24 @@ def _vocabularies(config: Config, samples, model_dir: Path, resume: bool):
 def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -> Prepared:
     """Task vqa: questions grouped by image, answers as classes."""
     train_read = read_split(config.data, "train")
+    train_read.samples = sample_images(train_read.samples, config.data.train_fraction, config.seed)
     val_read = read_split(config.data, "val") if config.data.val else None
-    tokenizer, answers = _vocabularies(config, train_read.samples, model_dir, resume)
+    graphs = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
+    tokenizer, answers = _vocabularies(config, train_read.samples, model_dir, resume, entity_names(graphs))
     save_vocabularies(model_dir, config, tokenizer, answers)
+    model = build_model(config, tokenizer.get_vocab_size(), len(answers))
+    # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
+    loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
+                            progress)
     data_args = (tokenizer, answers, config.data.image_size, config.data.max_question_length)
-    train_set = GroupedVQADataset(train_read.samples, *data_args, train_read.skipped, progress, "Loading train images")
+    train_set = GroupedVQADataset(train_read.samples, *data_args, train_read.skipped, progress, "Loading train images",
+                                  image_loader=loader)
     if len(train_set) == 0:
         raise ConfigError("no usable training samples: " + train_read.skipped.summary())
-    val_set = (GroupedVQADataset(val_read.samples, *data_args, val_read.skipped, progress, "Loading val images")
-               if val_read else None)
+    val_set = (GroupedVQADataset(val_read.samples, *data_args, val_read.skipped, progress, "Loading val images",
+                                 image_loader=loader) if val_read else None)
     warn_skipped(train=train_read, val=val_read)
 
-    model = build_model(config, tokenizer.get_vocab_size(), len(answers))
     module = VQAModule(model, config.train, steps_per_epoch(config, len(train_set)) * config.train.epochs)
     summary = {
         "train": {"images": len(train_set), "questions": train_set.num_questions,
@@ -269,22 +312,30 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
         "answers": len(answers), "vocab": tokenizer.get_vocab_size(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    return Prepared(module, EpochDataModule(train_set, val_set, config),
+    collate = partial(collate_groups, with_samples=False)
+    if graphs:  # each batch also carries its images' scene graphs
+        collate = SceneGraphCollate(collate, encode_scene_graphs(graphs, tokenizer))
+        summary["scene_graphs"] = scene_graph_summary(graphs)
+    collate = feature_collate(config, collate)
+    return Prepared(module, EpochDataModule(train_set, val_set, config, collate),
                     lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, answers), summary)
 
 
 def evaluate_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool = True) -> dict:
     """Evaluate a saved model on one split of `config.data`; write metrics (+ predictions) as JSON."""
     check_task_format(config.task, config.data)
-    if config.task == "retrieval":
-        from .retrieval import evaluate_retrieval_split
+    return task_function(config.task, "evaluate")(model_dir, config, split, out_json, progress)
 
-        return evaluate_retrieval_split(model_dir, config, split, out_json, progress)
+
+def evaluate_vqa_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool) -> dict:
+    """Task vqa: accuracy overall, per group and per question family, plus each prediction."""
     from ..evaluate import evaluate_samples
     from ..models.saved import load_model_dir
 
     read = read_split(config.data, split)
-    metrics, records = evaluate_samples(load_model_dir(model_dir), read.samples, read.skipped, progress=progress)
+    graphs = read_scene_graphs(config.data, split, read.samples) if config.data.scene_graphs else None
+    metrics, records = evaluate_samples(load_model_dir(model_dir), read.samples, read.skipped, progress=progress,
+                                        scene_graphs=graphs)
     if out_json is not None:
         out_json.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
         out_json.with_name(out_json.stem + "_predictions.jsonl").write_text(

@@ -4,6 +4,9 @@ Each record has `image` (a path) and `question`, usually `answer`; optionally `a
 `question_id` (default: the line number), `image_id` (default: the image path),
 `question_type` and `answer_type`. Other keys are kept in `VQASample.extra`. In CSV the
 `answers` cell is `|`-separated, and all-digit ids become integers as they would be in JSON.
+
+Classification tables (hateful memes, MM-IMDb style) say `text` for the question and `label` (a
+string or an integer) for the answer; both spellings are read.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from vlfuse.data.records import VQASample, majority_answer
 from vlfuse.errors import DataError
 
 REQUIRED_COLUMNS = ("image", "question")
+ALIASES = {"question": "text", "answer": "label"}  # classification tables' names for the same fields
 KNOWN_KEYS = {"image", "question", "answer", "answers", "question_id", "image_id",
-              "question_type", "answer_type"}
+              "question_type", "answer_type", *ALIASES.values()}
 
 
 def read_vqa_table(path: str | Path, image_root: str | Path | None = None, *,
@@ -83,9 +87,12 @@ def _sample_from_record(record: Any, line: int, path: Path, base: Path, check_im
     if not isinstance(record, dict):
         raise DataError(f"expected an object, got {type(record).__name__}", path=path, line=line)
     image_path = _image_path(record, line, path, base, check_images)
-    question = check_question(_get(record, "question", line, path), path=path, line=line)
+    question_key = "text" if "question" not in record and "text" in record else "question"
+    question = check_question(_get(record, question_key, line, path), path=path, line=line)
     answers = _answers(record, line, path)
     answer = _optional_str(record, "answer", line, path)
+    if answer is None and "answer" not in record:
+        answer = _label(record, line, path)
     if answer is None:
         answer = majority_answer(answers)
     elif not answers:
@@ -119,6 +126,17 @@ def _answers(record: dict, line: int, path: Path) -> tuple[str, ...]:
     return tuple(answers)
 
 
+def _label(record: dict, line: int, path: Path) -> str | None:
+    """`label`: a class name or an integer class (hateful memes' 0/1), read as its string."""
+    value = record.get("label")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip():
+        raise DataError(f"label must be a non-empty string or an integer, got {value!r}", path=path, line=line,
+                        field="label")
+    return str(value).strip()
+
+
 def _id(record: dict, key: str, default: int | str, line: int, path: Path) -> int | str:
     value = record.get(key)
     if value is None:
@@ -148,7 +166,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, dict]]:
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     try:
         header = reader.fieldnames or []
-        missing = [key for key in REQUIRED_COLUMNS if key not in header]
+        missing = [key for key in REQUIRED_COLUMNS if key not in header and ALIASES.get(key) not in header]
         if missing:
             raise DataError(f"CSV header lacks column(s) {', '.join(map(repr, missing))}", path=path,
                             line=1, field=missing[0])
@@ -164,7 +182,7 @@ def _csv_record(row: dict, line: int, path: Path) -> dict:
     if None in row:  # DictReader files surplus cells under the key None
         raise DataError("row has more cells than the header", path=path, line=line)
     record = {key: value for key, value in row.items()
-              if value is not None and (value != "" or key in REQUIRED_COLUMNS)}
+              if value is not None and (value != "" or key in REQUIRED_COLUMNS or key == "text")}
     for key in ("question_id", "image_id"):
         if key in record and record[key].isascii() and record[key].isdigit():
             record[key] = int(record[key])

@@ -73,3 +73,16 @@ def _sample(entry: object, where: Where, root: Path, wanted: set | None, check_i
     return CaptionSample(image_id=cocoid if cocoid is not None else Path(name).stem,
                          image_path=image_file(folder / name, where.at("filename"), check_images),
                          captions=captions, split=split, extra=extra_fields(entry, _USED))
+
+
+# Which Karpathy splits a run's split reads: the usual protocol trains on train + restval (COCO's
+# 113k images); the Flickr files have no restval, so their train split is read alone.
+RUN_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+
+
+def read_karpathy_split(path: str | Path, image_root: str | Path | None = None, *, split: str,
+                        on_bad_sample: str = "error") -> ReadResult:
+    """The images of a run's split ("train", "val" or "test", see RUN_SPLITS) from one Karpathy file."""
+    if split not in RUN_SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {', '.join(RUN_SPLITS)}", path=path)
+    return read_karpathy(path, image_root, splits=RUN_SPLITS[split], on_bad_sample=on_bad_sample)

@@ -1,0 +1,97 @@
+"""CLI commands for the data tools: `vlfuse cache build|info` and `vlfuse data shard`.
+
+Kept apart from cli.py, which only registers them; heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+cache_app = typer.Typer(help="Feature cache of a frozen image encoder: precompute, inspect.", no_args_is_help=True)
+
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.sub=value")]
+SplitOption = Annotated[Optional[list[str]], typer.Option("--split", help="Split(s) to cache (default: every "
+                                                                          "configured one).")]
+
+
+@cache_app.command("build")
+def cache_build(config: Path, split: SplitOption = None, set_: SetOption = None,
+                chunk_size: int = typer.Option(64, help="Images per chunk file (the unit an interrupted build "
+                                                        "resumes from).")) -> None:
+    """Compute the frozen image encoder's features of every image of the config's splits into data.feature_cache.
+
+    Images already cached are skipped (an interrupted build resumes); corrupt chunks are rebuilt.
+    """
+    from .config import load_config
+    from .data.feature_cache import FeatureCache, ensure_features
+    from .data.loading import SPLITS, read_split
+    from .errors import ConfigError
+    from .models.factory import IMAGE_ENCODERS, build_component
+
+    cfg = load_config(config, set_ or [])
+    if not cfg.data.feature_cache:
+        raise ConfigError("config key 'data.feature_cache' is not set: give the cache folder, e.g. "
+                          "--set data.feature_cache=cache/features")
+    splits = split or [s for s in SPLITS if getattr(cfg.data, s) is not None]
+    encoder = build_component(IMAGE_ENCODERS, cfg.model.image_encoder, "model.image_encoder", dim=cfg.model.dim,
+                              image_size=cfg.data.image_size)
+    cache = FeatureCache.for_encoder(cfg.data.feature_cache, encoder, cfg.data.image_size)
+    corrupt = cache.drop_corrupt()
+    for path in corrupt:
+        typer.echo(f"rebuilding corrupt chunk {path}", err=True)
+    paths = []
+    for name in splits:
+        read = read_split(cfg.data, name)
+        paths += [s.image_path for s in read.samples]
+    cached = ensure_features(cache, encoder, paths, cfg.data.image_size, chunk_size=chunk_size)
+    unique = len(set(cached.row_of.values()))
+    typer.echo(f"{cache.folder}: {len(cached.row_of)} images of {', '.join(splits)} cached ({unique} distinct, "
+               f"{cached.computed} computed now, the rest already there); features {list(cached.features.shape[1:])}")
+    for path, error in list(cached.errors.items())[:5]:
+        typer.echo(f"not cached: {error}", err=True)
+    if len(cached.errors) > 5:
+        typer.echo(f"... and {len(cached.errors) - 5} more images not cached", err=True)
+
+
+@cache_app.command("info")
+def cache_info_(directory: Path,
+                verify: bool = typer.Option(False, "--verify", help="Check every chunk's sha256."),
+                json_: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the encoders cached in DIR: images, chunks, size, feature shape (and, --verify, corrupt chunks)."""
+    from .data.feature_cache import cache_info
+
+    entries = cache_info(directory, verify)
+    if json_:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        typer.echo(f"{directory}: no cached encoders")
+    for e in entries:
+        typer.echo(f"{e['folder']}: {e['encoder']} at {e['image_size']} px, {e['images']} images in {e['chunks']} "
+                   f"chunks, {e['bytes'] / 2**20:.1f} MiB, features {e.get('feature_shape')}, created {e['created']}")
+        if verify:
+            typer.echo("  all chunks verified" if not e["corrupt"] else f"  CORRUPT: {', '.join(e['corrupt'])}")
+
+
+def data_shard(config: Path,
+               split: str = typer.Option("train", help="Which split of the data config: train, val or test."),
+               out: Path = typer.Option(..., help="Folder for the shards and shards.json."),
+               max_samples_per_shard: int = typer.Option(1000, help="Images (samples) per tar shard."),
+               prefix: Optional[str] = typer.Option(None, help="Shard name prefix (default: the split)."),
+               set_: SetOption = None) -> None:
+    """Write a configured split as WebDataset tar shards (PREFIX-000000.tar: KEY.jpg + KEY.json [+ KEY.txt])."""
+    from .config import load_config
+    from .data.loading import read_split
+    from .data.shards import write_shards
+
+    cfg = load_config(config, set_ or [])
+    read = read_split(cfg.data, split)
+    manifest = write_shards(read.samples, out, prefix=prefix or split, max_samples_per_shard=max_samples_per_shard,
+                            skip_log=read.skipped, progress=True)
+    typer.echo(f"Wrote {manifest['samples']} {manifest['kind']} samples in {len(manifest['shards'])} shards to {out}")
+    if read.skipped.count:
+        typer.echo(f"warning: {read.skipped.summary()}", err=True)

@@ -1,0 +1,54 @@
+"""`vlfuse serve`: the HTTP API and web page (vlfuse.serve) under uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def default_examples(config) -> Path | None:
+    """The model's own test (else val) images, when they are where its config says."""
+    for split in (config.data.test, config.data.val):
+        if split is not None and split.images:
+            folder = Path(config.data.root).expanduser() / split.images
+            if folder.is_dir():
+                return folder
+    return None
+
+
+def serve(
+    model_dirs: list[Path] = typer.Argument(..., help="Model directories: one VQA, one captioning and one retrieval model at most."),
+    index: Optional[Path] = typer.Option(None, help="An index built by `vlfuse index build` with the retrieval model."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the server to the network)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_batch: int = typer.Option(16, help="Micro-batching: most requests answered by one forward pass (1 = off)."),
+    max_wait_ms: float = typer.Option(5.0, help="Micro-batching: how long a request waits for others to join it."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest request body accepted (larger: 413)."),
+    examples: Optional[Path] = typer.Option(None, help="Folder of example images for the page (default: the VQA "
+                                                       "model's test images, when present)."),
+    log_level: str = typer.Option("info", help="uvicorn's log level."),
+) -> None:
+    """Serve models over HTTP: VQA answers and heatmaps, captions, image-text matching, search of an index; a web page at /."""
+    from .errors import MissingDependencyError
+
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError:
+        raise MissingDependencyError("vlfuse serve needs FastAPI and uvicorn: pip install 'vlfuse[serve]'") from None
+    from .serve.service import ServeSettings, Service
+
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             max_upload_bytes=int(max_upload_mb * 2**20), examples=examples)
+    service = Service.load(model_dirs, index, settings)
+    first = service.vqa or service.captioner
+    if settings.examples is None and first is not None:
+        settings.examples = default_examples(first.config)
+    served = [t for t, part in (("vqa", service.vqa), ("captioning", service.captioner), ("retrieval", service.retrieval))
+              if part is not None]
+    typer.echo(f"Serving {' + '.join(served)}" + (f" with {len(service.index)} indexed images" if service.index else "")
+               + f" on http://{host}:{port}/  (API: http://{host}:{port}/docs)")
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level)

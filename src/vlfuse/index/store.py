@@ -1,0 +1,219 @@
+"""ImageIndex: image embeddings of one retrieval model in FAISS, with what each vector is, on disk.
+
+An index directory holds `vectors.faiss` (FAISS's own format), `items.jsonl` (one {"id", "path"}
+a vector, in FAISS's order) and `index.json` (kind and settings, dimension, and the fingerprint of
+the model that made the vectors). Searching or adding with any other model is refused: its
+embeddings live in another space, and the results would be silently meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.formats.common import SkipLog
+from ..errors import ConfigError, DataError
+from ..progress import track
+from . import vectors as fv
+from .encoder import RetrievalEncoder
+from .vectors import IndexSettings
+
+VECTORS, ITEMS, META = "vectors.faiss", "items.jsonl", "index.json"
+FORMAT = 1
+
+
+class ModelMismatchError(DataError):
+    """The model given is not the one that built the index."""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str | int
+    path: str  # absolute, so a server started anywhere can show the image
+
+
+@dataclass
+class Hit:
+    rank: int  # 1 = best
+    position: int  # the vector's position in the index (what /images/{position} serves)
+    id: str | int
+    path: str
+    score: float  # what the ranking used: similarity, or similarity + ITM after re-ranking
+    similarity: float  # cosine of query and image embeddings
+    match: float | None = None  # ITM log-odds of a match (re-ranked text queries only)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class ImageIndex:
+    def __init__(self, index, items: list[Item], settings: IndexSettings, fingerprint: str, model_dir: str,
+                 encoder: RetrievalEncoder | None = None, skipped: SkipLog | None = None):
+        self.index, self.items, self.settings = index, items, settings
+        self.fingerprint, self.model_dir = fingerprint, model_dir
+        self.encoder = encoder
+        self.skipped = skipped or SkipLog("skip")  # bad images met by the last build / add
+        self._paths = {item.path for item in items}
+
+    # ------------------------------------------------------------------ creating and growing
+
+    @classmethod
+    def empty(cls, encoder: RetrievalEncoder, settings: IndexSettings, training: np.ndarray) -> "ImageIndex":
+        index = fv.create(settings, encoder.dim, training)
+        return cls(index, [], settings, encoder.fingerprint, str(encoder.model_dir or ""), encoder)
+
+    def add_vectors(self, vectors: np.ndarray, items: list[Item]) -> None:
+        if len(vectors) != len(items):
+            raise ValueError(f"{len(vectors)} vectors for {len(items)} items")
+        if len(items):
+            self.index.add(fv.as_matrix(vectors, self.index.d))
+            self.items.extend(items)
+            self._paths.update(item.path for item in items)
+
+    def add_images(self, sources: list[tuple[str | int, Path]], batch: int = 64, progress: bool = False) -> int:
+        """Embed and add images given as (id, path); paths already indexed are left out. Returns how many
+        were added; unreadable images are skipped and recorded in `self.skipped`."""
+        encoder = self._encoder()
+        self.skipped = SkipLog("skip")
+        fresh = [(i, Path(p).resolve()) for i, p in sources if str(Path(p).resolve()) not in self._paths]
+        added = 0
+        starts = range(0, len(fresh), batch)
+        for start in track(starts, "Embedding images", total=len(starts), enabled=progress):
+            tensors, items = [], []
+            for image_id, path in fresh[start: start + batch]:
+                try:
+                    tensors.append(encoder.image_tensor(path))
+                except DataError as error:
+                    self.skipped.add(error)
+                    continue
+                items.append(Item(image_id, str(path)))
+            if items:
+                self.add_vectors(encoder.embed_image_tensors(torch.stack(tensors)), items)
+                added += len(items)
+        return added
+
+    # ------------------------------------------------------------------ searching
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        scores, positions = fv.search(self.index, queries, k)
+        return [[Hit(r + 1, int(p), self.items[p].id, self.items[p].path, float(s), float(s))
+                 for r, (s, p) in enumerate(zip(row_scores, row_positions)) if p >= 0]
+                for row_scores, row_positions in zip(scores, positions)]
+
+    def search_texts(self, texts: list[str], k: int = 10, rerank: bool = False) -> list[list[Hit]]:
+        """Text -> image: each text's k best images; `rerank` re-scores them with the ITM head (LAVIS)."""
+        encoder = self._encoder()
+        if rerank and not encoder.can_rerank:
+            raise ConfigError("this retrieval model has no matching head (model.fusion: null), so it cannot "
+                              "re-rank: search without rerank")
+        hits = self.search_vectors(encoder.embed_texts(texts), k)
+        return [self.rerank(text, row) for text, row in zip(texts, hits)] if rerank else hits
+
+    def search_images(self, images: list, k: int = 10) -> list[list[Hit]]:
+        """Image -> image: each image's k nearest indexed images (paths, bytes or PIL images)."""
+        return self.search_vectors(self._encoder().embed_images(images), k)
+
+    def rerank(self, text: str, hits: list[Hit]) -> list[Hit]:
+        """Score = similarity + ITM log-odds for each candidate (images re-read from their paths), best first."""
+        if not hits:
+            return hits
+        encoder = self._encoder()
+        images = torch.stack([encoder.image_tensor(hit.path) for hit in hits])
+        similarity, itm = encoder.match(images, text)
+        for hit, s, m in zip(hits, similarity, itm):
+            hit.similarity, hit.match, hit.score = float(s), float(m), float(s + m)
+        hits = sorted(hits, key=lambda h: -h.score)
+        for rank, hit in enumerate(hits, 1):
+            hit.rank = rank
+        return hits
+
+    # ------------------------------------------------------------------ the model
+
+    def _encoder(self) -> RetrievalEncoder:
+        if self.encoder is None:
+            raise ConfigError("this index was opened without its model: open_index(INDEX_DIR, MODEL_DIR)")
+        return self.encoder
+
+    def attach(self, encoder: RetrievalEncoder, where: str | Path = "") -> "ImageIndex":
+        """Use `encoder` for queries and additions, after checking it is the model that built the index."""
+        if encoder.fingerprint != self.fingerprint:
+            raise ModelMismatchError(
+                f"the index was built by another model (fingerprint {self.fingerprint[:12]}, "
+                f"from {self.model_dir or 'unknown'}); {encoder.model_dir or 'the model given'} has fingerprint "
+                f"{encoder.fingerprint[:12]}: its embeddings are not comparable. Search with the model that built "
+                "the index, or rebuild it: vlfuse index build MODEL_DIR --images DIR --out INDEX_DIR",
+                path=where or None)
+        self.encoder = encoder
+        return self
+
+    # ------------------------------------------------------------------ disk
+
+    def save(self, out_dir: str | Path) -> Path:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fv.write(self.index, out_dir / VECTORS)
+        (out_dir / ITEMS).write_text("".join(json.dumps({"id": i.id, "path": i.path}, ensure_ascii=False) + "\n"
+                                             for i in self.items), encoding="utf-8")
+        meta = {"format": FORMAT, "kind": self.settings.kind, "settings": self.settings.as_dict(), "dim": self.dim,
+                "count": len(self.items), "model_fingerprint": self.fingerprint, "model_dir": self.model_dir}
+        (out_dir / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return out_dir
+
+    @classmethod
+    def load(cls, index_dir: str | Path, encoder: RetrievalEncoder | None = None) -> "ImageIndex":
+        index_dir = Path(index_dir)
+        for name in (META, ITEMS, VECTORS):
+            if not (index_dir / name).is_file():
+                raise DataError(f"not a vlfuse index directory: {name} is missing", path=index_dir)
+        meta = _read_json(index_dir / META)
+        if meta.get("format") != FORMAT:
+            raise DataError(f"index format {meta.get('format')!r} is not the supported {FORMAT}", path=index_dir / META)
+        try:
+            settings = IndexSettings(**meta["settings"])
+            fingerprint, model_dir = str(meta["model_fingerprint"]), str(meta.get("model_dir", ""))
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"malformed index metadata ({exc})", path=index_dir / META) from None
+        items = [_item(line, n, index_dir / ITEMS) for n, line in
+                 enumerate((index_dir / ITEMS).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        try:
+            index = fv.read(index_dir / VECTORS)
+        except RuntimeError as exc:
+            raise DataError(f"cannot read the FAISS index ({str(exc).splitlines()[0]})", path=index_dir / VECTORS) \
+                from None
+        if index.ntotal != len(items):
+            raise DataError(f"{index.ntotal} vectors but {len(items)} items: the index directory is inconsistent",
+                            path=index_dir)
+        fv.apply_search_settings(index, settings)
+        found = cls(index, items, settings, fingerprint, model_dir)
+        return found if encoder is None else found.attach(encoder, index_dir)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read index metadata ({exc})", path=path) from None
+    if not isinstance(data, dict):
+        raise DataError("index metadata must be a JSON object", path=path)
+    return data
+
+
+def _item(line: str, number: int, path: Path) -> Item:
+    try:
+        record = json.loads(line)
+        return Item(record["id"], str(record["path"]))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"malformed item ({exc})", path=path, line=number) from None

@@ -1,0 +1,73 @@
+"""CaptioningModel: an image encoder and a caption decoder, each passed in."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..errors import ConfigError
+from ..heads.caption_decoders import DECODERS
+from ..heads.generation import Generated, beam_search, greedy_search
+from ..types import Features
+
+
+class CaptioningModel(nn.Module):
+    """images -> image Features -> decoder (teacher forcing, or greedy / beam search)."""
+
+    def __init__(self, image_encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.image_encoder, self.decoder = image_encoder, decoder
+
+    def encode_images(self, images: torch.Tensor) -> Features:
+        """images [B, 3, H, W], uint8 or float in [0, 1] -> the image encoder's Features."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        return self.image_encoder(images)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, image_index: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Teacher forcing: logits [B_c, L, V], position t predicting input_ids[:, t + 1].
+
+        image_index [B_c] says which image each caption belongs to (each image encoded once for
+        all of its captions); without it, images and captions pair up row by row.
+        """
+        image = self.encode_images(images)
+        if image_index is not None:
+            image = image.index_select(image_index)
+        return self.decoder(image, input_ids)
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, bos: int, eos: int, max_length: int, beam_size: int = 1,
+                 length_penalty: float = 0.0, blocked: tuple[int, ...] = ()) -> Generated:
+        """One caption per image: greedy search for beam_size 1, else beam search (heads.generation)."""
+        image = self.encode_images(images)
+        if beam_size == 1:
+            return greedy_search(self.decoder, image, bos, eos, max_length, blocked)
+        return beam_search(self.decoder, image, bos, eos, max_length, beam_size, length_penalty, blocked)
+
+
+def generation_length(config: Config) -> int:
+    """Tokens to generate at most, EOS included: captioning.max_length, or the longest caption that
+    training sees (data.max_question_length counts BOS and EOS; BOS is given, not generated)."""
+    return config.captioning.max_length or max(1, config.data.max_question_length - 1)
+
+
+def decoder_positions(config: Config) -> int:
+    """Token positions the decoder reads: a training caption's, or BOS + all but the last generated token."""
+    return max(config.data.max_question_length, generation_length(config))
+
+
+def build_captioning_model(config: Config, vocab_size: int) -> CaptioningModel:
+    """model.image_encoder + model.decoder; the decoder works at the model width model.dim."""
+    from .factory import IMAGE_ENCODERS, build_component
+
+    m = config.model
+    if m.decoder is None:
+        raise ConfigError("config key 'model.decoder' is required for task captioning, e.g. "
+                          "{name: transformer, layers: 2, heads: 4} or {name: lstm}")
+    image_encoder = build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
+                                    image_size=config.data.image_size)
+    decoder = build_component(DECODERS, m.decoder, "model.decoder", dim=m.dim, vocab_size=vocab_size,
+                              max_length=decoder_positions(config))
+    return CaptioningModel(image_encoder, decoder)

@@ -1,0 +1,256 @@
+"""Feature cache of frozen image encoders: hits are identical, a changed encoder or image misses,
+interrupted builds resume, corrupt chunks are named, training reads features instead of images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from vlfuse.data.feature_cache import (INDEX, FeatureCache, cache_info, check_cacheable, ensure_features,
+                                       read_index)
+from vlfuse.errors import ConfigError, DataError
+from vlfuse.types import Features, grid_boxes
+
+
+class TinyFrozenEncoder(nn.Module):
+    """A cacheable encoder small enough for tests: a fixed strided conv (the frozen part) + a projection."""
+
+    backbone_calls = 0
+
+    def __init__(self, dim: int = 8, image_size: int = 32, freeze: bool = True, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.backbone = nn.Conv2d(3, 6, kernel_size=8, stride=8)
+            self.proj = nn.Linear(6, dim)
+        self.frozen = freeze
+        self.backbone.requires_grad_(not freeze)
+
+    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
+        TinyFrozenEncoder.backbone_calls += 1
+        return self.backbone(images)
+
+    def from_frozen(self, grid: torch.Tensor) -> Features:
+        b, _, rows, cols = grid.shape
+        tokens = self.proj(grid.flatten(2).transpose(1, 2))
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool)
+        return Features(tokens, mask, tokens.mean(1), grid_boxes(rows, cols, b))
+
+    def forward(self, images: torch.Tensor) -> Features:
+        return self.from_frozen(self.frozen_features(images))
+
+    def frozen_fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.backbone.state_dict().items()):
+            digest.update(name.encode() + tensor.numpy().tobytes())
+        return digest.hexdigest()
+
+
+def make_images(folder: Path, count: int, size: int = 32, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def as_batch(paths: list[Path], size: int = 32) -> torch.Tensor:
+    from vlfuse.data.images import load_image
+    from vlfuse.data.vqa_dataset import image_to_tensor
+
+    return torch.stack([image_to_tensor(load_image(p), size) for p in paths]).float() / 255
+
+
+def build(root: Path, encoder: nn.Module, paths: list[Path], **kwargs):
+    cache = FeatureCache.for_encoder(root, encoder, 32)
+    return cache, ensure_features(cache, encoder, paths, 32, progress=False, **kwargs)
+
+
+def test_a_cache_hit_gives_the_features_the_encoder_computes(tmp_path):
+    encoder = TinyFrozenEncoder()
+    paths = make_images(tmp_path / "images", 5)
+    _, first = build(tmp_path / "cache", encoder, paths)
+    assert first.computed == 5 and first.features.shape == (5, 6, 4, 4)
+    _, again = build(tmp_path / "cache", TinyFrozenEncoder(), paths)  # a new run: same weights, read from disk
+    assert again.computed == 0
+    assert torch.equal(again.features, first.features)
+    with torch.no_grad():
+        direct = encoder(as_batch(paths))
+        cached = encoder.from_frozen(torch.stack([again.loader(p) for p in paths]))
+    for name in ("tokens", "mask", "pooled", "boxes"):
+        assert torch.equal(getattr(cached, name), getattr(direct, name)), name
+
+
+def test_the_same_bytes_under_another_name_hit_and_an_edited_image_misses(tmp_path):
+    encoder = TinyFrozenEncoder()
+    paths = make_images(tmp_path / "images", 3)
+    build(tmp_path / "cache", encoder, paths)
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(paths[0].read_bytes())
+    make_images(tmp_path / "other", 1, seed=9)[0].replace(paths[1])  # paths[1] now holds another picture
+    _, cached = build(tmp_path / "cache", encoder, paths + [copy])
+    assert cached.computed == 1  # only the edited one
+    assert torch.equal(cached.loader(copy), cached.loader(paths[0]))
+
+
+def test_a_changed_encoder_or_image_size_is_another_cache(tmp_path):
+    paths = make_images(tmp_path / "images", 3)
+    cache_a, first = build(tmp_path / "cache", TinyFrozenEncoder(seed=0), paths)
+    cache_b, other = build(tmp_path / "cache", TinyFrozenEncoder(seed=1), paths)  # other weights
+    assert other.computed == 3 and cache_b.folder != cache_a.folder
+    assert not torch.equal(other.features, first.features)
+    nudged = TinyFrozenEncoder(seed=0)
+    with torch.no_grad():
+        nudged.backbone.bias[0] += 1e-6
+    assert build(tmp_path / "cache", nudged, paths)[1].computed == 3
+    resized = FeatureCache.for_encoder(tmp_path / "cache", TinyFrozenEncoder(seed=0), 48)
+    assert resized.folder not in (cache_a.folder, cache_b.folder)
+    assert len(cache_info(tmp_path / "cache")) == 4
+
+
+def test_an_interrupted_build_resumes_with_the_missing_images_only(tmp_path, monkeypatch):
+    encoder = TinyFrozenEncoder()
+    paths = make_images(tmp_path / "images", 7)
+    real_add, chunks_written = FeatureCache.add, []
+
+    def add_then_die(self, keys, features):
+        if len(chunks_written) == 2:
+            raise KeyboardInterrupt  # killed while computing the third chunk
+        chunks_written.append(real_add(self, keys, features))
+
+    monkeypatch.setattr(FeatureCache, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "cache", encoder, paths, chunk_size=2)
+    monkeypatch.setattr(FeatureCache, "add", real_add)
+    cache = FeatureCache.for_encoder(tmp_path / "cache", encoder, 32)
+    assert len(cache) == 4
+    with (cache.folder / INDEX).open("a") as f:  # and killed again while appending an index line
+        f.write('{"file": "chunk-x.safetensors", "sha2')
+    _, resumed = build(tmp_path / "cache", encoder, paths, chunk_size=2)
+    assert resumed.computed == 3
+    with torch.no_grad():
+        assert torch.allclose(resumed.features, encoder.frozen_features(as_batch(paths)), atol=1e-6)
+    assert len(read_index(cache.folder)) == 4 and not list(cache.folder.glob("*.tmp"))
+
+
+def test_a_corrupt_chunk_is_named_and_rebuilt_by_a_repairing_build(tmp_path):
+    encoder = TinyFrozenEncoder()
+    paths = make_images(tmp_path / "images", 4)
+    cache, _ = build(tmp_path / "cache", encoder, paths, chunk_size=2)
+    chunk = cache.folder / read_index(cache.folder)[1].file
+    data = bytearray(chunk.read_bytes())
+    data[-5] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="corrupt") as error:
+        build(tmp_path / "cache", encoder, paths)
+    assert chunk.name in str(error.value)
+    assert cache_info(tmp_path / "cache", verify=True)[0]["corrupt"] == [chunk.name]
+    _, repaired = build(tmp_path / "cache", encoder, paths, repair=True)
+    assert repaired.computed == 2
+    assert cache_info(tmp_path / "cache", verify=True)[0]["corrupt"] == []
+
+
+def test_unreadable_images_are_reported_not_cached(tmp_path):
+    paths = make_images(tmp_path / "images", 2)
+    bad = tmp_path / "images" / "bad.png"
+    bad.write_bytes(b"not a png")
+    _, cached = build(tmp_path / "cache", TinyFrozenEncoder(), paths + [bad, tmp_path / "missing.png"])
+    assert cached.computed == 2 and set(cached.errors) == {bad, tmp_path / "missing.png"}
+    with pytest.raises(DataError, match="bad.png"):
+        cached.loader(bad)
+
+
+def test_trainable_or_uncacheable_encoders_are_refused_with_the_key_to_change():
+    with pytest.raises(ConfigError, match="freeze: true"):
+        check_cacheable(TinyFrozenEncoder(freeze=False))
+    with pytest.raises(ConfigError, match="efficientnet"):
+        check_cacheable(nn.Conv2d(3, 3, 1))
+
+
+def test_efficientnet_split_gives_its_forward(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from vlfuse.encoders.pretrained import EfficientNetImageEncoder
+
+    encoder = EfficientNetImageEncoder(dim=8).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = encoder(images)
+        split = encoder.from_frozen(encoder.frozen_features(images))
+    assert torch.equal(whole.tokens, split.tokens) and torch.equal(whole.boxes, split.boxes)
+    assert encoder.frozen_fingerprint() == EfficientNetImageEncoder(dim=16).frozen_fingerprint()  # proj not in it
+    with pytest.raises(ConfigError, match="trainable"):
+        check_cacheable(EfficientNetImageEncoder(dim=8, freeze=False))
+
+
+@pytest.fixture
+def tiny_frozen_in_factory(monkeypatch):
+    from vlfuse.models.factory import IMAGE_ENCODERS
+
+    monkeypatch.setitem(IMAGE_ENCODERS, "tiny_frozen", TinyFrozenEncoder)
+    return "model.image_encoder={name: tiny_frozen}"
+
+
+def test_training_reads_cached_features_and_never_runs_the_backbone(shapes_root, tiny_config, tmp_path,
+                                                                   tiny_frozen_in_factory):
+    from vlfuse.data.loading import read_split
+    from vlfuse.train.run import train
+
+    cache_dir = tmp_path / "features"
+    config = tiny_config(shapes_root, tmp_path / "run", tiny_frozen_in_factory, f"data.feature_cache={cache_dir}",
+                         "train.epochs=1", "train.checkpoint_every_n_steps=1000", "data.test=null")
+    images = [s.image_path for split in ("train", "val") for s in read_split(config.data, split).samples]
+    _, prebuilt = build(cache_dir, TinyFrozenEncoder(), images)  # what `vlfuse cache build` does
+    assert prebuilt.computed == 15  # 14 train + 1 val images
+    TinyFrozenEncoder.backbone_calls = 0
+    result = train(config, progress=False)
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert not result.interrupted and (result.model_dir / "model.safetensors").is_file(), summary
+    assert summary["steps"] == 4, summary
+    # 4 training steps and the validation, all from the cache
+    assert TinyFrozenEncoder.backbone_calls == 0, (TinyFrozenEncoder.backbone_calls, cache_info(cache_dir))
+    assert cache_info(cache_dir)[0]["images"] == 15, cache_info(cache_dir)
+
+
+def test_training_refuses_a_cache_for_a_trainable_encoder(shapes_root, tiny_config, tmp_path, cli_main,
+                                                          write_config):
+    config = write_config(tmp_path / "c.yaml", shapes_root, tmp_path / "run", f"data.feature_cache={tmp_path / 'f'}")
+    result = cli_main("train", config)
+    assert result.returncode == 2 and "data.feature_cache" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cache_cli_builds_then_reports(shapes_root, tmp_path, cli_main, write_config, tiny_frozen_in_factory):
+    config = write_config(tmp_path / "c.yaml", shapes_root, tmp_path / "run", f"data.feature_cache={tmp_path / 'f'}")
+    result = cli_main("cache", "build", config, "--set", tiny_frozen_in_factory)
+    assert result.returncode == 0, result.stderr
+    assert "16 images of train, val, test cached" in result.stdout and "16 computed now" in result.stdout
+    result = cli_main("cache", "info", tmp_path / "f", "--verify")
+    assert result.returncode == 0 and "TinyFrozenEncoder at 32 px, 16 images" in result.stdout
+    assert "all chunks verified" in result.stdout
+
+
+def test_the_cache_is_refused_where_it_would_be_ignored_or_stale(tmp_path):
+    from types import SimpleNamespace
+
+    from vlfuse.config import load_config
+    from vlfuse.data.feature_cache import check_cache_current, check_cache_task, feature_loader
+
+    with pytest.raises(ConfigError, match="task vqa and retrieval only, not captioning"):
+        check_cache_task(load_config(None, ["task=captioning", f"data.feature_cache={tmp_path}"]))
+    config = load_config(None, [f"data.feature_cache={tmp_path / 'f'}", "data.image_size=32"])
+    model = SimpleNamespace(image_encoder=TinyFrozenEncoder())
+    feature_loader(config, model.image_encoder, [], progress=False)
+    check_cache_current(config, model)  # unchanged: fine
+    with torch.no_grad():  # as train.init loading other backbone weights would
+        model.image_encoder.backbone.weight.mul_(2)
+    with pytest.raises(ConfigError, match="stale"):
+        check_cache_current(config, model)

@@ -188,9 +188,37 @@ def clip_pair(s: Size) -> Pair:
                                return_loss=True).loss)
 
 
+def blip_pair(s: Size) -> Pair:
+    """Captioning: a ViT over patches, then a Transformer decoder with cross-attention, teacher forcing."""
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    from vlfuse.heads.caption_decoders import TransformerCaptionDecoder
+    from vlfuse.models.captioning import CaptioningModel
+
+    tower = dict(hidden_size=s.dim, intermediate_size=4 * s.dim, num_hidden_layers=s.layers,
+                 num_attention_heads=s.heads)
+    ref = BlipForConditionalGeneration(BlipConfig(
+        vision_config=dict(**tower, image_size=s.image_size, patch_size=s.patch_size, attention_dropout=0.0),
+        text_config=dict(**tower, vocab_size=s.vocab, max_position_embeddings=s.text_tokens, encoder_hidden_size=s.dim,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, bos_token_id=1, eos_token_id=2,
+                         sep_token_id=2, pad_token_id=0)))
+    ours = CaptioningModel(ViTImageEncoder(s.dim, s.image_size, s.patch_size, s.layers, s.heads),
+                           TransformerCaptionDecoder(s.dim, s.vocab, s.text_tokens, s.layers, s.heads, dropout=0.0))
+
+    def ours_loss(m: nn.Module, b: Batch) -> torch.Tensor:
+        logits = m(b.pixels, b.input_ids)[:, :-1]
+        targets = b.input_ids[:, 1:].masked_fill(b.attention_mask[:, 1:] == 0, -100)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    return Pair("captioning (ViT + Transformer decoder)", "BlipForConditionalGeneration", ours, ours_loss, ref,
+                lambda m, b: m(pixel_values=b.pixels, input_ids=b.input_ids, attention_mask=b.attention_mask,
+                               labels=b.input_ids.masked_fill(b.attention_mask == 0, -100)).loss)
+
+
 PAIRS: dict[str, Callable[[Size], Pair]] = {
     "visualbert": visualbert_pair,
     "vilt": vilt_pair,
     "lxmert": lxmert_pair,
     "clip": clip_pair,
+    "blip": blip_pair,
 }

@@ -162,6 +162,11 @@ def _print_metrics(metrics: dict) -> None:
     for name, m in rows:
         table.add_row(name, f"{100 * m['accuracy']:.2f}", str(m["count"]))
     Console().print(table)
+    if metrics.get("vqa_accuracy"):
+        official = metrics["vqa_accuracy"]
+        typer.echo(f"VQA accuracy (official, {official['count']} questions with human answers): "
+                   f"{100 * official['accuracy']:.2f}% — " + ", ".join(
+                       f"{t} {100 * a:.2f}%" for t, a in official["per_answer_type"].items()))
     if metrics.get("unanswerable"):
         typer.echo(f"{metrics['unanswerable']} questions have an answer that is not among the model's answers "
                    "(counted wrong)")

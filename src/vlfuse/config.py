@@ -138,6 +138,10 @@ class PretrainConfig:
     region_mask_probability: float = 0.15  # MRM: share of image tokens to reconstruct
     mrm_classes: int = 32  # MRC-kl: prototypes the masked image tokens' soft labels are drawn over
     mrm_kl_weight: float = 1.0  # MRM = feature regression + this * KL classification
+    # translation: the image embedding is perturbed before it is translated (Pham et al. 2019), so
+    # the text embedding must be recoverable from a noisy view: Gaussian noise std, then dropout
+    translation_noise: float = 0.1
+    translation_dropout: float = 0.1
     embed_dim: int = 128  # ITC embedding width
     temperature: float = 0.07  # ITC initial temperature (learned)
     negatives_temperature: float = 1.0  # ITM: negatives drawn by softmax(ITC logits / this); 0: hardest

@@ -62,7 +62,8 @@ def predict_dataset(saved: SavedModel, dataset: GroupedVQADataset, batch_images:
             truth = None if sample.answer is None else normalize_answer(sample.answer)
             records.append({"question_id": sample.question_id, "image": str(sample.image_path),
                             "question": sample.question, "family": sample.question_type, "truth": truth,
-                            "prediction": answers[p], "confidence": c, "correct": truth == answers[p]})
+                            "prediction": answers[p], "confidence": c, "correct": truth == answers[p],
+                            "answers": list(sample.answers), "answer_type": sample.answer_type})
     return records
 
 
@@ -84,6 +85,20 @@ def scene_graph_collate(saved: SavedModel, scene_graphs: dict | None):
     return SceneGraphCollate(collate_groups, encode_scene_graphs(scene_graphs, saved.tokenizer))
 
 
+def official_vqa_accuracy(records: list[dict]) -> dict | None:
+    """The VQA v2 accuracy (min(#humans who gave the answer / 3, 1), averaged over the leave-one-out
+    annotator subsets, official answer normalisation), overall and per answer type, over the questions
+    that have several human answers; None when none has (then exact match, "overall", is the metric)."""
+    from .metrics.vqa import vqa_evaluate
+
+    scored = [r for r in records if len(r["answers"]) >= 2]
+    if not scored:
+        return None
+    result = vqa_evaluate([r["prediction"] for r in scored], [r["answers"] for r in scored],
+                          [r["answer_type"] for r in scored])
+    return {"accuracy": result["overall"], "per_answer_type": result["per_answer_type"], "count": len(scored)}
+
+
 def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: SkipLog, batch_images: int = 64,
                      progress: bool = True, scene_graphs: dict | None = None) -> tuple[dict, list[dict]]:
     """(metrics, per-question records) for samples that have answers; scene_graphs: each image's
@@ -97,6 +112,9 @@ def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: Skip
     records = predict_dataset(saved, dataset, batch_images, progress=progress, collate=collate)
     seconds = time.perf_counter() - start
     metrics = accuracy_table(records)
+    official = official_vqa_accuracy(records)
+    if official:
+        metrics["vqa_accuracy"] = official
     # model time only (images are decoded before the clock starts), batched as in evaluation
     metrics["ms_per_question"] = 1000 * seconds / max(len(records), 1)
     metrics["unanswerable"] = dataset.unanswerable  # truth not among the model's answers: always wrong

@@ -11,7 +11,7 @@ Objectives (weights from `pretrain.objectives`; a zero weight builds no head and
   mrm          UNITER masked region modelling on the image tokens: feature regression (MRFR) plus
                KL classification (MRC-kl) whose soft labels are the target token's softmax over
                fixed random prototypes (we have no detector to supply class distributions)
-  translation  image pooled -> caption pooled embedding (Pham et al. 2019), target detached
+  translation  image pooled, perturbed (noise + dropout) -> caption pooled embedding (Pham et al. 2019), target detached
   adversarial  modality discriminator behind gradient reversal (Ganin & Lempitsky 2015)
   mmd          multi-bandwidth MMD between the pooled image and caption features
 
@@ -158,7 +158,8 @@ class PretrainModel(nn.Module):
         if "mrm" in on:
             heads["mrm"] = MRMHead(dim, settings.mrm_classes, seed)
         if "translation" in on:
-            heads["translation"] = CrossModalTranslator(dim)
+            heads["translation"] = CrossModalTranslator(dim, noise_std=settings.translation_noise,
+                                                        dropout=settings.translation_dropout)
         if "adversarial" in on:
             heads["adversarial"] = ModalityDiscriminator(dim)
         self.heads = nn.ModuleDict(heads)

@@ -1,0 +1,26 @@
+"""`vlfuse eval` reports the official VQA accuracy beside exact match when questions carry human answers."""
+
+import pytest
+
+from vlfuse.evaluate import official_vqa_accuracy
+
+
+def _record(prediction, answers, answer_type):
+    return {"prediction": prediction, "answers": answers, "answer_type": answer_type}
+
+
+def test_official_accuracy_is_the_leave_one_out_mean_per_answer_type():
+    records = [
+        _record("yes", ["yes"] * 2 + ["no"] * 8, "yes/no"),  # 2 of 10 humans: mean over the 10 subsets = 0.6
+        _record("Two", ["2"] * 10, "number"),  # the prediction is normalised as the official script does
+        _record("red", ["blue"] * 10, "other"),
+        _record("cat", ["cat"], "other"),  # one reference only: exact-match data, left out
+    ]
+    result = official_vqa_accuracy(records)
+    assert result["count"] == 3
+    assert result["per_answer_type"] == pytest.approx({"number": 1.0, "other": 0.0, "yes/no": 0.6})
+    assert result["accuracy"] == pytest.approx((0.6 + 1.0 + 0.0) / 3)
+
+
+def test_single_answer_data_has_no_official_accuracy():
+    assert official_vqa_accuracy([_record("cat", ["cat"], "other"), _record("dog", [], "other")]) is None

@@ -17,6 +17,7 @@ import torch
 from vlfuse.heads.caption_decoders import LSTMAttentionDecoder, TransformerCaptionDecoder, select_state
 from vlfuse.heads.generation import beam_search, greedy_search, length_penalty
 from vlfuse.types import Features
+from helpers import read_json, assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONING_CONFIG = REPO / "configs" / "captioning_shapes.yaml"
@@ -62,21 +63,6 @@ def pad_image(image: Features, extra: int, seed: int = 2) -> Features:
     tokens = torch.cat([image.tokens, 100 * torch.randn(b, extra, d, generator=g)], 1)
     mask = torch.cat([image.mask, torch.zeros(b, extra, dtype=torch.bool)], 1)
     return Features(tokens, mask, image.pooled)
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def assert_one_line_error(result, *culprits: str) -> str:
-    everything = result.stdout + result.stderr
-    assert "Traceback" not in everything, everything
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, (result.returncode, everything)
-    assert lines[0].startswith("error: "), lines[0]
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- decoders

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "classification_shapes.yaml"
@@ -31,16 +32,6 @@ TINY = [
     "train.accelerator=cpu",
     "train.max_minutes=null",
 ]
-
-
-def assert_one_line_error(result, *culprits: str) -> str:
-    everything = result.stdout + result.stderr
-    assert "Traceback" not in everything, everything
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, (result.returncode, everything)
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from vlfuse.errors import ConfigError, DataError  # noqa: E402
 from vlfuse.index import (IndexSettings, ModelMismatchError, RetrievalEncoder, add_to_index, build_index,  # noqa: E402
                           open_index)
 from vlfuse.index import vectors as fv  # noqa: E402
+from helpers import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +31,6 @@ def encoder(trained_retrieval) -> RetrievalEncoder:
 @pytest.fixture(scope="module")
 def train_images(shapes_root) -> Path:
     return shapes_root / "images" / "train"
-
-
-def assert_one_line_error(result, *culprits: str) -> str:
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (result.returncode, lines)
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not in {lines[0]}"
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- build, save, load

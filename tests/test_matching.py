@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 NLVR_DEV = REPO.parent / "shared" / "data" / "nlvr-dev"
@@ -41,16 +42,6 @@ def sample(qid, sentence, answer, image="a.png", **extra):
 
     return VQASample(question_id=qid, image_id=qid, image_path=Path(image), question=sentence, answer=answer,
                      extra=extra)
-
-
-def assert_one_line_error(result, *culprits: str) -> str:
-    everything = result.stdout + result.stderr
-    assert "Traceback" not in everything, everything
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, (result.returncode, everything)
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- negatives

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vlfuse.types import Features, FusionOutput
+from helpers import read_json, assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 RETRIEVAL_CONFIG = REPO / "configs" / "retrieval_shapes.yaml"
@@ -37,21 +38,6 @@ TINY = [
     "train.max_minutes=null",
     "retrieval.hinge_weight=0.5",
 ]
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def assert_one_line_error(result, *culprits: str) -> str:
-    everything = result.stdout + result.stderr
-    assert "Traceback" not in everything, everything
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, (result.returncode, everything)
-    assert lines[0].startswith("error: "), lines[0]
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 def retrieval_config(shapes_root: Path, out_dir: Path, *extra: str):

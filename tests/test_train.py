@@ -25,6 +25,7 @@ import torch
 
 import vlfuse
 from vlfuse.data.shapes import FAMILIES, FAMILY_GROUP
+from helpers import assert_one_line_error, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "vqa_shapes.yaml"
@@ -32,26 +33,9 @@ TRAIN_IMAGES, BATCH, EPOCHS = 14, 4, 2
 STEPS_PER_EPOCH = math.ceil(TRAIN_IMAGES / BATCH)
 
 
-def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def first_test_question(shapes_root: Path) -> tuple[Path, str]:
     q = read_json(shapes_root / "vqa" / "test_questions.json")["questions"][0]
     return shapes_root / "images" / "test" / f"test_{q['image_id']:06d}.png", q["question"]
-
-
-def assert_one_line_error(result, *culprits: str) -> str:
-    """Exit 2, exactly one non-empty line on stderr, starting 'error:', naming every culprit."""
-    everything = result.stdout + result.stderr
-    assert "Traceback" not in everything, everything
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, (result.returncode, everything)
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    assert lines[0].startswith("error: "), lines[0]
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- Python API end to end
@@ -449,7 +433,6 @@ def test_resume_completes_with_the_same_step_count(resumed, cli_reference):
     assert run["epochs_completed"] == reference["epochs_completed"] == EPOCHS
     assert run["interrupted"] is False
     assert (resumed["out"] / "eval.json").is_file()
-
 
 
 def test_resumed_run_trains_every_image_once_per_epoch(resumed):

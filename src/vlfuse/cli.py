@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -280,11 +281,11 @@ def predict(
         return
     if question is None:
         raise ConfigError(f"--question is required: {model_dir} holds a {predictor.config.task} model")
-    if scene is None and predictor.config.data.scene_graphs:
-        typer.echo("note: this model was trained with scene graphs; without --scene it answers from the image alone",
-                   err=True)
-        predictor._warned_no_scene = True
-    result = predictor.predict(image, question, top_k=top_k, scene=scene)
+    with warnings.catch_warnings(record=True) as notes:  # e.g. a scene-graph model given no --scene
+        warnings.simplefilter("always")
+        result = predictor.predict(image, question, top_k=top_k, scene=scene)
+    for note in notes:
+        typer.echo(f"note: {note.message}", err=True)
     typer.echo(result.answer)
     for answer, prob in result.top:
         typer.echo(f"  {prob:7.2%}  {answer}")

@@ -252,3 +252,28 @@ def test_graph_gradients_reach_both_inputs_and_entities():
         assert torch.all(f.tokens.grad[~f.mask] == 0)
     assert entities.grad[entity_mask].abs().sum(-1).gt(0).all()
     assert torch.all(entities.grad[~entity_mask] == 0)
+
+
+def test_question_readout_attends_over_every_real_node_entities_included():
+    _, image, text, entities, entity_mask = _external_setup()
+    no_edges = ExternalGraph(torch.zeros(2, 1, 3, dtype=torch.long), torch.zeros(2, 1, dtype=torch.bool),
+                             entities.clone().requires_grad_(), entity_mask)
+    mean = graph_fusion(relations=4, cross_k=1, layers=0)
+    mean(image, text, graph=no_edges).pooled.pow(2).sum().backward()
+    assert no_edges.nodes.grad is None or torch.all(no_edges.nodes.grad == 0)  # the mean readout never sees them
+
+    fusion = graph_fusion(relations=4, cross_k=1, layers=0, readout="question")
+    out = fusion(image, text, need_weights=True, graph=no_edges)
+    weights = out.attentions["readout"]
+    node_mask = torch.cat([text.mask, image.mask, entity_mask], 1)
+    assert weights.shape == (2, 1, 8) and torch.all(weights[:, 0][~node_mask] == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 1))
+    out.pooled.pow(2).sum().backward()
+    assert no_edges.nodes.grad[entity_mask].abs().sum(-1).gt(0).all()  # a lone entity node reaches the answer
+    # a padded entity's features change nothing
+    moved = entities.clone()
+    moved[1, 1] += 10
+    padded_moved = ExternalGraph(no_edges.edges, no_edges.edge_mask, moved, entity_mask)
+    torch.testing.assert_close(fusion(image, text, graph=padded_moved).pooled[1], out.pooled[1].detach())
+    with pytest.raises(ValueError, match="readout"):
+        GraphFusion(DIM, readout="max")

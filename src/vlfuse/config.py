@@ -54,6 +54,11 @@ class DataConfig:
     # (nlvr: structured_rep; vqa_v2: the built-in scenes/{split}_scenes.json); else a scenes JSON or
     # COCO instances JSON per split under data.root, "{split}" replaced by the split's name.
     scene_graphs: str | None = None
+    # Format webdataset, task vqa: stream the training images from the shards through DataLoader
+    # workers instead of decoding them all into memory first (vlfuse.data.vqa_stream); the
+    # shuffle buffer holds that many images. Validation and test images are still loaded whole.
+    stream: bool = False
+    shuffle_buffer: int = 1000
 
 
 @dataclass

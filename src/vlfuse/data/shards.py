@@ -16,6 +16,7 @@ Three ways in:
   reads those members directly, so every dataset, the feature cache and evaluation work unchanged.
 - `ShardStream`: an IterableDataset that streams the shards through DataLoader workers, split
   across workers and processes (rank / world size) so that no sample repeats, with a shuffle buffer.
+  Training streams through it with `data.stream: true` (task vqa: data/vqa_stream.py).
 
 Only `tarfile`: nothing is extracted to disk, so member names cannot escape anywhere.
 """
@@ -446,26 +447,45 @@ class ShardStream(IterableDataset):
 
     Each item is a dict: "__key__", "__shard__", "json" (the record, {} when absent), "txt" (or
     None), and "image": uint8 [3, S, S] when `image_size` is given, else the raw bytes.
+
+    Training needs every slot to yield the same number of items (DDP waits for every process at
+    each step): `items_per_slot` makes each slot yield exactly that many, going round its own
+    samples again when it has fewer (as DistributedSampler pads). `resume_batches` (with
+    `batch_size`) skips what the first batches of an interrupted epoch already trained on: the
+    DataLoader takes batch i from worker i % workers, so each worker skips its own share and the
+    rest comes in the uninterrupted order.
     """
 
     def __init__(self, location: str | Path | list[Path], *, image_size: int | None = None, shuffle_buffer: int = 0,
-                 seed: int = 0, rank: int | None = None, world_size: int | None = None):
+                 seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 items_per_slot: int | None = None, batch_size: int = 1):
         super().__init__()
         self.shards = list(location) if isinstance(location, list) else list_shards(location)
         self.image_size, self.shuffle_buffer, self.seed = image_size, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.items_per_slot, self.batch_size = items_per_slot, batch_size
+        self.epoch, self.resume_batches = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _worker(self) -> tuple[int, int]:
+        """(worker, workers). After `resume_batches` batches the DataLoader still asks worker 0
+        first, so the workers' parts rotate: worker 0 plays the one whose batch comes next."""
+        worker = get_worker_info()
+        wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        return (wid + self.resume_batches) % workers, workers
 
     def _slot(self) -> tuple[int, int]:
         rank, world = _distributed_rank()
         rank = rank if self.rank is None else self.rank
         world = world if self.world_size is None else self.world_size
-        worker = get_worker_info()
-        wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        wid, workers = self._worker()
         return rank * workers + wid, world * workers
+
+    def wanted(self, sample: ShardSample) -> bool:
+        """Whether a sample is streamed at all (subclasses drop, say, images left out of training)."""
+        return True
 
     def _samples(self, slot: int, slots: int) -> Iterator[ShardSample]:
         shards = list(self.shards)
@@ -473,11 +493,11 @@ class ShardStream(IterableDataset):
             random.Random(self.seed * 1_000_003 + self.epoch).shuffle(shards)  # the same order in every slot
         if len(shards) >= slots:
             for shard in shards[slot::slots]:
-                yield from iter_shard(shard)
+                yield from filter(self.wanted, iter_shard(shard))
             return
         index = 0
         for shard in shards:
-            for sample in iter_shard(shard, read_images=False):
+            for sample in filter(self.wanted, iter_shard(shard, read_images=False)):
                 if index % slots == slot:
                     yield ShardSample(shard, sample.key, {ext: data or read_member(shard, f"{sample.key}.{ext}")
                                                           for ext, data in sample.members.items()})
@@ -510,7 +530,33 @@ class ShardStream(IterableDataset):
         return {"__key__": sample.key, "__shard__": str(sample.shard), "json": sample.json(), "txt": sample.text(),
                 "image": image}
 
+    def _passes(self, slot: int, slots: int) -> Iterator[ShardSample]:
+        """This slot's samples; with items_per_slot, exactly that many, going round again if short."""
+        if self.items_per_slot is None:
+            yield from self._shuffled(self._samples(slot, slots), slot)
+            return
+        count = 0
+        while count < self.items_per_slot:
+            before = count
+            for sample in self._shuffled(self._samples(slot, slots), slot):
+                yield sample
+                count += 1
+                if count == self.items_per_slot:
+                    return
+            if count == before:
+                raise DataError(f"stream slot {slot} of {slots} has no samples: write at least as many shards "
+                                "as processes x DataLoader workers", path=self.shards[0].parent)
+
+    def _resume_skip(self) -> int:
+        """Items this worker already delivered in the interrupted epoch's first `resume_batches` batches."""
+        wid, workers = self._worker()
+        return len(range(wid, self.resume_batches, workers)) * self.batch_size
+
     def __iter__(self) -> Iterator[dict]:
         slot, slots = self._slot()
-        for sample in self._shuffled(self._samples(slot, slots), slot):
-            yield self._item(sample)
+        skip = self._resume_skip()
+        for index, sample in enumerate(self._passes(slot, slots)):
+            if index >= skip:  # skipped samples are read but never decoded
+                item = self._item(sample)
+                if item is not None:  # a subclass's way of leaving out a sample it cannot use
+                    yield item

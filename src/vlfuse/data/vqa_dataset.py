@@ -43,6 +43,26 @@ class ImageGroup:
     labels: list[int] = field(default_factory=list)
 
 
+def group_by_image(samples: list[VQASample]) -> list[ImageGroup]:
+    groups: dict[Path, ImageGroup] = {}
+    for sample in samples:
+        groups.setdefault(Path(sample.image_path), ImageGroup(Path(sample.image_path))).samples.append(sample)
+    return list(groups.values())
+
+
+def encode_groups(groups: list[ImageGroup], tokenizer, answers: AnswerVocab, max_length: int) -> int:
+    """Fill each group's token ids and answer labels; returns how many answers are not among the classes."""
+    ids = iter(encode_ids(tokenizer, [s.question for g in groups for s in g.samples], max_length))
+    unanswerable = 0
+    for group in groups:
+        for sample in group.samples:
+            group.token_ids.append(next(ids))
+            label = answers.index(sample.answer)
+            unanswerable += label is None
+            group.labels.append(IGNORE_INDEX if label is None else label)
+    return unanswerable
+
+
 class GroupedVQADataset(Dataset):
     """Item i = (image tensor, ImageGroup with all of that image's questions).
 
@@ -56,31 +76,29 @@ class GroupedVQADataset(Dataset):
         # image_loader(path) -> the item's image tensor; the feature cache passes one that returns
         # the frozen encoder's cached features instead (vlfuse.data.feature_cache).
         load = image_loader or (lambda path: image_to_tensor(load_image(path), image_size))
-        groups: dict[Path, ImageGroup] = {}
-        for sample in samples:
-            groups.setdefault(Path(sample.image_path), ImageGroup(Path(sample.image_path))).samples.append(sample)
         self.groups: list[ImageGroup] = []
-        images = []
-        for group in track(groups.values(), description, total=len(groups), enabled=progress):
+        groups = group_by_image(samples)
+        images = None  # filled in place: collecting a list and stacking it would hold every image twice
+        for group in track(groups, description, enabled=progress):
             try:
-                images.append(load(group.image_path))
+                image = load(group.image_path)
             except DataError as exc:
                 skip_log.add(exc, samples=len(group.samples))  # all of the image's questions are lost
                 continue
+            if images is None:
+                images = image.new_empty(len(groups), *image.shape)
+            images[len(self.groups)] = image
             self.groups.append(group)
-        self.images = torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-        all_samples = [s for g in self.groups for s in g.samples]
-        ids = iter(encode_ids(tokenizer, [s.question for s in all_samples], max_length))
-        self.unanswerable = 0  # questions whose answer is not among the classes
-        for group in self.groups:
-            for sample in group.samples:
-                group.token_ids.append(next(ids))
-                label = answers.index(sample.answer)
-                self.unanswerable += label is None
-                group.labels.append(IGNORE_INDEX if label is None else label)
-        self.num_questions = len(all_samples)
+        self.images = (images[: len(self.groups)] if images is not None
+                       else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8))
+        self.unanswerable = encode_groups(self.groups, tokenizer, answers, max_length)
+        self.num_questions = sum(len(g.samples) for g in self.groups)
 
     def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def num_images(self) -> int:
         return len(self.groups)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ImageGroup]:

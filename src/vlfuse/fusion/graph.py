@@ -31,9 +31,17 @@ add relation vectors to the attended values. GAT's own score ranks a node's neig
 way for every reader ("static" attention, Brody et al., ICLR 2022); the edge terms and the
 similarity s_ij depend on the pair, which is what lets a word pick out the object it names.
 
-pooled = LN(W [masked mean of text nodes ; masked mean of image nodes]); tokens = the final node
-states, padded nodes zeroed. With need_weights: "layer{i}.graph" [B, H, N, N] (rows of padded
-nodes are zero) and "adjacency" [B, N, N] (1 where node i reads node j), for plotting.
+Readout, `readout: mean` (default): pooled = LN(W [mean of text nodes ; mean of image nodes]).
+`readout: question`: the question asks which nodes matter, over every node (entities included):
+
+  q = mean of text nodes,  a_j = softmax_j((W_q q) . (W_k h_j) / sqrt(D)),  r = sum_j a_j W_v h_j
+  pooled = LN(W [q ; r])
+
+(the attentional reduction of MCAN, Yu et al., CVPR 2019), so that a few relevant object or
+entity nodes are not averaged away among the rest. tokens = the final node states, padded nodes
+zeroed. With need_weights: "layer{i}.graph" [B, H, N, N] (rows of padded nodes are zero),
+"adjacency" [B, N, N] (1 where node i reads node j) and, for the question readout, "readout"
+[B, 1, N] (a_j), for plotting.
 """
 
 from __future__ import annotations
@@ -152,8 +160,10 @@ class GraphFusion(nn.Module):
 
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, spatial_k: int = 4, text_window: int = 1, cross_k: int = 3,
-                 relations: int = 16):
+                 relations: int = 16, readout: str = "mean"):
         super().__init__()
+        if readout not in ("mean", "question"):
+            raise ValueError(f"readout must be 'mean' or 'question', got {readout!r}")
         self.spatial_k, self.text_window, self.cross_k, self.relations = spatial_k, text_window, cross_k, relations
         self.edge_features = BUILTIN_TYPES + 2 * relations + GEOMETRY
         self.node_kind = nn.Embedding(3, dim)  # text, image, external entity
@@ -162,6 +172,8 @@ class GraphFusion(nn.Module):
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.pool = nn.Sequential(nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
+        self.readout = nn.ModuleDict({"query": nn.Linear(dim, dim), "key": nn.Linear(dim, dim),
+                                      "value": nn.Linear(dim, dim)}) if readout == "question" else None
 
     def forward(self, image: Features, text: Features, need_weights: bool = False,
                 graph: ExternalGraph | None = None) -> FusionOutput:
@@ -205,9 +217,21 @@ class GraphFusion(nn.Module):
         if need_weights:
             attentions["adjacency"] = adjacency.to(h.dtype)
         h = self.norm(h) * node_mask[..., None]
-        text_mean, image_mean = masked_mean(h[:, :nt], text.mask), masked_mean(h[:, nt:nt + nv], image.mask)
-        pooled = self.pool(torch.cat([text_mean, image_mean], -1))
+        text_mean = masked_mean(h[:, :nt], text.mask)
+        if self.readout is None:
+            summary = masked_mean(h[:, nt:nt + nv], image.mask)
+        else:
+            summary, weights = self._question_readout(text_mean, h, node_mask)
+            if need_weights:
+                attentions["readout"] = weights[:, None]
+        pooled = self.pool(torch.cat([text_mean, summary], -1))
         return FusionOutput(pooled, h, attentions)
+
+    def _question_readout(self, query: torch.Tensor, h: torch.Tensor, node_mask: torch.Tensor):
+        """(sum_j a_j W_v h_j [B, D], a [B, N]): the question's attention over the real nodes."""
+        scores = (self.readout["key"](h) @ self.readout["query"](query)[..., None]).squeeze(-1) / math.sqrt(h.shape[-1])
+        weights = scores.masked_fill(~node_mask, -math.inf).softmax(-1)
+        return (weights[..., None] * self.readout["value"](h)).sum(1), weights
 
     def _add_relations(self, edges: torch.Tensor, graph: ExternalGraph, node_mask: torch.Tensor) -> None:
         """Set the relation channels of `edges` in place: forward at [dst, src], inverse at [src, dst]."""

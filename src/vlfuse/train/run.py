@@ -27,6 +27,7 @@ from ..data.scene_graph import (SceneGraphCollate, encode_scene_graphs, entity_n
 from ..data.subsample import sample_images
 from ..data.tokenizer import build_tokenizer, load_tokenizer
 from ..data.vqa_dataset import EpochSampler, GroupedVQADataset, collate_groups
+from ..data.vqa_stream import StreamedVQADataset, check_stream
 from ..errors import ConfigError
 from ..models.factory import build_model, text_tokenizer_file
 from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
@@ -74,10 +75,17 @@ class EpochDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = self.sampler(len(self.train_set), self.config.seed, True, trainer.global_rank, trainer.world_size)
         # After a restore, skip the batches of the interrupted epoch that were trained. A checkpoint
         # written at a batch's end counts that batch as processed but not yet completed.
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if isinstance(self.train_set, StreamedVQADataset):  # data.stream: a new loader each epoch (make_trainer)
+            stream = self.train_set
+            stream.place(trainer.global_rank, trainer.world_size)
+            stream.set_epoch(trainer.current_epoch)  # the workers copy the stream when the loader starts them
+            stream.resume_batches = done if 0 < done < stream.batches_per_rank else 0
+            return DataLoader(stream, batch_size=self.config.train.batch_images, collate_fn=self.collate,
+                              num_workers=self.config.train.num_workers)
+        sampler = self.sampler(len(self.train_set), self.config.seed, True, trainer.global_rank, trainer.world_size)
         if 0 < done < math.ceil(len(sampler) / self.config.train.batch_images):
             sampler.skip = done * self.config.train.batch_images
         return self._loader(self.train_set, sampler)
@@ -159,18 +167,23 @@ class RunDirs:
                 part.unlink()
 
 
-def steps_per_epoch(config: Config, items: int) -> int:
-    """Optimizer steps in an epoch of `items` dataset items (each process takes its share)."""
+def world_size(config: Config) -> int:
+    """Processes that share the data: one per device and node under a sharding strategy."""
     t = config.train
     sharded = any(name in t.strategy for name in ("ddp", "fsdp", "deepspeed"))
-    world = t.devices * t.num_nodes if sharded else 1
-    return math.ceil(math.ceil(items / world) / config.train.batch_images)
+    return t.devices * t.num_nodes if sharded else 1
+
+
+def steps_per_epoch(config: Config, items: int) -> int:
+    """Optimizer steps in an epoch of `items` dataset items (each process takes its share)."""
+    return math.ceil(math.ceil(items / world_size(config)) / config.train.batch_images)
 
 
 def make_trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
     t = config.train
     return L.Trainer(
         max_epochs=t.epochs,
+        reload_dataloaders_every_n_epochs=1 if config.data.stream else 0,  # streams take the epoch at start
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=t.precision,
@@ -234,6 +247,7 @@ def task_function(task: str, which: str) -> Callable:
 def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split."""
     check_task_format(config.task, config.data)
+    check_stream(config)
     check_cache_task(config)
     start = time.time()
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -295,18 +309,26 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
     loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
                             progress)
     data_args = (tokenizer, answers, config.data.image_size, config.data.max_question_length)
-    train_set = GroupedVQADataset(train_read.samples, *data_args, train_read.skipped, progress, "Loading train images",
-                                  image_loader=loader)
-    if len(train_set) == 0:
+    if config.data.stream:  # images decoded as they stream by; only the questions are held
+        train_set = StreamedVQADataset(train_read.samples, *data_args, batch_size=config.train.batch_images,
+                                       world_size=world_size(config), workers=config.train.num_workers,
+                                       shuffle_buffer=config.data.shuffle_buffer, seed=config.seed,
+                                       on_bad_sample=config.data.on_bad_sample)
+    else:
+        train_set = GroupedVQADataset(train_read.samples, *data_args, train_read.skipped, progress,
+                                      "Loading train images", image_loader=loader)
+    if train_set.num_images == 0:
         raise ConfigError("no usable training samples: " + train_read.skipped.summary())
     val_set = (GroupedVQADataset(val_read.samples, *data_args, val_read.skipped, progress, "Loading val images",
                                  image_loader=loader) if val_read else None)
     warn_skipped(train=train_read, val=val_read)
 
-    module = VQAModule(model, config.train, steps_per_epoch(config, len(train_set)) * config.train.epochs)
+    steps = train_set.batches_per_rank if config.data.stream else steps_per_epoch(config, len(train_set))
+    module = VQAModule(model, config.train, steps * config.train.epochs)
     summary = {
-        "train": {"images": len(train_set), "questions": train_set.num_questions,
-                  "unanswerable": train_set.unanswerable, "skipped": train_read.skipped.as_dict()},
+        "train": {"images": train_set.num_images, "questions": train_set.num_questions,
+                  "unanswerable": train_set.unanswerable, "skipped": train_read.skipped.as_dict(),
+                  **({"stream": train_set.summary()} if config.data.stream else {})},
         "val": None if val_set is None else {"images": len(val_set), "questions": val_set.num_questions,
                                              "skipped": val_read.skipped.as_dict()},
         "answers": len(answers), "vocab": tokenizer.get_vocab_size(),

@@ -164,3 +164,17 @@ def test_a_stream_of_plain_image_files_is_refused(tiny_config, shapes_root, tmp_
     config = tiny_config(shapes_root, tmp_path)
     with pytest.raises(Exception, match="plain file"):
         streamed(config)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_stream_two_workers_each(cli, shard_root, write_config, tmp_path):
+    config = write_config(tmp_path / "stream.yaml", shard_root, tmp_path / "run", *STREAM, "train.num_workers=2")
+    result = cli("train", config, "--set", "train.accelerator=cpu", "--set", "train.devices=2", "--set",
+                 "train.strategy=ddp", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run = read_json(tmp_path / "run" / "run.json")
+    # 4 slots (2 processes x 2 workers) over 5 shards: at most 2 shards (6 images) each -> 8 items in
+    # whole batches of 4 -> 2 batches per worker, 4 per process per epoch, 2 epochs
+    assert run["train"]["stream"] == {"shards": 5, "slots": 4, "items_per_slot": 8, "repeated_per_epoch": 18}
+    assert run["steps"] == 8 and run["interrupted"] is False
+    assert read_json(tmp_path / "run" / "eval.json")["overall"]["count"] == 4

@@ -178,3 +178,26 @@ def test_ddp_two_processes_stream_two_workers_each(cli, shard_root, write_config
     assert run["train"]["stream"] == {"shards": 5, "slots": 4, "items_per_slot": 8, "repeated_per_epoch": 18}
     assert run["steps"] == 8 and run["interrupted"] is False
     assert read_json(tmp_path / "run" / "eval.json")["overall"]["count"] == 4
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_an_image_that_fails_to_decode_is_named_and_skipped_or_stops(tiny_config, shard_root, tmp_path, monkeypatch,
+                                                                    capsys, policy):
+    from vlfuse.data import images
+    from vlfuse.errors import DataError
+
+    decode = images.load_image_bytes
+
+    def broken_second(data, *, name="<upload>", **kwargs):
+        if name.endswith("000000001.png"):
+            raise DataError("cannot decode image (truncated)", path=name)
+        return decode(data, name=name, **kwargs)
+
+    monkeypatch.setattr(images, "load_image_bytes", broken_second)
+    dataset = streamed(stream_config(tiny_config, shard_root, tmp_path), shuffle_buffer=0, on_bad_sample=policy)
+    if policy == "error":
+        with pytest.raises(DataError, match="000000001.png"):
+            list(dataset)
+        return
+    assert len({group.image_path for _, group in dataset}) == 13
+    assert "train-000000.tar/000000001.png" in capsys.readouterr().err

@@ -24,3 +24,20 @@ def test_official_accuracy_is_the_leave_one_out_mean_per_answer_type():
 
 def test_single_answer_data_has_no_official_accuracy():
     assert official_vqa_accuracy([_record("cat", ["cat"], "other"), _record("dog", [], "other")]) is None
+
+
+def test_evaluation_in_chunks_of_images_gives_the_same_records_and_metrics(trained_run):
+    from vlfuse.data.formats.common import SkipLog
+    from vlfuse.data.loading import read_split
+    from vlfuse.evaluate import evaluate_samples
+    from vlfuse.models.saved import load_model_dir
+
+    saved = load_model_dir(trained_run.model_dir)
+    samples = read_split(trained_run.config.data, "train").samples  # 14 images: several chunks
+    whole, whole_records = evaluate_samples(saved, samples, SkipLog("error"), progress=False)
+    chunked, chunked_records = evaluate_samples(saved, samples, SkipLog("error"), progress=False, chunk_images=3)
+    assert [r["prediction"] for r in chunked_records] == [r["prediction"] for r in whole_records]
+    assert len(chunked_records) == 56
+    for metrics in (whole, chunked):
+        metrics.pop("ms_per_question")
+    assert chunked == whole

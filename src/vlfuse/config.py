@@ -56,7 +56,7 @@ class DataConfig:
     scene_graphs: str | None = None
     # Format webdataset, task vqa: stream the training images from the shards through DataLoader
     # workers instead of decoding them all into memory first (vlfuse.data.vqa_stream); the
-    # shuffle buffer holds that many images. Validation and test images are still loaded whole.
+    # shuffle buffer holds that many images. Validation images are still loaded whole.
     stream: bool = False
     shuffle_buffer: int = 1000
 

@@ -11,7 +11,7 @@ import torch
 from .data.answers import normalize_answer
 from .data.formats.common import SkipLog
 from .data.records import VQASample
-from .data.vqa_dataset import GroupedVQADataset, collate_groups
+from .data.vqa_dataset import GroupedVQADataset, collate_groups, group_by_image
 from .models.saved import SavedModel
 from .progress import track
 
@@ -100,23 +100,31 @@ def official_vqa_accuracy(records: list[dict]) -> dict | None:
 
 
 def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: SkipLog, batch_images: int = 64,
-                     progress: bool = True, scene_graphs: dict | None = None) -> tuple[dict, list[dict]]:
+                     progress: bool = True, scene_graphs: dict | None = None,
+                     chunk_images: int = 2048) -> tuple[dict, list[dict]]:
     """(metrics, per-question records) for samples that have answers; scene_graphs: each image's
-    SceneGraph by image path (vlfuse.data.scene_graph), for a model trained with them."""
-    samples = [s for s in samples if s.answer is not None]
+    SceneGraph by image path (vlfuse.data.scene_graph), for a model trained with them.
+
+    Images are decoded `chunk_images` at a time, so a split of any size evaluates in bounded memory.
+    """
+    groups = group_by_image([s for s in samples if s.answer is not None])
     cfg = saved.config.data
-    dataset = GroupedVQADataset(samples, saved.tokenizer, saved.answers, cfg.image_size, cfg.max_question_length,
-                                skip_log, progress=progress)
     collate = scene_graph_collate(saved, scene_graphs)
-    start = time.perf_counter()
-    records = predict_dataset(saved, dataset, batch_images, progress=progress, collate=collate)
-    seconds = time.perf_counter() - start
+    records, seconds, unanswerable = [], 0.0, 0
+    for first in range(0, len(groups), chunk_images):
+        chunk = [s for group in groups[first:first + chunk_images] for s in group.samples]
+        dataset = GroupedVQADataset(chunk, saved.tokenizer, saved.answers, cfg.image_size, cfg.max_question_length,
+                                    skip_log, progress=progress)
+        start = time.perf_counter()
+        records += predict_dataset(saved, dataset, batch_images, progress=progress, collate=collate)
+        seconds += time.perf_counter() - start
+        unanswerable += dataset.unanswerable
     metrics = accuracy_table(records)
     official = official_vqa_accuracy(records)
     if official:
         metrics["vqa_accuracy"] = official
     # model time only (images are decoded before the clock starts), batched as in evaluation
     metrics["ms_per_question"] = 1000 * seconds / max(len(records), 1)
-    metrics["unanswerable"] = dataset.unanswerable  # truth not among the model's answers: always wrong
+    metrics["unanswerable"] = unanswerable  # truth not among the model's answers: always wrong
     metrics["skipped"] = skip_log.as_dict()
     return metrics, records

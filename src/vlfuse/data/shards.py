@@ -440,8 +440,8 @@ class ShardStream(IterableDataset):
     The (rank, worker) slots split the data: whole shards round-robin when there are at least as
     many shards as slots (each shard is read by one slot only), else samples round-robin within
     every shard (each slot reads all shards, keeps its share). Slots may end with counts that
-    differ by up to a shard's worth: for DDP, write at least `world_size * workers` shards of equal
-    size, or cap the steps. `shuffle_buffer > 0` shuffles the shard order per epoch and samples
+    differ by up to a shard's worth, unless `items_per_slot` (below) evens them out.
+    `shuffle_buffer > 0` shuffles the shard order per epoch and samples
     within a buffer of that many (seeded by seed, epoch and slot: reproducible); call
     `set_epoch` before each epoch (set it before the loader's workers start).
 

@@ -238,6 +238,12 @@ def test_missing_component_name():
     assert "model.fusion.name" in msg
 
 
+def test_a_value_the_constructor_refuses_names_the_key():
+    assert _build_error("model.fusion={name: graph, heads: 3}") == (
+        "config key 'model.fusion' (graph): dim 16 is not divisible by heads 3")
+    assert "model.fusion.readout" in _build_error("model.fusion={name: graph, readout: max}")
+
+
 def test_unknown_component_kwarg_named():
     msg = _build_error("model.fusion={name: cross_attention, layrs: 2}")
     assert "model.fusion.layrs" in msg and "layers" in msg

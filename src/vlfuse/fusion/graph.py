@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +161,7 @@ class GraphFusion(nn.Module):
 
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, spatial_k: int = 4, text_window: int = 1, cross_k: int = 3,
-                 relations: int = 16, readout: str = "mean"):
+                 relations: int = 16, readout: Literal["mean", "question"] = "mean"):
         super().__init__()
         if readout not in ("mean", "question"):
             raise ValueError(f"readout must be 'mean' or 'question', got {readout!r}")

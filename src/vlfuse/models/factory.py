@@ -82,7 +82,10 @@ def build_component(table: dict[str, type[nn.Module]], spec: dict, key: str, **i
     missing = [p for p in settable if p not in kwargs and params[p].default is inspect.Parameter.empty]
     if missing:
         raise ConfigError(f"config key '{key}.{missing[0]}' is required for {key}.name {name!r}")
-    return cls(**{k: v for k, v in injected.items() if k in params}, **kwargs)
+    try:
+        return cls(**{k: v for k, v in injected.items() if k in params}, **kwargs)
+    except ValueError as exc:  # a value the constructor refuses (heads not dividing dim, ...): name the key
+        raise ConfigError(f"config key '{key}' ({name}): {exc}") from None
 
 
 def _encoders(config: Config, vocab_size: int) -> tuple[nn.Module, nn.Module]:

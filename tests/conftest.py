@@ -24,6 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 BASE_CONFIG = REPO / "configs" / "vqa_shapes.yaml"
 
+# The short CPU schedule of every tiny test run.
+TINY_TRAIN = [
+    "train.progress_bar=false",
+    "train.epochs=2",
+    "train.batch_images=4",
+    "train.warmup_steps=2",
+    "train.log_every_n_steps=1",
+    "train.accelerator=cpu",
+]
+
 # The tiny model: every dropout 0, so two runs of one config do the same arithmetic.
 TINY_OVERRIDES = [
     "model.dim=16",
@@ -32,13 +42,8 @@ TINY_OVERRIDES = [
     "model.fusion={name: co_attention, layers: 1, heads: 2, dropout: 0.0}",
     "model.head={name: classifier, hidden: 16, dropout: 0.0}",
     "data.image_size=32",
-    "train.progress_bar=false",
-    "train.epochs=2",
-    "train.batch_images=4",
-    "train.warmup_steps=2",
+    *TINY_TRAIN,
     "train.checkpoint_every_n_steps=1",
-    "train.log_every_n_steps=1",
-    "train.accelerator=cpu",
 ]
 
 DATA_IMAGES, DATA_QUESTIONS_PER_IMAGE = 16, 4

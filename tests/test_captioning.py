@@ -18,6 +18,7 @@ from vlfuse.heads.caption_decoders import LSTMAttentionDecoder, TransformerCapti
 from vlfuse.heads.generation import beam_search, greedy_search, length_penalty
 from vlfuse.types import Features
 from helpers import read_json, assert_one_line_error
+from conftest import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONING_CONFIG = REPO / "configs" / "captioning_shapes.yaml"
@@ -30,12 +31,7 @@ TINY = [
     "model.decoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
     "data.image_size=32",
     "data.val=null",
-    "train.progress_bar=false",
-    "train.epochs=2",
-    "train.batch_images=4",
-    "train.warmup_steps=2",
-    "train.log_every_n_steps=1",
-    "train.accelerator=cpu",
+    *TINY_TRAIN,
     "train.max_minutes=null",
     "captioning.eval_batch=4",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_one_line_error
+from conftest import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "classification_shapes.yaml"
@@ -24,12 +25,7 @@ TINY = [
     "data.image_size=32",
     "data.val=null",
     "data.test={path: classification/train.jsonl}",
-    "train.progress_bar=false",
-    "train.epochs=2",
-    "train.batch_images=4",
-    "train.warmup_steps=2",
-    "train.log_every_n_steps=1",
-    "train.accelerator=cpu",
+    *TINY_TRAIN,
     "train.max_minutes=null",
 ]
 

@@ -15,6 +15,7 @@ import torch
 
 from vlfuse.types import Features, FusionOutput
 from helpers import read_json, assert_one_line_error
+from conftest import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 RETRIEVAL_CONFIG = REPO / "configs" / "retrieval_shapes.yaml"
@@ -29,12 +30,7 @@ TINY = [
     "data.image_size=32",
     "data.val=null",
     "data.test={annotations: captions/captions_train.json, images: images/train}",
-    "train.progress_bar=false",
-    "train.epochs=2",
-    "train.batch_images=4",
-    "train.warmup_steps=2",
-    "train.log_every_n_steps=1",
-    "train.accelerator=cpu",
+    *TINY_TRAIN,
     "train.max_minutes=null",
     "retrieval.hinge_weight=0.5",
 ]

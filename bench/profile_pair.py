@@ -15,7 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .measure import training_step
-from .pairs import PAIRS, Size, make_batch
+from .pairs import PAIRS, Size
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
               "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::convolution_backward",
@@ -45,7 +45,7 @@ def main() -> None:
     size = Size()
     torch.manual_seed(0)
     pair = PAIRS[args.pair](size)
-    batch = make_batch(size, size.batch)
+    batch = pair.batch(size)
     for name, model, loss in (("vlfuse " + pair.name, pair.ours, pair.ours_loss),
                               (pair.reference, pair.ref, pair.ref_loss)):
         model.train()

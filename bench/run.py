@@ -77,10 +77,10 @@ def bench_pairs(size: Size, peak: float, calls: int, rounds: int, names: list[st
     """Ours and the reference alternate `rounds` times; each side keeps its best median. Both sides
     get the same precision and, with `compile_`, both are compiled."""
     rows = []
-    batch = make_batch(size, size.batch)
     for key in names:
         torch.manual_seed(0)
         pair = PAIRS[key](size)
+        batch = pair.batch(size)
         pair.ours.train(), pair.ref.train()
         flops = {"ours": count_flops(training_step(pair.ours, lambda: pair.ours_loss(pair.ours, batch))),
                  "ref": count_flops(training_step(pair.ref, lambda: pair.ref_loss(pair.ref, batch)))}
@@ -100,7 +100,8 @@ def bench_pairs(size: Size, peak: float, calls: int, rounds: int, names: list[st
                      "ours_gflop_per_sample": flops["ours"] / size.batch / 1e9,
                      "reference_gflop_per_sample": flops["ref"] / size.batch / 1e9,
                      "ours_parameters": sum(p.numel() for p in pair.ours.parameters()),
-                     "reference_parameters": sum(p.numel() for p in pair.ref.parameters())})
+                     "reference_parameters": sum(p.numel() for p in pair.ref.parameters()),
+                     "captions_per_image": pair.captions_per_image})
         print(f"  {pair.name} vs {pair.reference}: {rows[-1]['ratio']:.2f}x", file=sys.stderr)
     return rows
 

@@ -105,6 +105,27 @@ def test_the_image_changes_the_logits():
     assert not torch.allclose(decoder(image_features(seed=1), ids), decoder(image_features(seed=5), ids))
 
 
+def test_each_image_encoded_once_gives_the_logits_and_gradients_of_one_image_per_caption():
+    from vlfuse.encoders.vit import ViTImageEncoder
+    from vlfuse.models.captioning import CaptioningModel
+
+    torch.manual_seed(0)
+    model = CaptioningModel(ViTImageEncoder(DIM, image_size=16, patch_size=8, layers=1, heads=2),
+                            make_decoder("transformer"))
+    images = torch.rand(2, 3, 16, 16)
+    image_index = torch.tensor([0, 0, 0, 1, 1])  # captions per image, as COCO batches come
+    ids = torch.randint(3, VOCAB, (5, 6))
+    shared = model(images, ids, image_index)
+    shared.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    repeated = model(images.index_select(0, image_index), ids)
+    repeated.square().sum().backward()
+    torch.testing.assert_close(shared, repeated)
+    for shared_grad, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(shared_grad, p.grad, atol=1e-5, rtol=1e-4)
+
+
 def test_tied_embeddings_share_one_tensor_and_survive_safetensors(tmp_path):
     from safetensors.torch import load_model, save_model
 

@@ -43,3 +43,11 @@ def test_num_nodes_must_be_an_integer(write_config, tmp_path):
 
     with pytest.raises(ConfigError, match="num_nodes"):
         load_config(write_config(tmp_path / "c.yaml", tmp_path, tmp_path / "run"), ["train.num_nodes=two"])
+
+
+def test_a_device_setup_lightning_refuses_is_a_config_error(tiny_config, tmp_path):
+    from vlfuse.errors import ConfigError
+
+    config = tiny_config(tmp_path, tmp_path / "run", "train.accelerator=cpu", "train.strategy=fsdp")
+    with pytest.raises(ConfigError, match="strategy=fsdp.*requires a GPU"):
+        make_trainer(config, RunDirs(tmp_path), progress=False)

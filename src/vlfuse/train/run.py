@@ -180,6 +180,19 @@ def steps_per_epoch(config: Config, items: int) -> int:
 
 
 def make_trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
+    """Lightning's Trainer for this run; a device setup Lightning refuses (e.g. FSDP on a CPU) is a
+    one-line config error naming the keys."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return _trainer(config, run, progress)
+    except (ValueError, MisconfigurationException) as error:
+        t = config.train
+        raise ConfigError(f"train.accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, "
+                          f"precision={t.precision}: {error}") from None
+
+
+def _trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
     t = config.train
     return L.Trainer(
         max_epochs=t.epochs,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
@@ -182,8 +183,6 @@ def steps_per_epoch(config: Config, items: int) -> int:
 def make_trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
     """Lightning's Trainer for this run; a device setup Lightning refuses (e.g. FSDP on a CPU) is a
     one-line config error naming the keys."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     try:
         return _trainer(config, run, progress)
     except (ValueError, MisconfigurationException) as error:

@@ -4,7 +4,7 @@ question names, against that object's share of the image (`vlfuse explain-sanity
     python -m bench.explain_figure runs/compare --seed 0 --limit 200 --out docs/explain_sanity.png
 
 Reads OUT/<fusion>/seed<k>/model from a `vlfuse compare` run; attention (for fusions that have
-attention maps) and Grad-CAM (for every fusion); writes the PNG and a JSON beside it.
+attention maps), Grad-CAM, saliency and occlusion (for every fusion); writes the PNG and a JSON beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from vlfuse.explain.base import ExplainError
 from vlfuse.explain.sanity import explain_sanity
 
-METHODS = ("attention", "gradcam")
+METHODS = ("attention", "gradcam", "saliency", "occlusion")
 
 
 def collect(compare_dir: Path, seed: int, limit: int) -> dict[str, dict[str, dict]]:
@@ -47,11 +47,12 @@ def plot(results: dict[str, dict[str, dict]], out: Path) -> None:
     fusions = sorted(results, key=lambda f: -max(r["object_mass"] for r in results[f].values()))
     x = np.arange(len(fusions))
     fig, ax = plt.subplots(figsize=(max(8, len(fusions) * 0.9), 4.5))
+    width = 0.8 / len(METHODS)
     for i, method in enumerate(METHODS):
         mass = [results[f][method]["object_mass"] if method in results[f] else np.nan for f in fusions]
-        ax.bar(x + (i - 0.5) * 0.38, mass, 0.38, label=f"{method}: share of the map on the object")
+        ax.bar(x + (i - (len(METHODS) - 1) / 2) * width, mass, width, label=f"{method}: share of the map on the object")
     area = [np.mean([r["object_area"] for r in results[f].values()]) for f in fusions]
-    ax.scatter(x, area, color="black", marker="_", s=400, zorder=3, label="the object's share of the image")
+    ax.scatter(x, area, color="black", marker="_", s=600, zorder=3, label="the object's share of the image")
     # the chance level of the token layout: a map that weighs every image token alike (region tokens
     # hug the objects, so this is far above the object's area)
     uniform = [np.mean([r["uniform_mass"] for r in results[f].values()]) for f in fusions]

@@ -17,7 +17,8 @@ from torch import nn
 
 from vlfuse.explain.api import Explanation
 from vlfuse.explain.base import ExplainError, joint_layout
-from vlfuse.explain.gradcam import gradcam
+from vlfuse.explain.gradcam import gradcam, saliency, token_gradient
+from vlfuse.explain.occlusion import occlusion
 from vlfuse.explain.maps import attention_stack, attention_weights
 from vlfuse.explain.paint import paint
 from vlfuse.explain.rollout import joint_rollout, rollout_weights, two_stream_rollout
@@ -119,7 +120,7 @@ def test_attention_free_fusions_point_to_gradcam(fusion):
     for find in (attention_weights, rollout_weights):
         with pytest.raises(ExplainError, match=f"fusion '{fusion}' has no"):
             find(attentions, fusion, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool))
-    with pytest.raises(ExplainError, match="use Grad-CAM"):
+    with pytest.raises(ExplainError, match="use a method for every fusion"):
         attention_weights(attentions, fusion, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool))
 
 
@@ -234,13 +235,39 @@ class ReadsOneToken(nn.Module):
         super().__init__()
         self.index = index
 
-    def forward(self, image, text, need_weights=False):
-        return FusionOutput(image.tokens[:, self.index])
+    def forward(self, image, text, need_weights=False):  # nothing from the token once it is masked out
+        return FusionOutput(image.tokens[:, self.index] * image.mask[:, self.index, None])
 
 
 class LinearHead(nn.Linear):
     def forward(self, fused):
         return super().forward(fused.pooled)
+
+
+def _fusion_model(fusion: nn.Module):
+    """A real fusion between the toy's cell-colour tokens (dim 3) and a 2-answer linear head."""
+    from vlfuse.models.vlm import VisionLanguageModel
+
+    class FixedText(NoText):  # the same two word vectors in every row
+        words = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.2, -0.7]])
+
+        def forward(self, ids, mask):
+            return Features(self.words.expand(len(ids), 2, 3), mask, torch.zeros(len(ids), 3))
+
+    return VisionLanguageModel(CellColours(), FixedText(), fusion, LinearHead(3, 2)).eval()
+
+
+def _masked(model: nn.Module, images: torch.Tensor, kept: torch.Tensor):
+    """The model's logits with only the `kept` image tokens real."""
+    import dataclasses
+
+    handle = model.image_encoder.register_forward_hook(
+        lambda module, args, out: dataclasses.replace(out, mask=out.mask & kept))
+    try:
+        with torch.no_grad():
+            return model(images, torch.ones(len(images), 2, dtype=torch.long), torch.ones(len(images), 2, dtype=torch.bool))
+    finally:
+        handle.remove()
 
 
 def _toy(index: int):
@@ -267,6 +294,70 @@ def test_gradcam_concentrates_on_the_one_token_the_answer_depends_on_and_follows
         gradcam(_toy(0), images, ids, mask, variant="nope")
 
 
+@pytest.mark.parametrize("method", [saliency, occlusion])
+def test_saliency_and_occlusion_weigh_only_the_token_the_answer_depends_on(method):
+    images = torch.rand(2, 3, 8, 8) * 0.5 + 0.25
+    ids, mask = torch.ones(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.bool)
+    weights, logits, _ = method(_toy(2), images, ids, mask)
+    assert weights.per_word is None and (logits.argmax(-1) == 0).all()
+    assert ((weights.pooled > 0) == torch.tensor([False, False, True, False])).all()
+    target_logit = images[:, :, 4:, :4].mean((2, 3)).sum(1)  # w = (1, 1, 1) on cell 2's mean colour
+    if method is occlusion:  # without cell 2 the logit is 0: the loss is the whole logit
+        torch.testing.assert_close(weights.pooled[:, 2], target_logit)
+    else:  # d logit / d token = w
+        torch.testing.assert_close(weights.pooled[:, 2], torch.full((2,), 3 ** 0.5))
+
+
+class ReadsPool(nn.Module):
+    def forward(self, image, text, need_weights=False):
+        return FusionOutput(image.pooled)
+
+
+def test_occlusion_takes_the_token_out_of_a_mean_pool_for_pooled_fusions():
+    from vlfuse.models.vlm import VisionLanguageModel
+
+    model = VisionLanguageModel(CellColours(), NoText(), ReadsPool(), _toy(0).head).eval()
+    images = torch.rand(1, 3, 8, 8)
+    ids, mask = torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool)
+    weights, _, image = occlusion(model, images, ids, mask)
+    cells = image.tokens[0].sum(-1)  # logit 0 = the mean over cells of (r + g + b)
+    without = torch.stack([(cells.sum() - cells[n]) / 3 for n in range(4)])
+    torch.testing.assert_close(weights.pooled[0], (cells.mean() - without).clamp_min(0))
+    assert weights.pooled[0].gt(0).any()
+
+
+def test_occlusion_is_the_logit_lost_when_one_token_is_masked_rows_apart(tiny_bert_dir):
+    from vlfuse.fusion.cross_attention import CrossAttentionFusion
+
+    torch.manual_seed(0)
+    model = _fusion_model(CrossAttentionFusion(dim=3, layers=1, heads=1))
+    images = torch.rand(2, 3, 8, 8)
+    ids, mask = torch.ones(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.bool)
+    weights, logits, _ = occlusion(model, images, ids, mask, target=torch.tensor([1, 0]))
+    for row, target in enumerate([1, 0]):
+        for token in range(4):
+            kept = torch.ones(4, dtype=torch.bool)
+            kept[token] = False
+            alone, _ = _masked(model, images[row:row + 1], kept)
+            expected = (logits[row, target] - alone[0, target]).clamp_min(0)
+            torch.testing.assert_close(weights.pooled[row, token], expected)
+
+
+def test_layernorm_fusions_make_the_token_gradient_orthogonal_to_the_token():
+    """Why saliency exists: a fusion that LayerNorms its image tokens ignores their scale, so g.A,
+    the heart of Grad-CAM, is ~0 for every token however much the answer depends on it."""
+    from vlfuse.fusion.cross_attention import CrossAttentionFusion
+
+    torch.manual_seed(0)
+    model = _fusion_model(CrossAttentionFusion(dim=3, layers=1, heads=1))
+    # each cell one colour, far apart: tokens well above LayerNorm's epsilon
+    images = nn.functional.interpolate(torch.randn(2, 3, 2, 2) * 5, scale_factor=4)
+    ids, mask = torch.ones(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.bool)
+    grad, _, image = token_gradient(model, images, ids, mask)
+    cosine = nn.functional.cosine_similarity(grad, image.tokens, dim=-1)
+    assert cosine.abs().max() < 1e-3 and (grad.norm(dim=-1) > 0).all()
+
+
 # --------------------------------------------------------------------------- the API and the CLI
 
 
@@ -283,13 +374,13 @@ def test_explain_api_on_the_trained_model_every_method(trained_run, shapes_root)
     predictor = load(trained_run.model_dir)
     image = first_test_image(shapes_root)
     size = Image.open(image).size
-    for method in ("attention", "rollout", "gradcam"):
+    for method in ("attention", "rollout", "gradcam", "saliency", "occlusion"):
         result = explain(predictor, image, QUESTION, method=method)
         assert result.answer == predictor.predict(image, QUESTION).answer
         assert result.heatmap.shape == size[::-1] and (result.heatmap >= 0).all()
         assert result.heatmap.sum() == pytest.approx(1.0, abs=1e-5) or not result.heatmap.any()
         assert result.tokens[:2] == ["what", "is"]
-        if method == "gradcam":
+        if method in ("gradcam", "saliency", "occlusion"):
             assert result.per_word is None
         else:
             assert result.per_word.shape == (len(result.tokens), *result.heatmap.shape)
@@ -326,7 +417,8 @@ def test_cli_explain_one_line_errors_and_gradcam_for_attention_free(trained_run,
     image = first_test_image(shapes_root)
     result = cli_main("explain", concat, "--image", image, "--question", QUESTION, "--out", tmp_path / "a.png")
     assert result.returncode == 2 and not (tmp_path / "a.png").exists()
-    assert result.stderr.strip() == "error: fusion 'concat' has no attention to show; use Grad-CAM (method 'gradcam')"
+    assert result.stderr.strip() == ("error: fusion 'concat' has no attention to show; "
+                                     "use a method for every fusion: 'saliency', 'occlusion' or 'gradcam'")
     missing = cli_main("explain", trained_run.model_dir, "--image", tmp_path / "nope.png", "--question", QUESTION,
                        "--out", tmp_path / "b.png")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

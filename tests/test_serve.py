@@ -85,7 +85,7 @@ def test_answer_matches_the_python_api(client, trained_run, image_bytes):
 def test_explain_returns_the_answer_and_a_heatmap_png(client, image_bytes):
     from PIL import Image
 
-    for method in ("attention", "gradcam"):
+    for method in ("attention", "gradcam", "saliency", "occlusion"):
         response = client.post("/explain", files=upload(image_bytes), data={"question": QUESTION, "method": method})
         assert response.status_code == 200, response.text
         body = response.json()

@@ -298,7 +298,8 @@ def explain_(
     question: str = typer.Option(..., help="Question about the image."),
     out: Path = typer.Option(Path("explanation.png"), help="Where to write the figure (PNG)."),
     method: str = typer.Option("attention", help="attention (raw word-to-image attention), rollout (attention "
-                                                 "flow through the layers) or gradcam (any fusion)."),
+                                                 "flow through the layers); for any fusion: gradcam, saliency "
+                                                 "(gradient norm) or occlusion (each token left out)."),
     layer: Optional[int] = typer.Option(None, help="attention: that layer only; rollout: stop after it "
                                                    "(default: mean over layers / all layers)."),
     head: Optional[int] = typer.Option(None, help="One attention head (default: the mean over heads)."),
@@ -319,7 +320,7 @@ def explain_sanity(
                                                    "data); default: the model's own config."),
     split: str = typer.Option("test", help="Which split: train, val or test."),
     limit: int = typer.Option(200, help="How many one-object questions (shape/left/top) to check."),
-    method: str = typer.Option("attention", help="attention, rollout or gradcam."),
+    method: str = typer.Option("attention", help="attention, rollout, gradcam, saliency or occlusion."),
     out: Optional[Path] = typer.Option(None, help="Write the JSON here (default MODEL_DIR/../explain_sanity_"
                                                   "METHOD.json)."),
 ) -> None:

@@ -10,7 +10,8 @@ Modules, one job each:
     paint     token weights + token boxes -> pixel heatmaps
     maps      raw attention maps: word -> image token weights per layer, head and word
     rollout   attention rollout across layers (Abnar & Zuidema 2020)
-    gradcam   Grad-CAM on the image tokens (works for every fusion, attention-free ones too)
+    gradcam   Grad-CAM and saliency on the image tokens (every fusion, attention-free ones too)
+    occlusion each image token left out in turn: what the answer loses (every fusion)
     api       explain(): one image, one question -> Explanation
     plot      the figure: image, overlay, one small map per word
     sanity    on the built-in shapes data: how much of the map falls on the object a question names

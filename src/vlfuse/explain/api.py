@@ -14,12 +14,15 @@ from ..data.vqa_dataset import image_to_tensor
 from ..predict import Predictor, load
 from .base import ExplainError
 from .capture import fusion_name, run_model
-from .gradcam import gradcam
+from .gradcam import gradcam, saliency
 from .maps import attention_weights
+from .occlusion import occlusion
 from .paint import paint
 from .rollout import rollout_weights
 
-METHODS = ("attention", "rollout", "gradcam")
+METHODS = ("attention", "rollout", "gradcam", "saliency", "occlusion")
+# methods that weigh each image token for the answer as a whole: no per-word view, no layer or head
+TOKEN_METHODS = {"gradcam": gradcam, "saliency": saliency, "occlusion": occlusion}
 
 
 @dataclass
@@ -29,7 +32,7 @@ class Explanation:
     answer: str
     confidence: float
     heatmap: np.ndarray  # [H, W] float32, sums to 1 (all zero if no image token got any weight)
-    per_word: np.ndarray | None  # [Nt, H, W], one map per entry of `tokens`; None for Grad-CAM
+    per_word: np.ndarray | None  # [Nt, H, W], one map per entry of `tokens`; None for the token methods
     tokens: list[str]  # the question as the model's tokenizer split it
     question: str
     method: str
@@ -43,12 +46,13 @@ def explain(model, image, question: str, method: str = "attention", layer: int |
 
     method: "attention" (raw word -> image attention; `layer`, `head` pick one, default: the mean),
     "rollout" (attention flow through the layers; `layer` stops after that layer, `head` picks a
-    head in every layer) or "gradcam" (gradients; every fusion, no layer or head).
+    head in every layer); for every fusion, with no layer or head: "gradcam" (gradient x activation),
+    "saliency" (the gradient's norm) or "occlusion" (the answer's loss without each token).
     """
     if method not in METHODS:
         raise ExplainError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "gradcam" and (layer is not None or head is not None):
-        raise ExplainError("layer and head choose attention maps; Grad-CAM has neither")
+    if method in TOKEN_METHODS and (layer is not None or head is not None):
+        raise ExplainError(f"layer and head choose attention maps; {method} has neither")
     predictor = model if isinstance(model, Predictor) else load(model)
     net, config = predictor.model.eval(), predictor.config
     picture = open_image(image)
@@ -57,8 +61,8 @@ def explain(model, image, question: str, method: str = "attention", layer: int |
     ids, mask = (t.to(device) for t in pad_ids(encode_ids(predictor.tokenizer, [question],
                                                           config.data.max_question_length)))
     images = image_to_tensor(picture, config.data.image_size).unsqueeze(0).to(device)
-    if method == "gradcam":
-        weights, logits, features = gradcam(net, images, ids, mask)
+    if method in TOKEN_METHODS:
+        weights, logits, features = TOKEN_METHODS[method](net, images, ids, mask)
     else:
         with torch.no_grad():
             logits, fused, features = run_model(net, images, ids, mask, need_weights=True)

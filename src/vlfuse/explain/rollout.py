@@ -102,5 +102,5 @@ def rollout_weights(attentions: dict[str, torch.Tensor], fusion: str, text_mask:
         return TokenWeights(per_word, mean_over_words(per_word, text_mask))
     if "image_tokens" in attentions or "modality_weights" in attentions:
         raise ExplainError(f"fusion {fusion!r} has no layered attention to roll out; use method 'attention' "
-                           "(its token pool, if enabled) or 'gradcam'")
+                           "(its token pool, if enabled), 'saliency', 'occlusion' or 'gradcam'")
     raise no_attention(fusion)

@@ -36,7 +36,8 @@ def occlusion(model: nn.Module, images: torch.Tensor, input_ids: torch.Tensor, a
 
     def drop_one_token_per_copy(module, args, out):  # copy n of each row loses image token n
         mask = out.mask.view(nv, b, nv).clone()
-        mask[torch.arange(nv), :, torch.arange(nv)] = False
+        each = torch.arange(nv, device=mask.device)
+        mask[each, :, each] = False
         mask = mask.view(nv * b, nv)
         pooled = out.pooled
         if torch.allclose(pooled, masked_mean(out.tokens, out.mask), atol=1e-5):

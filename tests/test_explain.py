@@ -257,17 +257,14 @@ def _fusion_model(fusion: nn.Module):
     return VisionLanguageModel(CellColours(), FixedText(), fusion, LinearHead(3, 2)).eval()
 
 
+@torch.no_grad()
 def _masked(model: nn.Module, images: torch.Tensor, kept: torch.Tensor):
     """The model's logits with only the `kept` image tokens real."""
     import dataclasses
 
-    handle = model.image_encoder.register_forward_hook(
-        lambda module, args, out: dataclasses.replace(out, mask=out.mask & kept))
-    try:
-        with torch.no_grad():
-            return model(images, torch.ones(len(images), 2, dtype=torch.long), torch.ones(len(images), 2, dtype=torch.bool))
-    finally:
-        handle.remove()
+    image = model.image_encoder(images)
+    ids, mask = torch.ones(len(images), 2, dtype=torch.long), torch.ones(len(images), 2, dtype=torch.bool)
+    return model.from_image_features(dataclasses.replace(image, mask=image.mask & kept), ids, mask)
 
 
 def _toy(index: int):

@@ -24,7 +24,8 @@ from .base import ExplainError, TokenWeights, joint_layout, layered, mean_over_w
 
 
 def no_attention(fusion: str) -> ExplainError:
-    return ExplainError(f"fusion {fusion!r} has no attention to show; use a method for every fusion: 'saliency', 'occlusion' or 'gradcam'")
+    return ExplainError(f"fusion {fusion!r} has no attention to show; "
+                        "use a method for every fusion: 'saliency', 'occlusion' or 'gradcam'")
 
 
 def attention_stack(attentions: dict[str, torch.Tensor], fusion: str, nt: int, nv: int) -> torch.Tensor:

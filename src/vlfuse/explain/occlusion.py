@@ -5,10 +5,11 @@
 z is the target answer's logit (default: the predicted one) with every image token; z_without_n is
 the same logit when token n is masked out, as if the encoder had never produced it. No gradients
 and no assumption about what the activations mean: the map says how much the answer loses without
-each token. It costs one forward pass per image token (run as one batch), so it is the slow,
-faithful reference the gradient maps can be checked against. Fusions that read only the pooled image
-vector see the token go when the encoder's pool is the mean of its tokens (it is recomputed without
-it); a [CLS]-style pool cannot lose one token, and their map is then all zero.
+each token. It costs one pass of the fusion and head per image token (run as one batch; the
+image is encoded once), so it is the slow, faithful reference the gradient maps can be checked
+against. Fusions that read only the pooled image vector see the token go when the encoder's pool is
+the mean of its tokens (it is recomputed without it); a [CLS]-style pool cannot lose one token, and
+their map is then all zero.
 """
 
 from __future__ import annotations
@@ -27,28 +28,21 @@ from .capture import run_model
 def occlusion(model: nn.Module, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               target: torch.Tensor | None = None):
     """Occlusion of each row: (TokenWeights(None, o [B, Nv]), logits [B, A], image Features)."""
-    if images.dtype == torch.uint8:
-        images = images.float() / 255
     logits, _, image = run_model(model, images, input_ids, attention_mask)
     if target is None:
         target = logits.argmax(-1)
     b, nv = image.mask.shape
-
-    def drop_one_token_per_copy(module, args, out):  # copy n of each row loses image token n
-        mask = out.mask.view(nv, b, nv).clone()
-        each = torch.arange(nv, device=mask.device)
-        mask[each, :, each] = False
-        mask = mask.view(nv * b, nv)
-        pooled = out.pooled
-        if torch.allclose(pooled, masked_mean(out.tokens, out.mask), atol=1e-5):
-            pooled = masked_mean(out.tokens, mask)  # a mean-pooled encoder: the pool loses the token too
-        return dataclasses.replace(out, mask=mask, pooled=pooled)
-
-    handle = model.image_encoder.register_forward_hook(drop_one_token_per_copy)
-    try:
-        occluded, _ = model(images.repeat(nv, 1, 1, 1), input_ids.repeat(nv, 1), attention_mask.repeat(nv, 1))
-    finally:
-        handle.remove()
+    # nv copies of the batch, the images encoded once: copy n of each row loses image token n
+    copies = image.index_select(torch.arange(nv * b, device=image.mask.device) % b)
+    mask = copies.mask.view(nv, b, nv).clone()
+    each = torch.arange(nv, device=mask.device)
+    mask[each, :, each] = False
+    mask = mask.view(nv * b, nv)
+    pooled = copies.pooled
+    if torch.allclose(image.pooled, masked_mean(image.tokens, image.mask), atol=1e-5):
+        pooled = masked_mean(copies.tokens, mask)  # a mean-pooled encoder: the pool loses the token too
+    occluded, _ = model.from_image_features(dataclasses.replace(copies, mask=mask, pooled=pooled),
+                                            input_ids.repeat(nv, 1), attention_mask.repeat(nv, 1))
     without = occluded.gather(1, target.repeat(nv).view(-1, 1)).view(nv, b).T  # [B, Nv]
     full = logits.gather(1, target.view(-1, 1))
     # an image whose only real token is masked has nothing left to attend to: no reading from it

@@ -43,7 +43,8 @@ def steps_to_bind(fusion_name: str, seed: int, steps: int, loss_below: float) ->
     for step in range(steps):
         colours, shapes, boxes, asked = binding_batch(generator)
         objects = F.layer_norm(colour(colours) + shape(shapes), (DIM,))
-        text_ids = torch.stack([torch.full((BATCH,), COLOURS), colours[rows, asked], torch.full((BATCH,), COLOURS + 1)], 1)
+        start, end = torch.full((BATCH,), COLOURS), torch.full((BATCH,), COLOURS + 1)
+        text_ids = torch.stack([start, colours[rows, asked], end], 1)
         words = F.layer_norm(word(text_ids), (DIM,))
         image = Features(objects, torch.ones(BATCH, OBJECTS, dtype=torch.bool), objects.mean(1), boxes)
         text = Features(words, torch.ones(BATCH, 3, dtype=torch.bool), words.mean(1))

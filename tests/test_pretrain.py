@@ -220,7 +220,8 @@ def test_train_init_cli_fine_tunes_on_a_fraction_of_the_labels(shapes_root, pret
                           "train.epochs=1")
     result = cli_main("train", config, "--init", pretrained_dir)
     assert result.returncode == 0, result.stderr
-    assert f"--init {pretrained_dir}: loaded" in result.stdout and "new (trained from scratch): head.*" in result.stdout
+    assert f"--init {pretrained_dir}: loaded" in result.stdout
+    assert "not from --init (as the config builds them): head.*" in result.stdout
     run = json.loads((out / "run.json").read_text())
     assert run["init"]["source"] == str(pretrained_dir) and run["init"]["loaded"] > 0
     assert run["train"]["images"] == 7  # half of the 14 training images, with all their questions
@@ -234,6 +235,69 @@ def test_init_refuses_another_architecture(shapes_root, pretrained_dir, write_co
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip()
     assert line.startswith("error: --init") and "model.fusion" in line and "architecture" in line
+
+
+def test_init_parts_starts_another_fusion_from_the_pretrained_encoders(shapes_root, pretrained_dir, tiny_config,
+                                                                      tmp_path):
+    from vlfuse.errors import ConfigError
+    from vlfuse.models.factory import build_model
+    from vlfuse.models.init_weights import init_tokenizer, load_init_weights
+    from vlfuse.train.pretrain import load_pretrained_dir
+
+    config = tiny_config(shapes_root, tmp_path / "ft", *TINY_MODEL, "model.fusion={name: single_stream, layers: 1, "
+                         "heads: 2}", "train.init_parts=[image_encoder, text_encoder]")
+    tokenizer = init_tokenizer(pretrained_dir, ["What is the shape of the red object?"])
+    model = build_model(config, tokenizer.get_vocab_size(), 5)
+    report = load_init_weights(model, pretrained_dir, config, tokenizer)
+    assert {k.split(".")[0] for k in report.loaded} == {"image_encoder", "text_encoder"}
+    assert {k.split(".")[0] for k in report.new} == {"fusion", "head"}
+    assert any(k.startswith("fusion.") for k in report.unused)  # the pre-trained cross-attention, left out
+    pretrained, _, _ = load_pretrained_dir(pretrained_dir)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval().image_encoder(images).tokens, pretrained.image_encoder(images).tokens)
+    # the parts it loads must still match: another image encoder is refused by name
+    config = tiny_config(shapes_root, tmp_path / "ft", *TINY_MODEL, "model.image_encoder={name: vit, patch_size: 8}",
+                         "train.init_parts=[image_encoder]")
+    with pytest.raises(ConfigError, match="model.image_encoder"):
+        load_init_weights(build_model(config, tokenizer.get_vocab_size(), 5), pretrained_dir, config, tokenizer)
+    # a run whose word ids differ (another tokenizer, as a pretrained text encoder brings) may still
+    # take the image encoder alone
+    from vlfuse.data.tokenizer import build_tokenizer
+
+    config = tiny_config(shapes_root, tmp_path / "ft", *TINY_MODEL, "train.init_parts=[image_encoder]")
+    other = build_tokenizer(["zebra quokka red object shape"])
+    report = load_init_weights(build_model(config, other.get_vocab_size(), 5), pretrained_dir, config, other)
+    assert {k.split(".")[0] for k in report.loaded} == {"image_encoder"}
+    config.train.init_parts = ["image_encoder", "text_encoder"]
+    with pytest.raises(ConfigError, match="tokenizer gives"):
+        load_init_weights(build_model(config, other.get_vocab_size(), 5), pretrained_dir, config, other)
+    config.train.init_parts = []
+    with pytest.raises(ConfigError, match="train.init_parts' is empty"):
+        load_init_weights(build_model(config, tokenizer.get_vocab_size(), 5), pretrained_dir, config, tokenizer)
+
+
+def test_train_freeze_keeps_the_init_encoders_fixed_and_trains_the_rest(shapes_root, pretrained_dir, write_config,
+                                                                        tmp_path, cli_main):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "frozen"
+    config = write_config(tmp_path / "ft.yaml", shapes_root, out, *TINY_MODEL, "train.epochs=1",
+                          "model.fusion={name: single_stream, layers: 1, heads: 2}",
+                          "train.init_parts=[image_encoder, text_encoder]",
+                          "train.freeze=[image_encoder, text_encoder]")
+    result = cli_main("train", config, "--init", pretrained_dir)
+    assert result.returncode == 0, result.stderr
+    before = load_file(str(pretrained_dir / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    for key in (k for k in after if k.startswith("image_encoder.")):
+        assert torch.equal(after[key], before[key]), key
+    embed = after["text_encoder.embed.weight"]  # rows of words the pre-training knew; new words keep their start
+    assert torch.equal(embed[: len(before["text_encoder.embed.weight"])], before["text_encoder.embed.weight"])
+    run = json.loads((out / "run.json").read_text())
+    trained = sum(v.numel() for k, v in after.items() if k.split(".")[0] in ("fusion", "head"))
+    assert run["frozen"] == ["image_encoder", "text_encoder"] and run["trainable_parameters"] == trained
+    assert run["steps"] > 0
 
 
 def test_init_refuses_a_directory_that_is_not_a_model(shapes_root, pretrained_dir, write_config, tmp_path, cli_main):

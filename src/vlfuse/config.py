@@ -75,6 +75,10 @@ class ModelConfig:
     decoder: dict | None = None
 
 
+ModelPart = Literal["image_encoder", "text_encoder", "fusion"]
+MODEL_PARTS: tuple[str, ...] = typing.get_args(ModelPart)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -93,8 +97,13 @@ class TrainConfig:
     log_every_n_steps: int = 20
     checkpoint_every_n_steps: int = 200
     progress_bar: bool = True
-    # A model directory (e.g. one `vlfuse pretrain` wrote) whose encoder and fusion weights start the run.
+    # A model directory (e.g. one `vlfuse pretrain` wrote) whose encoder and fusion weights start the run;
+    # init_parts names the parts it loads (the encoders alone start a model with another fusion).
     init: str | None = None
+    init_parts: list[ModelPart] = field(default_factory=lambda: list(MODEL_PARTS))
+    # Parts that do not train (no gradient, dropout off): e.g. encoders taken from --init, as UNITER and
+    # MMBT read a detector's or a CNN's fixed features.
+    freeze: list[ModelPart] = field(default_factory=list)
 
 
 @dataclass

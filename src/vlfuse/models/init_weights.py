@@ -1,8 +1,10 @@
 """Start a run from another model directory's encoders and fusion (`vlfuse train CONFIG --init DIR`).
 
-DIR is any vlfuse model directory (what `vlfuse pretrain` writes, or a trained model): its
-config.yaml must describe the same encoders and fusion, its tokenizer.json must give every word it
-knows the same id as the run's tokenizer (`extend_tokenizer` makes one that does), and every
+DIR is any vlfuse model directory (what `vlfuse pretrain` writes, or a trained model). The parts
+named in train.init_parts load (by default the two encoders and the fusion, so that a model with
+another fusion can take just the encoders): DIR's config.yaml must describe those parts as the
+run's config does, its tokenizer.json must give every word it knows the same id as the run's
+tokenizer when the text encoder loads (`extend_tokenizer` makes one that does), and every
 weight is shape-checked. Embedding tables are the one exception: the rows both vocabularies (or
 both position ranges) share are copied, the rest stay new. Nothing else is loaded partly: a
 mismatch stops the run with the keys and shapes that differ.
@@ -20,7 +22,6 @@ from torch import nn
 from ..config import Config, load_config
 from ..errors import ConfigError, DataError
 
-PARTS = ("image_encoder", "text_encoder", "fusion")
 CONFIG, WEIGHTS, TOKENIZER = "config.yaml", "model.safetensors", "tokenizer.json"
 
 
@@ -30,7 +31,7 @@ class InitReport:
     loaded: list[str] = field(default_factory=list)  # tensors copied whole
     partial: dict[str, str] = field(default_factory=dict)  # embedding tables: which rows came over
     new: list[str] = field(default_factory=list)  # the run's tensors the directory has nothing for
-    unused: list[str] = field(default_factory=list)  # the directory's tensors outside the shared parts
+    unused: list[str] = field(default_factory=list)  # the directory's tensors outside the loaded parts
     loaded_parameters: int = 0
 
     def as_dict(self) -> dict:
@@ -43,7 +44,7 @@ class InitReport:
                  f"into {', '.join(prefixes) or 'nothing'}"]
         lines += [f"  partly: {key} ({how})" for key, how in self.partial.items()]
         if self.new:
-            lines.append(f"  new (trained from scratch): {_group(self.new)}")
+            lines.append(f"  not from --init (as the config builds them): {_group(self.new)}")
         if self.unused:
             lines.append(f"  not used: {_group(self.unused)}")
         return "\n".join(lines)
@@ -67,20 +68,21 @@ def check_init_dir(path: str | Path) -> Path:
     return path
 
 
-def _architecture(config: Config) -> dict:
+def _architecture(config: Config, parts: list[str]) -> dict:
     m = config.model
-    return {"model.dim": m.dim, "model.image_encoder": m.image_encoder, "model.text_encoder": m.text_encoder,
-            "model.fusion": m.fusion, "data.image_size": config.data.image_size}
+    return {"model.dim": m.dim, "data.image_size": config.data.image_size,
+            **{f"model.{part}": getattr(m, part) for part in parts}}
 
 
 def check_architecture(source: Config, run: Config, path: Path) -> None:
-    """Refuse a directory whose encoders or fusion are configured differently from the run's."""
-    theirs, ours = _architecture(source), _architecture(run)
+    """Refuse a directory whose parts to load are configured differently from the run's."""
+    parts = run.train.init_parts
+    theirs, ours = _architecture(source, parts), _architecture(run, parts)
     differ = [f"{key}: {theirs[key]!r} there, {ours[key]!r} here" for key in ours if theirs[key] != ours[key]]
     if differ:
         raise ConfigError(f"--init {path}: its model has another architecture than this config's; set the same "
-                          "encoders and fusion (the `model:` section of the pre-training config), or start without "
-                          "--init. Differences: " + "; ".join(differ))
+                          "encoders and fusion (the `model:` section of the pre-training config), load fewer parts "
+                          "(train.init_parts), or start without --init. Differences: " + "; ".join(differ))
 
 
 def extend_tokenizer(base, texts) -> object:
@@ -120,27 +122,31 @@ def check_vocabulary(source_tokenizer, run_tokenizer, path: Path) -> None:
 
 
 def load_init_weights(model: nn.Module, path: str | Path, config: Config, run_tokenizer) -> InitReport:
-    """Copy the encoder and fusion weights in model directory `path` into `model` (in place)."""
+    """Copy the weights of the parts in config.train.init_parts from model directory `path` into `model`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ..data.tokenizer import load_tokenizer
 
-    path = check_init_dir(path)
+    path, parts = check_init_dir(path), config.train.init_parts
+    if not parts:
+        raise ConfigError(f"--init {path}: config key 'train.init_parts' is empty; name the parts to load "
+                          "(image_encoder, text_encoder, fusion) or start without --init")
     check_architecture(load_config(path / CONFIG), config, path)
-    check_vocabulary(load_tokenizer(path / TOKENIZER), run_tokenizer, path)
+    if "text_encoder" in parts:  # word ids matter only to the text encoder's embeddings
+        check_vocabulary(load_tokenizer(path / TOKENIZER), run_tokenizer, path)
     try:
         source = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise DataError(f"cannot read the weights ({exc})", path=path / WEIGHTS) from None
     report = InitReport(str(path))
-    report.unused = sorted(k for k in source if k.split(".")[0] not in PARTS)
+    report.unused = sorted(k for k in source if k.split(".")[0] not in parts)
     embeddings = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
     state = model.state_dict()
     mismatched = []
     with torch.no_grad():
         for key, target in state.items():
-            if key.split(".")[0] not in PARTS:
+            if key.split(".")[0] not in parts:
                 report.new.append(key)
                 continue
             if key not in source:
@@ -158,7 +164,7 @@ def load_init_weights(model: nn.Module, path: str | Path, config: Config, run_to
                 report.loaded_parameters += weights[:rows].numel()
             else:
                 mismatched.append(f"{key}: {tuple(weights.shape)} there, {tuple(target.shape)} here")
-        extra = [k for k in source if k.split(".")[0] in PARTS and k not in state]
+        extra = [k for k in source if k.split(".")[0] in parts and k not in state]
         mismatched += [f"{key} exists only there" for key in extra]
     if mismatched:
         shown = "; ".join(mismatched[:8]) + (f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")

@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..models.factory import build_model, text_tokenizer_file
 from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
 from .checkpoint_io import SafetensorsCheckpointIO
+from .freeze import KeepFrozenInEval, freeze
 from .module import VQAModule
 
 
@@ -206,6 +207,7 @@ def _trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
             L.pytorch.callbacks.ModelCheckpoint(dirpath=run.last.parent, every_n_train_steps=t.checkpoint_every_n_steps,
                                                 save_last=True, save_top_k=0),
             L.pytorch.callbacks.OnExceptionCheckpoint(dirpath=run.last.parent, filename="last"),
+            *([KeepFrozenInEval(t.freeze)] if t.freeze else []),
         ],
         plugins=[SafetensorsCheckpointIO()],
         use_distributed_sampler=False,  # EpochSampler splits the data across processes itself
@@ -272,6 +274,8 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
 
         prepared.summary["init"] = init_from_dir(prepared.module.model, config, run.model_dir)
         check_cache_current(config, prepared.module.model)
+    if config.train.freeze:  # before the optimiser is built, on a resumed run too
+        prepared.summary.update(freeze(prepared.module.model, config.train.freeze))
     previous_logs = run.set_logs_aside(resume)
     trainer = make_trainer(config, run, progress)
     fit(trainer, prepared, run.last if resume else None)

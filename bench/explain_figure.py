@@ -3,8 +3,9 @@ question names, against that object's share of the image (`vlfuse explain-sanity
 
     python -m bench.explain_figure runs/compare --seed 0 --limit 200 --out docs/explain_sanity.png
 
-Reads OUT/<fusion>/seed<k>/model from a `vlfuse compare` run; attention (for fusions that have
-attention maps), Grad-CAM, saliency and occlusion (for every fusion); writes the PNG and a JSON beside it.
+Reads OUT/<fusion>/seed<k>/model (the layout `vlfuse compare` writes); attention and rollout (for
+fusions that have attention maps), Grad-CAM, saliency and occlusion (for every fusion); writes the
+PNG and a JSON beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from vlfuse.explain.base import ExplainError
 from vlfuse.explain.sanity import explain_sanity
 
-METHODS = ("attention", "gradcam", "saliency", "occlusion")
+METHODS = ("attention", "rollout", "gradcam", "saliency", "occlusion")
 
 
 def collect(compare_dir: Path, seed: int, limit: int) -> dict[str, dict[str, dict]]:
@@ -27,7 +28,7 @@ def collect(compare_dir: Path, seed: int, limit: int) -> dict[str, dict[str, dic
         for method in METHODS:
             try:
                 report = explain_sanity(model_dir, None, "test", limit, method)
-            except ExplainError as error:  # no attention maps (pooled fusions): Grad-CAM only
+            except ExplainError as error:  # no attention maps (pooled fusions): the gradient and occlusion maps
                 print(f"  {fusion} {method}: {error}", file=sys.stderr)
                 continue
             results.setdefault(fusion, {})[method] = report["overall"]
@@ -46,7 +47,7 @@ def plot(results: dict[str, dict[str, dict]], out: Path) -> None:
 
     fusions = sorted(results, key=lambda f: -max(r["object_mass"] for r in results[f].values()))
     x = np.arange(len(fusions))
-    fig, ax = plt.subplots(figsize=(max(8, len(fusions) * 0.9), 4.5))
+    fig, ax = plt.subplots(figsize=(max(5, len(fusions) * 0.9) + 3.5, 4.5))
     width = 0.8 / len(METHODS)
     for i, method in enumerate(METHODS):
         mass = [results[f][method]["object_mass"] if method in results[f] else np.nan for f in fusions]
@@ -61,7 +62,7 @@ def plot(results: dict[str, dict[str, dict]], out: Path) -> None:
     ax.set_ylabel("share of heatmap mass")
     ax.set_ylim(0, 1)
     ax.set_title("Where the maps fall, one-object test questions (shape / left / top)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, never over them
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from vlfuse.explain.api import Explanation
+from vlfuse.explain.api import TOKEN_METHODS, Explanation
 from vlfuse.explain.base import ExplainError, joint_layout
 from vlfuse.explain.gradcam import gradcam, saliency, token_gradient
-from vlfuse.explain.occlusion import occlusion
 from vlfuse.explain.maps import attention_stack, attention_weights
+from vlfuse.explain.occlusion import occlusion
 from vlfuse.explain.paint import paint
 from vlfuse.explain.rollout import joint_rollout, rollout_weights, two_stream_rollout
 from vlfuse.types import Features, FusionOutput, grid_boxes
@@ -115,7 +115,7 @@ def test_graph_maps_slice_word_rows_and_image_columns():
 
 
 @pytest.mark.parametrize("fusion", ["concat", "sum", "late", "gated"])
-def test_attention_free_fusions_point_to_gradcam(fusion):
+def test_attention_free_fusions_point_to_the_methods_for_every_fusion(fusion):
     attentions = {"modality_weights": torch.full((1, 2), 0.5)} if fusion in ("late", "gated") else {}
     for find in (attention_weights, rollout_weights):
         with pytest.raises(ExplainError, match=f"fusion '{fusion}' has no"):
@@ -323,7 +323,7 @@ def test_occlusion_takes_the_token_out_of_a_mean_pool_for_pooled_fusions():
     assert weights.pooled[0].gt(0).any()
 
 
-def test_occlusion_is_the_logit_lost_when_one_token_is_masked_rows_apart(tiny_bert_dir):
+def test_occlusion_is_the_logit_lost_when_one_token_is_masked_rows_apart():
     from vlfuse.fusion.cross_attention import CrossAttentionFusion
 
     torch.manual_seed(0)
@@ -377,7 +377,7 @@ def test_explain_api_on_the_trained_model_every_method(trained_run, shapes_root)
         assert result.heatmap.shape == size[::-1] and (result.heatmap >= 0).all()
         assert result.heatmap.sum() == pytest.approx(1.0, abs=1e-5) or not result.heatmap.any()
         assert result.tokens[:2] == ["what", "is"]
-        if method in ("gradcam", "saliency", "occlusion"):
+        if method in TOKEN_METHODS:
             assert result.per_word is None
         else:
             assert result.per_word.shape == (len(result.tokens), *result.heatmap.shape)

@@ -110,6 +110,19 @@ def plain_name(value: Any, where: Where, what: str) -> str:
     return name
 
 
+def relative_path(value: Any, where: Where, what: str) -> Path:
+    """A path below the data's image folder, `a/b.jpg`: each part a plain_name (`.` parts dropped), so
+    data cannot reach outside the folder with `..` or an absolute path."""
+    parts = [part for part in value.split("/") if part != "."] if isinstance(value, str) else []
+    if parts and not value.startswith("/"):
+        try:
+            return Path(*(plain_name(part, where, what) for part in parts))
+        except DataError:
+            pass
+    raise where.error(f"{what} must be a relative path inside the image folder (no '..', not absolute), "
+                      f"got {brief(value)}")
+
+
 def number(value: Any, where: Where, what: str) -> float:
     """A finite JSON number (JSON parsers accept NaN and Infinity; boxes must not)."""
     try:

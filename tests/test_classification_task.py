@@ -165,7 +165,7 @@ def test_missing_training_label_is_a_one_line_error(table_root, cli_main, tmp_pa
     (table_root / "classification" / "bad.jsonl").write_text("\n".join(rows[:3] + [json.dumps(broken)] + rows[4:]))
     config = write_config(tmp_path / "c.yaml", table_root, tmp_path / "run",
                           "data.train={path: classification/bad.jsonl}")
-    assert_one_line_error(cli_main("train", config), "bad.jsonl", "[label]", "missing label", "question_id 4")
+    assert_one_line_error(cli_main("train", config), "bad.jsonl", "[label]", "missing label", "question_id 'line-4'")
 
 
 def test_unknown_label_at_test_time_is_a_clear_error(table_root, cli_main, tmp_path):

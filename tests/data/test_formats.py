@@ -299,6 +299,23 @@ def test_check_question():
         check_question("x" * 11, max_chars=10)
 
 
+def test_check_question_refuses_text_that_utf8_cannot_hold(tmp_path):
+    """A byte a command line could not decode (kept by Python as a surrogate) or a lone surrogate from a
+    JSON escape: a DataError naming the byte, where a tokenizer would raise a TypeError."""
+    undecodable = b"What is \xff?".decode("utf-8", "surrogateescape")
+    with pytest.raises(DataError, match="not valid text: a byte 0xff that is not UTF-8 at character 9") as info:
+        check_question(undecodable)
+    assert info.value.field == "question"
+    with pytest.raises(DataError, match="lone surrogate U\\+D800 at character 1"):
+        check_question("\ud800?")
+    touch_images(tmp_path, "a.jpg")
+    path = tmp_path / "vqa.jsonl"
+    path.write_text('{"image": "a.jpg", "question": "\\udcff?"}\n{"image": "a.jpg", "question": "Ok?"}\n')
+    result = read_vqa_jsonl(path, on_bad_sample="skip")
+    assert [s.question for s in result.samples] == ["Ok?"] and "vqa.jsonl:1 [question]: not valid text" in \
+        result.skipped.summary()
+
+
 # --- JSONL / CSV -------------------------------------------------------------------------------
 
 def jsonl(path: Path, *records) -> Path:

@@ -314,6 +314,10 @@ def test_check_question_refuses_text_that_utf8_cannot_hold(tmp_path):
     result = read_vqa_jsonl(path, on_bad_sample="skip")
     assert [s.question for s in result.samples] == ["Ok?"] and "vqa.jsonl:1 [question]: not valid text" in \
         result.skipped.summary()
+    from vlfuse.data.formats.fields import Where, text  # captions, answers and labels: the same check
+
+    with pytest.raises(DataError, match=r"c.json \[images\[0\].raw\]: not valid text: a lone surrogate U\+DC00"):
+        text("a \udc00 dog", Where(Path("c.json"), field="images[0].raw"), "sentence")
 
 
 # --- JSONL / CSV -------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def check_question(question: Any, *, max_chars: int = MAX_QUESTION_CHARS, path: 
     if not isinstance(question, str):
         raise DataError(f"question must be a string, got {type(question).__name__}",
                         path=path, line=line, field=field)
-    _check_encodable(question, path=path, line=line, field=field)
+    check_encodable(question, path=path, line=line, field=field)
     question = question.strip()
     if not question:
         raise DataError("empty question", path=path, line=line, field=field)
@@ -135,7 +135,7 @@ def check_question(question: Any, *, max_chars: int = MAX_QUESTION_CHARS, path: 
     return question
 
 
-def _check_encodable(text: str, **where) -> None:
+def check_encodable(text: str, **where) -> None:
     """DataError at the first character UTF-8 cannot hold: a byte Python kept undecoded from a
     command line (surrogateescape) or a lone surrogate from a JSON escape; tokenizers refuse both."""
     try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlfuse.data.formats.common import check_question
+from vlfuse.data.formats.common import check_encodable, check_question
 from vlfuse.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
@@ -68,6 +68,7 @@ def text(value: Any, where: Where, what: str) -> str:
     """A non-empty string with surrounding whitespace stripped (captions, answers, labels)."""
     if not isinstance(value, str):
         raise where.error(f"{what} must be a string, got {type(value).__name__}")
+    check_encodable(value, path=where.path, line=where.line, field=where.field)  # a tokenizer would refuse it
     value = value.strip()
     if not value:
         raise where.error(f"empty {what}")

@@ -24,7 +24,7 @@ TINY = [
     "model.head={name: classifier, hidden: 16, dropout: 0.0}",
     "data.image_size=32",
     "data.val=null",
-    "data.test={path: classification/train.jsonl}",
+    "data.test={path: classification_train.jsonl}",
     *TINY_TRAIN,
     "train.max_minutes=null",
 ]
@@ -79,14 +79,14 @@ def test_shapes_table_labels_follow_the_scene(table_root):
 
     scenes = json.loads((table_root / "scenes" / "train_scenes.json").read_text())["scenes"]
     scenes = {s["file_name"]: s for s in scenes}
-    records = [json.loads(line) for line in (table_root / "classification" / "train.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (table_root / "classification_train.jsonl").read_text().splitlines()]
     assert len(records) == 2 * len(scenes)
     for r in records:
         shape_of = {o["color"]: o["shape"] for o in scenes[Path(r["image"]).name]["objects"]}
         claims = [c.split()[1:] for c in r["text"].split(" and ")]
         holds = [shape_of[colour] == shape for colour, shape in claims]
         assert r["label"] == LABELS[[[True, True], [True, False], [False, True], [False, False]].index(holds)]
-        assert (table_root / "classification" / r["image"]).is_file()
+        assert (table_root / r["image"]).is_file()
 
 
 # --------------------------------------------------------------------------- metrics
@@ -138,7 +138,7 @@ def test_train_eval_predict_and_reload(table_root, cli_main, tmp_path):
     assert run["classes"] == metrics["classes"] and run["steps"] == 8
 
     # eval on a table given on the command line
-    result = cli_main("eval", out / "model", "--data", table_root / "classification" / "train.jsonl",
+    result = cli_main("eval", out / "model", "--data", table_root / "classification_train.jsonl",
                       "--out", tmp_path / "again.json")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "again.json").read_text())["accuracy"] == metrics["accuracy"]
@@ -159,30 +159,32 @@ def test_train_eval_predict_and_reload(table_root, cli_main, tmp_path):
 # --------------------------------------------------------------------------- bad inputs
 
 def test_missing_training_label_is_a_one_line_error(table_root, cli_main, tmp_path):
-    rows = (table_root / "classification" / "train.jsonl").read_text().splitlines()
+    rows = (table_root / "classification_train.jsonl").read_text().splitlines()
     broken = json.loads(rows[3])
     del broken["label"]
-    (table_root / "classification" / "bad.jsonl").write_text("\n".join(rows[:3] + [json.dumps(broken)] + rows[4:]))
+    (table_root / "classification_bad.jsonl").write_text("\n".join(rows[:3] + [json.dumps(broken)] + rows[4:]))
     config = write_config(tmp_path / "c.yaml", table_root, tmp_path / "run",
-                          "data.train={path: classification/bad.jsonl}")
-    assert_one_line_error(cli_main("train", config), "bad.jsonl", "[label]", "missing label", "question_id 4")
+                          "data.train={path: classification_bad.jsonl}")
+    assert_one_line_error(cli_main("train", config), "classification_bad.jsonl", "[label]", "missing label",
+                          "question_id 'line-4'")
 
 
 def test_unknown_label_at_test_time_is_a_clear_error(table_root, cli_main, tmp_path):
     config = write_config(tmp_path / "c.yaml", table_root, tmp_path / "run", "data.test=null", "train.epochs=1")
     assert cli_main("train", config).returncode == 0
-    rows = [json.loads(line) for line in (table_root / "classification" / "test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (table_root / "classification_test.jsonl").read_text().splitlines()]
     rows[0]["label"] = "all three"
-    (table_root / "classification" / "typo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = cli_main("eval", tmp_path / "run" / "model", "--data", table_root / "classification" / "typo.jsonl")
-    line = assert_one_line_error(result, "typo.jsonl", "unknown label 'all three'", "both, first, neither, second")
+    (table_root / "classification_typo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli_main("eval", tmp_path / "run" / "model", "--data", table_root / "classification_typo.jsonl")
+    line = assert_one_line_error(result, "classification_typo.jsonl", "unknown label 'all three'",
+                                 "both, first, neither, second")
     assert "[label]" in line
 
 
 def test_one_class_is_refused(table_root, cli_main, tmp_path):
-    rows = [json.loads(line) for line in (table_root / "classification" / "train.jsonl").read_text().splitlines()]
-    (table_root / "classification" / "one.jsonl").write_text("".join(json.dumps({**r, "label": "same"}) + "\n"
+    rows = [json.loads(line) for line in (table_root / "classification_train.jsonl").read_text().splitlines()]
+    (table_root / "classification_one.jsonl").write_text("".join(json.dumps({**r, "label": "same"}) + "\n"
                                                                       for r in rows))
     config = write_config(tmp_path / "c.yaml", table_root, tmp_path / "run",
-                          "data.train={path: classification/one.jsonl}")
+                          "data.train={path: classification_one.jsonl}")
     assert_one_line_error(cli_main("train", config), "one.jsonl", "at least 2 classes")

@@ -8,6 +8,7 @@ plumbing, not how well the model retrieves.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from vlfuse.errors import ConfigError, DataError  # noqa: E402
 from vlfuse.index import (IndexSettings, ModelMismatchError, RetrievalEncoder, add_to_index, build_index,  # noqa: E402
                           open_index)
 from vlfuse.index import vectors as fv  # noqa: E402
+from vlfuse.index.store import Item  # noqa: E402
 from helpers import assert_one_line_error
 
 
@@ -88,6 +90,28 @@ def test_add_skips_images_already_indexed_and_bad_files(encoder, shapes_root, tm
     assert added == 1 and len(index) == 15  # the one test image; the 14 known ones and the broken file left out
     assert index.skipped.count == 1 and "broken.png" in index.skipped.summary()
     assert len(open_index(tmp_path / "idx", encoder)) == 15
+
+
+def test_the_same_image_id_twice_is_refused_and_nothing_is_added(encoder, shapes_root, tmp_path, cli_main):
+    """A hit names its image by id: two images under one id (the same file name in two folders added
+    one after the other) are refused before any is embedded, by the API and the CLI alike."""
+    build_index(encoder, images=shapes_root / "images" / "train", out=tmp_path / "idx")
+    index = open_index(tmp_path / "idx", encoder)
+    taken = index.items[0]
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(taken.path, other / str(taken.id))  # same name, another folder: the same id
+    (other / "new.png").write_bytes(Path(taken.path).read_bytes())
+    with pytest.raises(DataError, match=re.escape(f"image id {taken.id!r} is given twice, for {taken.path} and ")):
+        add_to_index(tmp_path / "idx", encoder, images=other)
+    assert len(open_index(tmp_path / "idx", encoder)) == 14  # the index on disk is untouched
+    with pytest.raises(DataError, match="image id 'x' is given twice"):
+        index.add_images([("x", other / "new.png"), ("x", other / str(taken.id))])
+    with pytest.raises(DataError, match="given twice"):
+        index.add_vectors(np.zeros((1, index.dim), np.float32), [Item(taken.id, "/somewhere/else.png")])
+    assert len(index) == 14 and index.index.ntotal == 14
+    assert_one_line_error(cli_main("index", "add", tmp_path / "idx", encoder.model_dir, "--images", other),
+                          f"image id {taken.id!r} is given twice")
 
 
 def test_a_folder_without_readable_images_is_a_clear_error(encoder, tmp_path):

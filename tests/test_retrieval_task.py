@@ -238,7 +238,8 @@ def retrieval_run(shapes_root, tmp_path_factory):
 
 def test_training_writes_a_model_dir_and_recall_both_ways(retrieval_run, capsys):
     out, _ = retrieval_run
-    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.yaml", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.yaml", "model.safetensors", "tokenizer.json",
+                                                             "tokenizer.sha256"]
     run = read_json(out / "run.json")
     assert run["task"] == "retrieval" and run["steps"] == 2 * 4 and run["interrupted"] is False
     assert run["train"]["images"] == run["train"]["captions"] == 14

@@ -63,13 +63,15 @@ def data_inspect(
     split: str = typer.Option("train", help="Which split of the data config: train, val or test."),
     json_: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of text."),
     top: int = typer.Option(10, help="How many of the most common answers to list."),
+    decode: bool = typer.Option(False, "--decode", help="Also decode every image and list the ones that fail."),
     set_: SetOption = None,
 ) -> None:
     """Summarise a configured split: counts, top answers, question lengths and types, bad samples."""
     from .config import load_config
     from .data.inspect import format_report, inspect_split
 
-    report = inspect_split(load_config(config, set_ or []).data, split, top)
+    report = inspect_split(load_config(config, set_ or []).data, split, top, decode,
+                           progress=not json_ and sys.stdout.isatty())
     if json_:
         _echo_json(report)
     else:

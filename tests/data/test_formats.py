@@ -179,21 +179,45 @@ def test_duplicate_question_id(tmp_path):
     assert [s.question for s in result.samples] == ["What is it?"] and result.skipped.count == 1
 
 
-@pytest.mark.parametrize("annotations, match", [
-    ([annotation(1), annotation(2)], "annotation for unknown question_id 2"),
-    ([annotation(1), annotation(1)], "duplicate annotation for question_id 1"),
-    ([], "no annotation for question_id 1"),
-    ([{"question_id": 1}], r"missing field 'answers' \(question_id 1\)"),
-    ([annotation(1, answers=())], "answers must be a non-empty list"),
-    ([{"question_id": 1, "answers": ["cat"]}], "string 'answer'"),
-    ([annotation(1, question_type=3)], "question_type must be a string"),
-    ([annotation(1, image_id=2)], "annotation image_id 2 differs"),
+@pytest.mark.parametrize("annotations, match, lost", [
+    ([annotation(1), annotation(2)], "annotation for unknown question_id 2", 0),
+    ([annotation(1), annotation(1)], "duplicate annotation for question_id 1", 0),
+    ([], "no annotation for question_id 1", 1),
+    ([{"question_id": 1}], r"missing field 'answers' \(question_id 1\)", 1),
+    ([annotation(1, answers=())], "answers must be a non-empty list", 1),
+    ([{"question_id": 1, "answers": ["cat"]}], "string 'answer'", 1),
+    ([annotation(1, question_type=3)], "question_type must be a string", 1),
+    ([annotation(1, image_id=2)], "annotation image_id 2 differs", 1),
 ])
-def test_bad_annotations(tmp_path, annotations, match):
+def test_bad_annotations(tmp_path, annotations, match, lost):
     q, a = vqa_pair(tmp_path, [question(1)], annotations)
     with pytest.raises(DataError, match=match):
         read_vqa_v2(q, a, check_images=False)
-    assert read_vqa_v2(q, a, check_images=False, on_bad_sample="skip").skipped.count >= 1
+    result = read_vqa_v2(q, a, check_images=False, on_bad_sample="skip")
+    # The count is of questions lost, each once; a problem that loses none is still listed.
+    assert (result.skipped.count, len(result.samples)) == (lost, 1 - lost)
+    assert len(result.skipped.skipped) == 1 and match.split(" (")[0].replace("\\", "") in result.skipped.summary()
+
+
+def test_each_bad_question_counts_once(tmp_path):
+    """Seven bad questions among thirteen, each broken one way: each costs one skip, not two. Every
+    problem is still listed (left-over annotations too), so problems outnumber lost questions."""
+    questions = [question(i) for i in range(1, 13)]
+    annotations = [annotation(i) for i in range(1, 13)]
+    questions[1] = question(1)  # id 2 changed to a repeat of 1: its annotation (id 2) is left over
+    questions.append(question(3))  # a repeated question with a repeated annotation
+    annotations.append(annotation(3))
+    del annotations[3]["answers"]  # id 4: annotation without answers
+    annotations[4]["answers"] = []  # id 5: no answers
+    questions[5]["question"] = ""  # id 6: empty question, and a bad annotation as well
+    annotations[5]["answers"] = "cat"
+    del questions[6]["question_id"]  # id 7: question without an id (its annotation is left over)
+    del annotations[7]  # id 8: no annotation
+    q, a = vqa_pair(tmp_path, questions, annotations)
+    result = read_vqa_v2(q, a, check_images=False, on_bad_sample="skip")
+    assert sorted(s.question_id for s in result.samples) == [1, 3, 9, 10, 11, 12]
+    assert result.skipped.count == 7 == len(questions) - len(result.samples)  # 7 lost, each counted once
+    assert "skipped 7 bad samples (11 problems found)" in result.skipped.summary()
 
 
 def test_bad_question_does_not_also_orphan_its_annotation(tmp_path):
@@ -275,6 +299,27 @@ def test_check_question():
         check_question("x" * 11, max_chars=10)
 
 
+def test_check_question_refuses_text_that_utf8_cannot_hold(tmp_path):
+    """A byte a command line could not decode (kept by Python as a surrogate) or a lone surrogate from a
+    JSON escape: a DataError naming the byte, where a tokenizer would raise a TypeError."""
+    undecodable = b"What is \xff?".decode("utf-8", "surrogateescape")
+    with pytest.raises(DataError, match="not valid text: a byte 0xff that is not UTF-8 at character 9") as info:
+        check_question(undecodable)
+    assert info.value.field == "question"
+    with pytest.raises(DataError, match="lone surrogate U\\+D800 at character 1"):
+        check_question("\ud800?")
+    touch_images(tmp_path, "a.jpg")
+    path = tmp_path / "vqa.jsonl"
+    path.write_text('{"image": "a.jpg", "question": "\\udcff?"}\n{"image": "a.jpg", "question": "Ok?"}\n')
+    result = read_vqa_jsonl(path, on_bad_sample="skip")
+    assert [s.question for s in result.samples] == ["Ok?"] and "vqa.jsonl:1 [question]: not valid text" in \
+        result.skipped.summary()
+    from vlfuse.data.formats.fields import Where, text  # captions, answers and labels: the same check
+
+    with pytest.raises(DataError, match=r"c.json \[images\[0\].raw\]: not valid text: a lone surrogate U\+DC00"):
+        text("a \udc00 dog", Where(Path("c.json"), field="images[0].raw"), "sentence")
+
+
 # --- JSONL / CSV -------------------------------------------------------------------------------
 
 def jsonl(path: Path, *records) -> Path:
@@ -291,7 +336,7 @@ def test_jsonl_happy_path(tmp_path):
                   "question_id": "q-7", "image_id": 3, "question_type": "how many",
                   "answer_type": "number", "source": "handmade"})
     first, second = read_vqa_jsonl(path).samples
-    assert (first.question_id, first.image_id) == (1, "pics/a.jpg")
+    assert (first.question_id, first.image_id) == ("line-1", "pics/a.jpg")
     assert first.image_path == tmp_path / "pics" / "a.jpg"
     assert (first.answer, first.answers) == ("red", ("red",))
     assert (second.question_id, second.image_id, second.answer) == ("q-7", 3, "2")
@@ -299,14 +344,55 @@ def test_jsonl_happy_path(tmp_path):
     assert second.extra == {"source": "handmade"}
 
 
-def test_jsonl_image_root_and_absolute_paths(tmp_path):
+def test_jsonl_image_root(tmp_path):
     root = touch_images(tmp_path / "root", "a.jpg")
-    absolute = touch_images(tmp_path / "elsewhere", "z.jpg") / "z.jpg"
+    touch_images(root / "sub", "b.jpg")
     path = jsonl(tmp_path / "vqa.jsonl", {"image": "a.jpg", "question": "Q?"},
-                 {"image": str(absolute), "question": "Q?"})
+                 {"image": "./sub/b.jpg", "question": "Q?"})
     first, second = read_vqa_table(path, image_root=root).samples
-    assert first.image_path == root / "a.jpg" and second.image_path == absolute
+    assert first.image_path == root / "a.jpg" and second.image_path == root / "sub" / "b.jpg"
     assert first.answer is None  # unlabelled rows are allowed (test-style)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize("image", ["../secret.jpg", "sub/../../secret.jpg", "ABSOLUTE", "/etc/passwd", "sub//b.jpg"])
+def test_table_image_paths_stay_inside_the_image_folder(tmp_path, suffix, image):
+    """As the COCO, GQA, NLVR and Karpathy readers do: `..` and absolute paths are refused, even to a file
+    that exists, with one error naming the file, line and field."""
+    root = touch_images(tmp_path / "root", "a.jpg")
+    touch_images(root / "sub", "b.jpg")
+    secret = touch_images(tmp_path, "secret.jpg") / "secret.jpg"
+    image = str(secret) if image == "ABSOLUTE" else image
+    path = tmp_path / f"vqa{suffix}"
+    if suffix == ".jsonl":
+        jsonl(path, {"image": "a.jpg", "question": "Fine?"}, {"image": image, "question": "Q?"})
+    else:
+        write_csv(path, f"image,question\na.jpg,Fine?\n{image},Q?\n")
+    with pytest.raises(DataError, match="image must be a relative path inside the image folder") as info:
+        read_vqa_table(path, image_root=root)
+    line = 2 if suffix == ".jsonl" else 3  # the CSV's header is line 1
+    assert (info.value.path, info.value.line, info.value.field) == (str(path), line, "image")
+    assert "\n" not in str(info.value)
+    result = read_vqa_table(path, image_root=root, on_bad_sample="skip")
+    assert [s.image_path for s in result.samples] == [root / "a.jpg"] and result.skipped.count == 1
+
+
+def test_jsonl_explicit_ids_never_collide_with_line_ids(tmp_path):
+    """Line 1 has no question_id, line 2 says 1 (the line number that line 1 used to get): both are kept."""
+    touch_images(tmp_path, "a.jpg")
+    path = jsonl(tmp_path / "vqa.jsonl", {"image": "a.jpg", "question": "First?"},
+                 {"image": "a.jpg", "question": "Second?", "question_id": 1},
+                 {"image": "a.jpg", "question": "Third?", "question_id": "2"},
+                 {"image": "a.jpg", "question": "Fourth?"})
+    result = read_vqa_jsonl(path)
+    assert [s.question_id for s in result.samples] == ["line-1", 1, "2", "line-4"] and result.skipped.count == 0
+    csv_path = write_csv(tmp_path / "vqa.csv", "image,question,question_id\na.jpg,First?,\na.jpg,Second?,2\n")
+    assert [s.question_id for s in read_vqa_csv(csv_path).samples] == ["line-2", 2]
+    # The one form explicit ids cannot take is the form given to lines without one.
+    reserved = jsonl(tmp_path / "reserved.jsonl", {"image": "a.jpg", "question": "Q?", "question_id": "line-7"})
+    with pytest.raises(DataError, match="question_id 'line-7' has the form given to lines without one") as info:
+        read_vqa_jsonl(reserved)
+    assert info.value.line == 1 and info.value.field == "question_id"
 
 
 @pytest.mark.parametrize("line, match", [
@@ -320,11 +406,23 @@ def test_jsonl_image_root_and_absolute_paths(tmp_path):
     ({"image": "a.jpg", "question": "Q?", "answer": 1}, "answer must be a string"),
     ({"image": "a.jpg", "question": "Q?", "answers": "cat"}, "answers must be a list of strings"),
     ({"image": "a.jpg", "question": "Q?", "question_id": [1]}, "question_id must be an integer or a string"),
-    ({"image": "a.jpg", "question": "Q?", "question_id": 1}, "duplicate question_id 1"),
+    ({"image": "a.jpg", "question": "Q?", "question_id": "line-1"}, "question_id 'line-1' has the form"),
 ])
 def test_jsonl_errors_name_line_and_skip(tmp_path, line, match):
     touch_images(tmp_path, "a.jpg")
     path = jsonl(tmp_path / "vqa.jsonl", {"image": "a.jpg", "question": "Fine?"}, line)
+    assert_reported_on_line_2(path, match)
+
+
+def test_jsonl_duplicate_explicit_ids(tmp_path):
+    touch_images(tmp_path, "a.jpg")
+    path = jsonl(tmp_path / "vqa.jsonl", {"image": "a.jpg", "question": "Fine?", "question_id": 7},
+                 {"image": "a.jpg", "question": "Again?", "question_id": 7})
+    assert_reported_on_line_2(path, "duplicate question_id 7")
+
+
+def assert_reported_on_line_2(path: Path, match: str) -> None:
+    """Line 2 of `path` is bad: raised naming file and line, or skipped alone."""
     with pytest.raises(DataError, match=match) as info:
         read_vqa_jsonl(path)
     assert info.value.line == 2 and str(path) in str(info.value)
@@ -339,7 +437,7 @@ def test_jsonl_non_utf8_line_is_a_bad_sample(tmp_path):
     with pytest.raises(DataError, match="byte 0xc3 at byte offset 32"):
         read_vqa_jsonl(path)
     result = read_vqa_jsonl(path, on_bad_sample="skip")
-    assert [s.question_id for s in result.samples] == [2] and result.skipped.count == 1
+    assert [s.question_id for s in result.samples] == ["line-2"] and result.skipped.count == 1
 
 
 def write_csv(path: Path, text: str) -> Path:
@@ -355,7 +453,7 @@ def test_csv_happy_path(tmp_path):
                      "b.jpg,How many?,,2|two|2,17,5\r\n")
     first, second = read_vqa_table(path).samples
     assert (first.question, first.answer, first.question_id, first.image_id) == \
-        ("Is it red, or blue?", "red", 2, "a.jpg")
+        ("Is it red, or blue?", "red", "line-2", "a.jpg")
     assert (second.answer, second.answers, second.question_id, second.image_id) == \
         ("2", ("2", "two", "2"), 17, 5)
 
@@ -435,6 +533,8 @@ def test_fuzz_vqa_v2_structured(tmp_path, questions, annotations):
     a = write_json(tmp_path / "a.json", {"annotations": [annotations, annotation(1)]})
     touch_images(tmp_path, "COCO_x_000000000001.jpg")
     only_clean_outcomes(lambda p: read_vqa_v2(q, a, on_bad_sample=p))
+    result = read_vqa_v2(q, a, on_bad_sample="skip")
+    assert len(result.samples) + result.skipped.count == 2  # every question kept or counted lost, once
 
 
 @FUZZ

@@ -7,8 +7,9 @@ Written as JSON Lines with the classification fields `image`, `text`, `label`:
 
     python -m vlfuse.data.shapes_classification data/shapes4k [--per-image 6] [--seed 0]
 
-reads data/shapes4k/scenes/{split}_scenes.json and writes data/shapes4k/classification/{split}.jsonl
-(image paths relative to the table, so `vlfuse eval MODEL --data that.jsonl` finds them).
+reads data/shapes4k/scenes/{split}_scenes.json and writes data/shapes4k/classification_{split}.jsonl
+beside images/ (image paths relative to the table and inside its folder, as tables must have them, so
+`vlfuse eval MODEL --data that.jsonl` finds them).
 """
 
 from __future__ import annotations
@@ -41,11 +42,9 @@ def scene_records(scene: dict, image: str, per_image: int, rng: random.Random) -
 
 
 def write_tables(root: str | Path, per_image: int = 6, seed: int = 0) -> dict[str, Path]:
-    """classification/{split}.jsonl for every split whose scenes file exists under `root`."""
+    """classification_{split}.jsonl in `root` for every split whose scenes file exists under it."""
     root = Path(root)
     rng = random.Random(seed)
-    out_dir = root / "classification"
-    out_dir.mkdir(exist_ok=True)
     written = {}
     for split in ("train", "val", "test"):
         scenes_file = root / "scenes" / f"{split}_scenes.json"
@@ -53,8 +52,8 @@ def write_tables(root: str | Path, per_image: int = 6, seed: int = 0) -> dict[st
             continue
         scenes = json.loads(scenes_file.read_text(encoding="utf-8"))["scenes"]
         lines = [json.dumps(r) for scene in scenes
-                 for r in scene_records(scene, f"../images/{split}/{scene['file_name']}", per_image, rng)]
-        target = out_dir / f"{split}.jsonl"
+                 for r in scene_records(scene, f"images/{split}/{scene['file_name']}", per_image, rng)]
+        target = root / f"classification_{split}.jsonl"
         target.write_text("\n".join(lines) + "\n", encoding="utf-8")
         written[split] = target
     if not written:

@@ -58,6 +58,7 @@ class ImageIndex:
         self.encoder = encoder
         self.skipped = skipped or SkipLog("skip")  # bad images met by the last build / add
         self._paths = {item.path for item in items}
+        self._ids = {item.id: item.path for item in items}
 
     # ------------------------------------------------------------------ creating and growing
 
@@ -69,17 +70,23 @@ class ImageIndex:
     def add_vectors(self, vectors: np.ndarray, items: list[Item]) -> None:
         if len(vectors) != len(items):
             raise ValueError(f"{len(vectors)} vectors for {len(items)} items")
+        self._check_new_ids(items)
         if len(items):
             self.index.add(fv.as_matrix(vectors, self.index.d))
             self.items.extend(items)
             self._paths.update(item.path for item in items)
+            self._ids.update((item.id, item.path) for item in items)
 
     def add_images(self, sources: list[tuple[str | int, Path]], batch: int = 64, progress: bool = False) -> int:
         """Embed and add images given as (id, path); paths already indexed are left out. Returns how many
         were added; unreadable images are skipped and recorded in `self.skipped`."""
         encoder = self._encoder()
         self.skipped = SkipLog("skip")
-        fresh = [(i, Path(p).resolve()) for i, p in sources if str(Path(p).resolve()) not in self._paths]
+        by_path: dict[Path, str | int] = {}  # each path once, its first id
+        for image_id, path in sources:
+            by_path.setdefault(Path(path).resolve(), image_id)
+        fresh = [(i, p) for p, i in by_path.items() if str(p) not in self._paths]
+        self._check_new_ids([Item(i, str(p)) for i, p in fresh])  # before any work: all added or none
         added = 0
         starts = range(0, len(fresh), batch)
         for start in track(starts, "Embedding images", total=len(starts), enabled=progress):
@@ -95,6 +102,17 @@ class ImageIndex:
                 self.add_vectors(encoder.embed_image_tensors(torch.stack(tensors)), items)
                 added += len(items)
         return added
+
+    def _check_new_ids(self, items: list[Item]) -> None:
+        """DataError on an image id already indexed or given twice: a hit names its image by id."""
+        new: dict = {}
+        for item in items:
+            first = self._ids.get(item.id, new.get(item.id))
+            if first is not None:
+                raise DataError(f"image id {item.id!r} is given twice, for {first} and {item.path}: each image "
+                                "in an index needs its own id (a folder's images are named by their path inside "
+                                "it: index a folder above both)")
+            new[item.id] = item.path
 
     # ------------------------------------------------------------------ searching
 

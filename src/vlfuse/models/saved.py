@@ -1,5 +1,5 @@
-"""A saved model is a directory: config.yaml, model.safetensors, tokenizer.json, answers.json
-(task vqa only: a retrieval model has no answers).
+"""A saved model is a directory: config.yaml, model.safetensors, tokenizer.json (with its sha256 in
+tokenizer.sha256, checked on load), answers.json (task vqa only: a retrieval model has no answers).
 
 Loading rebuilds the model from the config through the factory and fills in the weights; nothing
 in the directory is executed.
@@ -32,10 +32,12 @@ def save_vocabularies(path: str | Path, config: Config, tokenizer, answers: Answ
     """Everything but the weights: written before training so a resumed run keeps the same ids."""
     import yaml
 
+    from ..data.tokenizer import save_tokenizer
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG).write_text(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    tokenizer.save(str(path / TOKENIZER))
+    save_tokenizer(tokenizer, path / TOKENIZER)  # with its sha256, checked on load
     if answers is not None:
         answers.save(path / ANSWERS)
     return path

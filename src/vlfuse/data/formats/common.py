@@ -28,10 +28,12 @@ class SkipLog:
                               f"got {on_bad_sample!r}")
         self.on_bad_sample = on_bad_sample
         self.skipped: list[DataError] = []
-        self.count = 0  # bad samples skipped (one error may cost several, e.g. a corrupt image's questions)
+        # Samples lost, each counted once: one error may cost several (a corrupt image's questions),
+        # or none (an annotation of no question).
+        self.count = 0
 
     def add(self, error: DataError, samples: int = 1) -> None:
-        """Report a bad sample (or `samples` of them): raised under "error", recorded under "skip"."""
+        """Report a problem that costs `samples` samples: raised under "error", recorded under "skip"."""
         if self.on_bad_sample == "error":
             raise error
         self.skipped.append(error)
@@ -42,7 +44,9 @@ class SkipLog:
         if not self.skipped:
             return "no bad samples skipped"
         noun = "sample" if self.count == 1 else "samples"
-        lines = [f"skipped {self.count} bad {noun}:"]
+        problems = len(self.skipped)
+        found = f" ({problems} problem{'s' if problems > 1 else ''} found)" if problems != self.count else ""
+        lines = [f"skipped {self.count} bad {noun}{found}:"]
         lines += [f"  - {error}" for error in self.skipped[:max_reasons]]
         if len(self.skipped) > max_reasons:
             lines.append(f"  ... and {len(self.skipped) - max_reasons} more")
@@ -121,6 +125,7 @@ def check_question(question: Any, *, max_chars: int = MAX_QUESTION_CHARS, path: 
     if not isinstance(question, str):
         raise DataError(f"question must be a string, got {type(question).__name__}",
                         path=path, line=line, field=field)
+    check_encodable(question, path=path, line=line, field=field)
     question = question.strip()
     if not question:
         raise DataError("empty question", path=path, line=line, field=field)
@@ -128,6 +133,18 @@ def check_question(question: Any, *, max_chars: int = MAX_QUESTION_CHARS, path: 
         raise DataError(f"question too long: {len(question)} characters (max {max_chars})",
                         path=path, line=line, field=field)
     return question
+
+
+def check_encodable(text: str, **where) -> None:
+    """DataError at the first character UTF-8 cannot hold: a byte Python kept undecoded from a
+    command line (surrogateescape) or a lone surrogate from a JSON escape; tokenizers refuse both."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what = (f"byte 0x{code - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+                else f"lone surrogate U+{code:04X}")
+        raise DataError(f"not valid text: a {what} at character {exc.start + 1}", **where) from None
 
 
 def _decode_utf8(data: bytes, path: Path, *, line: int | None, offset: int) -> str:

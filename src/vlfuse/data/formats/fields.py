@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlfuse.data.formats.common import check_question
+from vlfuse.data.formats.common import check_encodable, check_question
 from vlfuse.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
@@ -68,6 +68,7 @@ def text(value: Any, where: Where, what: str) -> str:
     """A non-empty string with surrounding whitespace stripped (captions, answers, labels)."""
     if not isinstance(value, str):
         raise where.error(f"{what} must be a string, got {type(value).__name__}")
+    check_encodable(value, path=where.path, line=where.line, field=where.field)  # a tokenizer would refuse it
     value = value.strip()
     if not value:
         raise where.error(f"empty {what}")
@@ -108,6 +109,19 @@ def plain_name(value: Any, where: Where, what: str) -> str:
             or "\0" in name:
         raise where.error(f"{what} must be a plain file or folder name, got {brief(value)}")
     return name
+
+
+def relative_path(value: Any, where: Where, what: str) -> Path:
+    """A path below the data's image folder, `a/b.jpg`: each part a plain_name (`.` parts dropped), so
+    data cannot reach outside the folder with `..` or an absolute path."""
+    parts = [part for part in value.split("/") if part != "."] if isinstance(value, str) else []
+    if parts and not value.startswith("/"):
+        try:
+            return Path(*(plain_name(part, where, what) for part in parts))
+        except DataError:
+            pass
+    raise where.error(f"{what} must be a relative path inside the image folder (no '..', not absolute), "
+                      f"got {brief(value)}")
 
 
 def number(value: Any, where: Where, what: str) -> float:

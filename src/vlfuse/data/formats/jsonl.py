@@ -1,7 +1,8 @@
 """Reader for simple VQA tables: JSON Lines or CSV, one question per line/row.
 
-Each record has `image` (a path) and `question`, usually `answer`; optionally `answers`,
-`question_id` (default: the line number), `image_id` (default: the image path),
+Each record has `image` (a path inside the image folder: no `..`, not absolute) and `question`,
+usually `answer`; optionally `answers`, `question_id` (default: `line-N`, N the line number; an
+explicit id of that form is refused, so the two never collide), `image_id` (default: the image path),
 `question_type` and `answer_type`. Other keys are kept in `VQASample.extra`. In CSV the
 `answers` cell is `|`-separated, and all-digit ids become integers as they would be in JSON.
 
@@ -13,17 +14,19 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vlfuse.data.formats.common import ReadResult, SkipLog, check_question, iter_jsonl, read_text
-from vlfuse.data.formats.fields import is_file
+from vlfuse.data.formats.fields import Where, is_file, relative_path
 from vlfuse.data.records import VQASample, majority_answer
 from vlfuse.errors import DataError
 
 REQUIRED_COLUMNS = ("image", "question")
 ALIASES = {"question": "text", "answer": "label"}  # classification tables' names for the same fields
+IMPLICIT_ID, IMPLICIT_ID_FORM = "line-{}", re.compile(r"line-\d+")  # the question_id of a line without one
 KNOWN_KEYS = {"image", "question", "answer", "answers", "question_id", "image_id",
               "question_type", "answer_type", *ALIASES.values()}
 
@@ -98,7 +101,7 @@ def _sample_from_record(record: Any, line: int, path: Path, base: Path, check_im
     elif not answers:
         answers = (answer,)
     return VQASample(
-        question_id=_id(record, "question_id", line, line, path),
+        question_id=_question_id(record, line, path),
         image_id=_id(record, "image_id", str(record["image"]), line, path),
         image_path=image_path, question=question, answer=answer, answers=answers,
         question_type=_optional_str(record, "question_type", line, path) or "unknown",
@@ -111,7 +114,7 @@ def _image_path(record: dict, line: int, path: Path, base: Path, check_images: b
     image = _get(record, "image", line, path)
     if not isinstance(image, str) or not image.strip():
         raise DataError("image must be a non-empty path string", path=path, line=line, field="image")
-    image_path = base / image  # an absolute `image` replaces `base`
+    image_path = base / relative_path(image, Where(path, line, "image"), "image")
     if check_images and not is_file(image_path):
         raise DataError(f"image not found: {image_path}", path=path, line=line, field="image")
     return image_path
@@ -144,6 +147,18 @@ def _id(record: dict, key: str, default: int | str, line: int, path: Path) -> in
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise DataError(f"{key} must be an integer or a string, got {type(value).__name__}",
                         path=path, line=line, field=key)
+    return value
+
+
+def _question_id(record: dict, line: int, path: Path) -> int | str:
+    """The record's question_id, else `line-N`: a form refused in the file, so that an explicit id
+    never takes the id of a line that has none."""
+    if record.get("question_id") is None:
+        return IMPLICIT_ID.format(line)
+    value = _id(record, "question_id", line, line, path)
+    if isinstance(value, str) and IMPLICIT_ID_FORM.fullmatch(value):
+        raise DataError(f"question_id {value!r} has the form given to lines without one; choose another id",
+                        path=path, line=line, field="question_id")
     return value
 
 

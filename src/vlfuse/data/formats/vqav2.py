@@ -56,13 +56,16 @@ def read_vqa_v2(questions_json: str | Path, annotations_json: str | Path | None 
     raw_questions = _top_level_list(doc, "questions", questions_json)
     subtype = doc.get("data_subtype") if isinstance(doc.get("data_subtype"), str) else None
     questions, known_ids = _parse_questions(raw_questions, questions_json, skipped)
-    annotations = None
+    annotations, reported = None, set()
     if annotations_json is not None:
-        annotations = _parse_annotations(Path(annotations_json), known_ids, skipped)
+        good_ids = {q.question_id for q in questions}
+        annotations, reported = _parse_annotations(Path(annotations_json), known_ids, good_ids, skipped)
     images = _ImageIndex(Path(image_dir) if image_dir is not None else questions_json.parent,
                          subtype, must_exist=check_images)
     samples = []
     for q in questions:
+        if q.question_id in reported:
+            continue  # its annotation was bad: counted there as this question's loss
         try:
             samples.append(_build_sample(q, annotations, images, check_images, questions_json))
         except DataError as error:
@@ -110,22 +113,34 @@ def _parse_question(entry: dict, index: int, qid: int | str, path: Path) -> _Que
     return _Question(index, qid, image_id, question)
 
 
-def _parse_annotations(path: Path, known_ids: set, skipped: SkipLog) -> dict[int | str, _Annotation]:
-    """Valid annotations by question_id; unknown or duplicate question_ids are bad samples."""
+def _parse_annotations(path: Path, known_ids: set, good_ids: set,
+                       skipped: SkipLog) -> tuple[dict[int | str, _Annotation], set]:
+    """Valid annotations by question_id, and the good questions whose annotation was bad.
+
+    Every problem is reported, but the count is of questions lost, each once: a bad annotation
+    of a good question costs that question (and is not counted again when it is built); an
+    unreadable, unknown or duplicate annotation, or one of a question already reported bad,
+    costs none (a question left without an annotation is counted when it is built).
+    """
     raw = _top_level_list(read_json(path), "annotations", path)
     annotations: dict[int | str, _Annotation] = {}
+    reported: set = set()
     for index, entry in enumerate(raw):
+        lost = 0
         try:
             qid = _entry_id(entry, "annotations", index, path)
             field = f"annotations[{index}].question_id"
-            if qid in annotations:
+            if qid in annotations or qid in reported:
                 raise DataError(f"duplicate annotation for question_id {qid}", path=path, field=field)
             if qid not in known_ids:
                 raise DataError(f"annotation for unknown question_id {qid}", path=path, field=field)
+            lost = int(qid in good_ids)
             annotations[qid] = _parse_annotation(entry, index, qid, path)
         except DataError as error:
-            skipped.add(error)
-    return annotations
+            if lost:
+                reported.add(qid)
+            skipped.add(error, samples=lost)
+    return annotations, reported
 
 
 def _parse_annotation(entry: dict, index: int, qid: int | str, path: Path) -> _Annotation:

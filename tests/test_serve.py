@@ -45,7 +45,12 @@ def image_bytes(shapes_root) -> bytes:
 
 
 def make_client(model_dirs, index=None, **settings) -> TestClient:
-    return TestClient(create_app(Service.load(list(model_dirs), index, ServeSettings(**settings))))
+    return local_client(create_app(Service.load(list(model_dirs), index, ServeSettings(**settings))))
+
+
+def local_client(app) -> TestClient:
+    # as a browser on this machine would call it (TestClient's own host name, "testserver", is refused)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +252,7 @@ def test_concurrent_requests_share_one_forward_pass(trained_run, shapes_root):
 
     service = Service.load([trained_run.model_dir], settings=ServeSettings(max_batch=8, max_wait_ms=300))
     calls = count_forward_calls(service)
-    with TestClient(create_app(service)) as batched:
+    with local_client(create_app(service)) as batched:
         answers = concurrent_answers(batched, images, questions)
     assert len(calls) < len(images) and max(calls) > 1, calls  # fewer passes than requests
     assert sum(calls) == len(images) and service.answer_batcher.batch_sizes == calls
@@ -256,7 +261,7 @@ def test_concurrent_requests_share_one_forward_pass(trained_run, shapes_root):
 
     unbatched = Service.load([trained_run.model_dir], settings=ServeSettings(max_batch=1))
     calls = count_forward_calls(unbatched)
-    with TestClient(create_app(unbatched)) as one_by_one:
+    with local_client(create_app(unbatched)) as one_by_one:
         concurrent_answers(one_by_one, images[:4], questions[:4])
     assert calls == [1, 1, 1, 1]
 
@@ -340,7 +345,7 @@ def test_caption_endpoint_batches_and_matches_the_python_api(captioning_dir, tra
     expected = [captioner.caption(f) for f in files]
     service = Service.load([captioning_dir, trained_run.model_dir], settings=ServeSettings(max_batch=4,
                                                                                            max_wait_ms=300))
-    with TestClient(create_app(service)) as client:
+    with local_client(create_app(service)) as client:
         assert client.get("/health").json()["captioning"]["model_dir"] == str(captioning_dir)
 
         def one(path):

@@ -303,7 +303,8 @@ def test_vlfuse_serve_answers_on_loopback(trained_run, cli_environment, image_by
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "vlfuse.cli", "serve", str(trained_run.model_dir), "--port",
-                               str(port), "--log-level", "warning"], env=cli_environment,
+                               str(port), "--log-level", "warning", "--allowed-host", "vlfuse.lan"],
+                              env=cli_environment,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90
@@ -316,6 +317,8 @@ def test_vlfuse_serve_answers_on_loopback(trained_run, cli_environment, image_by
                     pytest.fail(f"server did not start: {server.stdout.read()}")
                 time.sleep(0.3)
         assert health.json()["vqa"] is not None
+        for host, status in (("vlfuse.lan", 200), ("evil.example", 400)):  # --allowed-host; DNS rebinding
+            assert httpx.get(f"http://127.0.0.1:{port}/health", headers={"host": host}).status_code == status
         answer = httpx.post(f"http://127.0.0.1:{port}/answer", files=upload(image_bytes),
                             data={"question": QUESTION}, timeout=30)
         assert answer.status_code == 200 and answer.json()["answer"]

@@ -143,11 +143,14 @@ def test_a_request_over_its_time_budget_gets_503(trained_run, image_bytes):
         assert client.get("/health").json()["in_progress"]["requests"] == 0
 
 
-def test_serve_settings_are_checked():
+def test_serve_settings_are_checked(cli_main, trained_run):
     with pytest.raises(ConfigError, match="max_pending must be >= 1"):
         ServeSettings(max_pending=0)
     with pytest.raises(ConfigError, match="timeout_s > 0"):
         ServeSettings(timeout_s=0)
+    result = cli_main("serve", trained_run.model_dir, "--max-pending", "0")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "max_pending" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- files, hosts and origins

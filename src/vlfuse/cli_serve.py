@@ -29,8 +29,9 @@ def serve(
     max_megapixels: float = typer.Option(40.0, help="Largest image accepted, by its header (larger: 400)."),
     max_pending: int = typer.Option(128, help="Requests in progress at once; more are answered 503 + Retry-After."),
     timeout_s: float = typer.Option(60.0, help="Time budget of one request; past it, 503 and its queued work dropped."),
-    allowed_host: list[str] = typer.Option([], help="A host name the server answers to, besides localhost and IP "
-                                                    "addresses (repeatable; '*': any). Others get 400 (DNS rebinding)."),
+    allowed_host: list[str] = typer.Option([], help="A host name the server answers to besides localhost and IP "
+                                                    "addresses (repeatable; '*': any); others get 400 (DNS "
+                                                    "rebinding)."),
     cors_origin: list[str] = typer.Option([], help="A web page origin (https://app.example) allowed to call the "
                                                    "API from a browser (repeatable). None by default: CORS closed."),
     image_folder: list[Path] = typer.Option([], help="Folder /images/N may serve from (repeatable; default: the "

@@ -168,6 +168,7 @@ def test_indexed_images_are_served_only_from_the_indexed_folders_and_only_if_ima
         trained_retrieval, private_index, tmp_path):
     items = [json.loads(line) for line in (private_index / "items.jsonl").read_text().splitlines()]
     folder = Path(items[0]["path"]).parent
+    assert json.loads((private_index / "index.json").read_text())["folders"] == [str(folder)]  # recorded at build
     secret = tmp_path / "secret.txt"
     secret.write_text("password=hunter2\n")
     outside_png = tmp_path / "elsewhere.png"

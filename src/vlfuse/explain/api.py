@@ -27,7 +27,8 @@ TOKEN_METHODS = {"gradcam": gradcam, "saliency": saliency, "occlusion": occlusio
 
 @dataclass
 class Explanation:
-    """heatmap and per_word are at the size of the image as given, each a distribution over pixels."""
+    """heatmap and per_word are at the size of the image as given (explain_input: of `shown`), each a
+    distribution over pixels."""
 
     answer: str
     confidence: float
@@ -36,7 +37,7 @@ class Explanation:
     tokens: list[str]  # the question as the model's tokenizer split it
     question: str
     method: str
-    image: np.ndarray  # [H, W, 3] uint8
+    image: np.ndarray  # [H, W, 3] uint8, the picture the maps are painted on
     token_boxes: np.ndarray  # [Nv, 4] boxes of the real image tokens, (x0, y0, x1, y1) in [0, 1]
 
 

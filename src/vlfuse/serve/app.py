@@ -121,9 +121,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/images/{position}", summary="One indexed image (a search hit's position)")
     async def indexed_image(position: int):
-        service.need("index")
-        loop = asyncio.get_running_loop()  # checked on the large lane: a file can be as big as an upload
-        return _image_file(*await loop.run_in_executor(service.decoder.large, service.indexed_image, position))
+        service.need("index")  # checked (decoded) on the large lane: a file can be as big as an upload
+        return _image_file(*await service.decoder.run_large(service.indexed_image, position))
 
     # ---------------------------------------------------------------- VQA
 

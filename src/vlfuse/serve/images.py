@@ -66,9 +66,9 @@ def release_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-def _large(make: Callable[[bytes], T], data: bytes) -> T:
+def _then_release(work: Callable[..., T], *args) -> T:
     try:
-        return make(data)
+        return work(*args)
     finally:
         release_memory()  # the decoded picture is gone by now
 
@@ -87,5 +87,9 @@ class Decoder:
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(self.small, header_pixels, data) <= LARGE_PIXELS:
             return await loop.run_in_executor(self.small, make, data)
-        return await loop.run_in_executor(self.large, _large, make, data)
+        return await self.run_large(make, data)
+
+    async def run_large(self, work: Callable[..., T], *args) -> T:
+        """`work(*args)` on the large lane, the memory it freed handed back after it."""
+        return await asyncio.get_running_loop().run_in_executor(self.large, _then_release, work, *args)
 

@@ -20,7 +20,7 @@ from ..config import load_config
 from ..data.images import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
 from ..data.tokenizer import encode_ids, pad_ids
 from ..data.vqa_dataset import image_to_tensor
-from ..errors import ConfigError, VLFuseError
+from ..errors import ConfigError, ImageError, VLFuseError
 from ..models.saved import CONFIG
 from .batching import MicroBatcher
 from .guard import DEFAULT_HOSTS
@@ -220,8 +220,6 @@ class Service:
         from and decodes as an image (an edited items.jsonl cannot make the server read anything else)."""
         from PIL import Image
 
-        from ..errors import ImageError
-
         index = self.need("index")
         if not 0 <= position < len(index):
             raise NotFound(f"no image {position} in the index (it holds {len(index)})")
@@ -229,6 +227,8 @@ class Service:
         if not any(path.is_relative_to(folder) for folder in self.image_folders):
             raise NotFound(f"indexed image {position} is not served: it lies outside the folders the index was "
                            "built from")
+        if not path.is_file():
+            raise NotFound(f"indexed image {position} is no longer on disk")
         if position not in self.checked_images:
             try:
                 load_image(path, max_pixels=self.settings.max_pixels)

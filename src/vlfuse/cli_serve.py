@@ -65,4 +65,5 @@ def serve(
               if part is not None]
     typer.echo(f"Serving {' + '.join(served)}" + (f" with {len(service.index)} indexed images" if service.index else "")
                + f" on http://{host}:{port}/  (API: http://{host}:{port}/docs)")
+    typer.echo(f"Answering to IP addresses and {', '.join(dict.fromkeys(hosts))} (more names: --allowed-host NAME)")
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level)

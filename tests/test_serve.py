@@ -45,7 +45,12 @@ def image_bytes(shapes_root) -> bytes:
 
 
 def make_client(model_dirs, index=None, **settings) -> TestClient:
-    return TestClient(create_app(Service.load(list(model_dirs), index, ServeSettings(**settings))))
+    return local_client(create_app(Service.load(list(model_dirs), index, ServeSettings(**settings))))
+
+
+def local_client(app) -> TestClient:
+    # as a browser on this machine would call it (TestClient's own host name, "testserver", is refused)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +252,7 @@ def test_concurrent_requests_share_one_forward_pass(trained_run, shapes_root):
 
     service = Service.load([trained_run.model_dir], settings=ServeSettings(max_batch=8, max_wait_ms=300))
     calls = count_forward_calls(service)
-    with TestClient(create_app(service)) as batched:
+    with local_client(create_app(service)) as batched:
         answers = concurrent_answers(batched, images, questions)
     assert len(calls) < len(images) and max(calls) > 1, calls  # fewer passes than requests
     assert sum(calls) == len(images) and service.answer_batcher.batch_sizes == calls
@@ -256,7 +261,7 @@ def test_concurrent_requests_share_one_forward_pass(trained_run, shapes_root):
 
     unbatched = Service.load([trained_run.model_dir], settings=ServeSettings(max_batch=1))
     calls = count_forward_calls(unbatched)
-    with TestClient(create_app(unbatched)) as one_by_one:
+    with local_client(create_app(unbatched)) as one_by_one:
         concurrent_answers(one_by_one, images[:4], questions[:4])
     assert calls == [1, 1, 1, 1]
 
@@ -298,7 +303,8 @@ def test_vlfuse_serve_answers_on_loopback(trained_run, cli_environment, image_by
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "vlfuse.cli", "serve", str(trained_run.model_dir), "--port",
-                               str(port), "--log-level", "warning"], env=cli_environment,
+                               str(port), "--log-level", "warning", "--allowed-host", "vlfuse.lan"],
+                              env=cli_environment,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90
@@ -311,6 +317,8 @@ def test_vlfuse_serve_answers_on_loopback(trained_run, cli_environment, image_by
                     pytest.fail(f"server did not start: {server.stdout.read()}")
                 time.sleep(0.3)
         assert health.json()["vqa"] is not None
+        for host, status in (("vlfuse.lan", 200), ("evil.example", 400)):  # --allowed-host; DNS rebinding
+            assert httpx.get(f"http://127.0.0.1:{port}/health", headers={"host": host}).status_code == status
         answer = httpx.post(f"http://127.0.0.1:{port}/answer", files=upload(image_bytes),
                             data={"question": QUESTION}, timeout=30)
         assert answer.status_code == 200 and answer.json()["answer"]
@@ -340,7 +348,7 @@ def test_caption_endpoint_batches_and_matches_the_python_api(captioning_dir, tra
     expected = [captioner.caption(f) for f in files]
     service = Service.load([captioning_dir, trained_run.model_dir], settings=ServeSettings(max_batch=4,
                                                                                            max_wait_ms=300))
-    with TestClient(create_app(service)) as client:
+    with local_client(create_app(service)) as client:
         assert client.get("/health").json()["captioning"]["model_dir"] == str(captioning_dir)
 
         def one(path):

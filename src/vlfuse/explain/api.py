@@ -27,7 +27,8 @@ TOKEN_METHODS = {"gradcam": gradcam, "saliency": saliency, "occlusion": occlusio
 
 @dataclass
 class Explanation:
-    """heatmap and per_word are at the size of the image as given, each a distribution over pixels."""
+    """heatmap and per_word are at the size of the image as given (explain_input: of `shown`), each a
+    distribution over pixels."""
 
     answer: str
     confidence: float
@@ -36,7 +37,7 @@ class Explanation:
     tokens: list[str]  # the question as the model's tokenizer split it
     question: str
     method: str
-    image: np.ndarray  # [H, W, 3] uint8
+    image: np.ndarray  # [H, W, 3] uint8, the picture the maps are painted on
     token_boxes: np.ndarray  # [Nv, 4] boxes of the real image tokens, (x0, y0, x1, y1) in [0, 1]
 
 
@@ -49,18 +50,32 @@ def explain(model, image, question: str, method: str = "attention", layer: int |
     head in every layer); for every fusion, with no layer or head: "gradcam" (gradient x activation),
     "saliency" (the gradient's norm) or "occlusion" (the answer's loss without each token).
     """
+    check_method(method, layer, head)
+    predictor = model if isinstance(model, Predictor) else load(model)
+    picture = open_image(image)
+    return explain_input(predictor, image_to_tensor(picture, predictor.config.data.image_size), picture, question,
+                         method, layer, head)
+
+
+def check_method(method: str, layer: int | None = None, head: int | None = None) -> None:
     if method not in METHODS:
         raise ExplainError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method in TOKEN_METHODS and (layer is not None or head is not None):
         raise ExplainError(f"layer and head choose attention maps; {method} has neither")
-    predictor = model if isinstance(model, Predictor) else load(model)
+
+
+def explain_input(predictor: Predictor, image: torch.Tensor, shown, question: str, method: str = "attention",
+                  layer: int | None = None, head: int | None = None) -> Explanation:
+    """explain() on an image already made the model's input (uint8 [3, S, S], as image_to_tensor makes it);
+    the maps are painted at the size of `shown` (a PIL RGB image: the picture itself, or a smaller copy of
+    it, which keeps the maps small: a map costs 4 bytes a pixel, and there is one per word)."""
+    check_method(method, layer, head)
     net, config = predictor.model.eval(), predictor.config
-    picture = open_image(image)
     question = check_question(question)
     device = next(net.parameters()).device
     ids, mask = (t.to(device) for t in pad_ids(encode_ids(predictor.tokenizer, [question],
                                                           config.data.max_question_length)))
-    images = image_to_tensor(picture, config.data.image_size).unsqueeze(0).to(device)
+    images = image.unsqueeze(0).to(device)
     if method in TOKEN_METHODS:
         weights, logits, features = TOKEN_METHODS[method](net, images, ids, mask)
     else:
@@ -70,7 +85,7 @@ def explain(model, image, question: str, method: str = "attention", layer: int |
         weights = find(fused.attentions, fusion_name(net), mask, features.mask, layer, head)
     if features.boxes is None:
         raise ExplainError("the image encoder gives no token boxes, so its tokens cannot be placed on the image")
-    size, boxes, real = (picture.height, picture.width), features.boxes[0], features.mask[0]
+    size, boxes, real = (shown.height, shown.width), features.boxes[0], features.mask[0]
     probs = logits[0].float().softmax(-1)
     best = int(probs.argmax())
     per_word = None if weights.per_word is None else paint(weights.per_word[0], boxes, size, real).cpu().numpy()
@@ -78,4 +93,4 @@ def explain(model, image, question: str, method: str = "attention", layer: int |
         answer=predictor.answers[best], confidence=float(probs[best]),
         heatmap=paint(weights.pooled[0], boxes, size, real).cpu().numpy(), per_word=per_word,
         tokens=[predictor.tokenizer.id_to_token(i) or "?" for i in ids[0].tolist()], question=question,
-        method=method, image=np.asarray(picture), token_boxes=boxes[real].detach().cpu().numpy())
+        method=method, image=np.asarray(shown), token_boxes=boxes[real].detach().cpu().numpy())

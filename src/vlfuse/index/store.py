@@ -51,6 +51,9 @@ class Hit:
 
 
 class ImageIndex:
+    recorded_folders: tuple[str, ...] = ()  # the image folders index.json named when loaded
+    loaded_items = 0  # how many items came from disk (those added since are new)
+
     def __init__(self, index, items: list[Item], settings: IndexSettings, fingerprint: str, model_dir: str,
                  encoder: RetrievalEncoder | None = None, skipped: SkipLog | None = None):
         self.index, self.items, self.settings = index, items, settings
@@ -177,6 +180,12 @@ class ImageIndex:
         self.encoder = encoder
         return self
 
+    def image_folders(self) -> list[str]:
+        """The folders of the indexed images as they were built and added: what a server may show. Read from
+        index.json, not from items.jsonl, so an edited items line cannot widen it."""
+        added = {str(Path(item.path).parent) for item in self.items[self.loaded_items:]}
+        return sorted(set(self.recorded_folders) | added)
+
     # ------------------------------------------------------------------ disk
 
     def save(self, out_dir: str | Path) -> Path:
@@ -186,7 +195,8 @@ class ImageIndex:
         (out_dir / ITEMS).write_text("".join(json.dumps({"id": i.id, "path": i.path}, ensure_ascii=False) + "\n"
                                              for i in self.items), encoding="utf-8")
         meta = {"format": FORMAT, "kind": self.settings.kind, "settings": self.settings.as_dict(), "dim": self.dim,
-                "count": len(self.items), "model_fingerprint": self.fingerprint, "model_dir": self.model_dir}
+                "count": len(self.items), "model_fingerprint": self.fingerprint, "model_dir": self.model_dir,
+                "folders": self.image_folders()}
         (out_dir / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return out_dir
 
@@ -216,6 +226,9 @@ class ImageIndex:
                             path=index_dir)
         fv.apply_search_settings(index, settings)
         found = cls(index, items, settings, fingerprint, model_dir)
+        # an index written before folders were recorded: the folders of its items
+        found.recorded_folders = tuple(meta.get("folders") or {str(Path(i.path).parent) for i in items})
+        found.loaded_items = len(items)
         return found if encoder is None else found.attach(encoder, index_dir)
 
 

@@ -10,7 +10,10 @@
     GET  /health, /openapi.json, /docs;  GET / : the web page
 
 Uploads are decoded by vlfuse.data.images (format sniffed from the bytes, never the file name or the
-declared type; size and pixel count bounded). Every error is JSON: {"error": message, "kind": type}.
+declared type; size and pixel count bounded) and cut down to the model's input at once (serve.images).
+Every error is JSON: {"error": message, "kind": type}. Around the routes, outermost first: the Host and
+Origin checks (serve.guard), CORS when enabled, the cap on requests in progress and their time budget,
+and the upload size limit (serve.limits).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -31,11 +33,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.formats.common import check_question
 from ..data.formats.fields import IMAGE_SUFFIXES
-from ..data.images import load_image_bytes
 from ..errors import VLFuseError
-from ..explain.api import METHODS
+from ..explain.api import METHODS, check_method
 from ..index.encoder import check_text
-from .limits import BodyLimit, error_body, status_of
+from .guard import RequestGuard
+from .limits import BodyLimit, InProgress, WorkLimit, error_body, status_of
 from .service import CaptionRequest, ImageQuery, NotServed, Question, Service, TextQuery
 
 MAX_EXAMPLES = 24
@@ -47,11 +49,6 @@ class SearchRequest(BaseModel):
     rerank: bool = Field(False, description="Re-score the top k with the model's matching (ITM) head.")
 
 
-def _decode(data: bytes, service: Service):
-    # bounded by the upload limit already; the pixel bound still stops decompression bombs
-    return load_image_bytes(data, name="image", max_bytes=service.settings.max_upload_bytes)
-
-
 def _examples(service: Service) -> list[Path]:
     folder = service.settings.examples
     if folder is None:
@@ -59,8 +56,9 @@ def _examples(service: Service) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:MAX_EXAMPLES]
 
 
-def _image_file(path: Path) -> FileResponse:
-    return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+def _image_file(path: Path, media_type: str | None = None) -> FileResponse:
+    media_type = media_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
 
 def create_app(service: Service) -> FastAPI:
@@ -76,6 +74,7 @@ def create_app(service: Service) -> FastAPI:
                   description="Visual question answering, explanations and image retrieval with vlfuse models.")
     app.state.service = service
     examples = _examples(service)
+    in_progress = InProgress(service.settings.max_pending)
 
     # ---------------------------------------------------------------- errors, all JSON
 
@@ -107,7 +106,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/health", summary="What this server serves")
     async def health():
-        return {**service.health(), "examples": len(examples)}
+        return {**service.health(), "examples": len(examples),
+                "in_progress": {"requests": in_progress.count, "limit": in_progress.limit}}
 
     @app.get("/examples", summary="Example images for the page")
     async def list_examples():
@@ -121,13 +121,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/images/{position}", summary="One indexed image (a search hit's position)")
     async def indexed_image(position: int):
-        index = service.need("index")
-        if not 0 <= position < len(index):
-            raise StarletteHTTPException(404, f"no image {position} in the index (it holds {len(index)})")
-        path = Path(index.items[position].path)
-        if not path.is_file():
-            raise StarletteHTTPException(404, f"indexed image {position} is no longer on disk: {path}")
-        return _image_file(path)
+        service.need("index")  # checked (decoded) on the large lane: a file can be as big as an upload
+        return _image_file(*await service.decoder.run_large(service.indexed_image, position))
 
     # ---------------------------------------------------------------- VQA
 
@@ -137,25 +132,26 @@ def create_app(service: Service) -> FastAPI:
         service.need("vqa")
         question = check_question(question)
         service.check_k(top_k, "top_k")
-        picture = await run_in_threadpool(_decode, await image.read(), service)
-        return await service.answer_batcher.submit(Question(service.vqa_image(picture), question, top_k))
+        picture = await service.model_input(await image.read(), "vqa")
+        return await service.answer_batcher.submit(Question(picture, question, top_k))
 
     @app.post("/explain", summary="Answer and show where in the image the answer came from")
     async def explain(image: Annotated[UploadFile, File()], question: Annotated[str, Form()] = "",
                       method: Annotated[str, Form(description=", ".join(METHODS))] = "attention"):
         service.need("vqa")
         question = check_question(question)
-        picture = await run_in_threadpool(_decode, await image.read(), service)
+        check_method(method)
+        picture, shown = await service.explain_input(await image.read())
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(service.executor, service.explain, picture, question, method)
+        return await loop.run_in_executor(service.executor, service.explain, picture, shown, question, method)
 
     # ---------------------------------------------------------------- captioning
 
     @app.post("/caption", summary="Describe an uploaded image")
     async def caption(image: Annotated[UploadFile, File()]):
         service.need("captioning")
-        picture = await run_in_threadpool(_decode, await image.read(), service)
-        return await service.caption_batcher.submit(CaptionRequest(service.caption_image(picture)))
+        picture = await service.model_input(await image.read(), "captioning")
+        return await service.caption_batcher.submit(CaptionRequest(picture))
 
     # ---------------------------------------------------------------- retrieval
 
@@ -163,10 +159,9 @@ def create_app(service: Service) -> FastAPI:
     async def match(image: Annotated[UploadFile, File()], text: Annotated[str, Form()] = ""):
         service.need("retrieval")
         text = check_text(text)
-        picture = await run_in_threadpool(_decode, await image.read(), service)
+        picture = await service.model_input(await image.read(), "retrieval")
         loop = asyncio.get_running_loop()
-        return {"text": text, **await loop.run_in_executor(service.executor, service.match,
-                                                           service.retrieval_image(picture), text)}
+        return {"text": text, **await loop.run_in_executor(service.executor, service.match, picture, text)}
 
     def _with_urls(hits: list[dict]) -> list[dict]:
         # the image's URL on this server instead of its path on the server's disk
@@ -186,10 +181,19 @@ def create_app(service: Service) -> FastAPI:
     async def search_image(image: Annotated[UploadFile, File()], k: Annotated[int, Form()] = 10):
         service.need("index")
         service.check_k(k)
-        picture = await run_in_threadpool(_decode, await image.read(), service)
-        hits = await service.image_batcher.submit(ImageQuery(service.retrieval_image(picture), k))
+        picture = await service.model_input(await image.read(), "retrieval")
+        hits = await service.image_batcher.submit(ImageQuery(picture, k))
         return {"results": _with_urls(hits)}
 
-    # around the routes and their body parsing, so an oversized upload is never read whole
-    app.add_middleware(BodyLimit, max_bytes=service.settings.max_upload_bytes)
+    # around the routes and their body parsing (the last added runs first): an oversized upload is never
+    # read whole, and a refused request (busy, wrong Host, foreign Origin) is not read at all
+    settings = service.settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(WorkLimit, in_progress=in_progress, timeout_s=settings.timeout_s)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins)
     return app

@@ -1,10 +1,14 @@
-"""Every error as JSON, and the upload size limit (413) enforced on the bytes as they arrive."""
+"""Every error as JSON; the upload size limit (413) enforced on the bytes as they arrive; the cap on
+requests in progress and their time budget (503 + Retry-After)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from ..errors import VLFuseError
+
+UNCOUNTED = ("/health",)  # answered from memory: a busy server still says what it serves
 
 
 def error_body(message: str, kind: str) -> dict:
@@ -12,9 +16,18 @@ def error_body(message: str, kind: str) -> dict:
 
 
 def status_of(exc: VLFuseError) -> int:
-    from .service import NotServed
+    from .service import NotFound, NotServed
 
-    return 404 if isinstance(exc, NotServed) else 400
+    return 404 if isinstance(exc, (NotServed, NotFound)) else 400
+
+
+async def send_json(send, status: int, body: dict, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """A whole JSON response from ASGI middleware, before (or instead of) the app."""
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
 
 
 class BodyLimit:
@@ -33,11 +46,7 @@ class BodyLimit:
                           "UploadTooLarge")
 
     async def _send_413(self, send, body: dict) -> None:
-        data = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": data})
+        await send_json(send, 413, body, ((b"connection", b"close"),))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -66,3 +75,52 @@ class BodyLimit:
             await send(message)
 
         await self.app(scope, counted_receive, guarded_send)
+
+
+class InProgress:
+    """How many requests are in progress, against the cap; shared by WorkLimit and /health."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count = limit, 0
+
+
+class WorkLimit:
+    """ASGI middleware: at most `in_progress.limit` requests in progress (reading, decoding, queued or
+    running) and `timeout_s` for each; past either, 503 with Retry-After.
+
+    A request over the cap is refused before its body is read, so a burst costs the server nothing
+    but the refusals. A request over its time budget is cancelled: its queued work is dropped (a
+    micro-batch skips cancelled requests, a decoding lane cancelled jobs), and the client hears 503
+    instead of waiting on.
+    """
+
+    def __init__(self, app, in_progress: InProgress, timeout_s: float, retry_after_s: int = 1):
+        self.app, self.in_progress, self.timeout_s = app, in_progress, timeout_s
+        self.retry_after = (b"retry-after", str(retry_after_s).encode())
+
+    async def _busy(self, send, message: str) -> None:
+        await send_json(send, 503, error_body(message, "Busy"), (self.retry_after,))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in UNCOUNTED:
+            return await self.app(scope, receive, send)
+        load = self.in_progress
+        if load.count >= load.limit:
+            return await self._busy(send, f"the server is busy ({load.count} requests in progress, its limit): "
+                                          "retry shortly")
+        load.count += 1
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, tracked_send), self.timeout_s)
+        except TimeoutError:
+            if not started:  # else the answer was already on its way: nothing more can be said
+                await self._busy(send, f"not answered within the server's time budget of {self.timeout_s:g} s: "
+                                       "retry shortly")
+        finally:
+            load.count -= 1

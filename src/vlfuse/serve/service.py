@@ -1,8 +1,10 @@
 """What the server serves, without the HTTP: the loaded models, their batched work, their answers.
 
 One server holds at most one model of each task it serves: a VQA model, a captioning model, a
-retrieval model (+ optionally the index it built). Model work runs on one model thread: forward passes never overlap (nor compete for the
-CPU's cores), and Grad-CAM's hooks never meet a concurrent forward pass.
+retrieval model (+ optionally the index it built). Model work runs on one model thread: forward passes
+never overlap (nor compete for the CPU's cores), and Grad-CAM's hooks never meet a concurrent forward
+pass. Uploads are decoded on their own bounded lanes (vlfuse.serve.images) and leave them as model
+inputs, so what waits in a queue is small whatever was uploaded.
 """
 
 from __future__ import annotations
@@ -15,17 +17,24 @@ import numpy as np
 import torch
 
 from ..config import load_config
+from ..data.images import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
 from ..data.tokenizer import encode_ids, pad_ids
 from ..data.vqa_dataset import image_to_tensor
-from ..errors import ConfigError, VLFuseError
+from ..errors import ConfigError, ImageError, VLFuseError
 from ..models.saved import CONFIG
 from .batching import MicroBatcher
+from .guard import DEFAULT_HOSTS
+from .images import Decoder, fit_within
 
 SERVED_TASKS = ("vqa", "captioning", "retrieval")
 
 
 class NotServed(VLFuseError):
     """The request needs a model (or an index) this server was not started with."""
+
+
+class NotFound(VLFuseError):
+    """No such thing to serve (an indexed image out of range, gone, outside the indexed folders, not an image)."""
 
 
 @dataclass
@@ -35,6 +44,23 @@ class ServeSettings:
     max_upload_bytes: int = 10 * 2**20
     max_k: int = 100
     examples: Path | None = None  # a folder of example images for the page
+    max_pixels: int = DEFAULT_MAX_PIXELS  # an upload with more pixels (by its header) is refused before decoding
+    max_pending: int = 128  # requests in progress at once (reading, decoding, queued, running); more: 503
+    timeout_s: float = 60.0  # a request not answered by then: 503, its queued work dropped
+    decode_threads: int = 2  # the small-image decoding lane (large images have one thread of their own)
+    allowed_hosts: tuple[str, ...] = DEFAULT_HOSTS  # Host names answered besides IP addresses ("*": any)
+    cors_origins: tuple[str, ...] = ()  # pages of other origins allowed to call the API (CORS)
+    image_folders: tuple[Path, ...] = ()  # /images serves files inside these (default: the index's folders)
+
+    def __post_init__(self):
+        at_least = {"max_batch": 1, "max_upload_bytes": 1, "max_k": 1, "max_pixels": 1, "max_pending": 1,
+                    "decode_threads": 1}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"serve setting {name} must be >= {low}, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.timeout_s <= 0:
+            raise ConfigError(f"serve settings max_wait_ms must be >= 0 and timeout_s > 0, got {self.max_wait_ms} "
+                              f"and {self.timeout_s}")
 
 
 @dataclass
@@ -85,6 +111,10 @@ class Service:
             raise ConfigError("an index is searched with the retrieval model that built it: give that model too")
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlfuse-model")
         s = self.settings
+        self.decoder = Decoder(s.decode_threads)
+        folders = s.image_folders or (self.index.image_folders() if self.index is not None else ())
+        self.image_folders = tuple(Path(f).resolve() for f in folders)
+        self.checked_images: dict[int, str] = {}  # position -> media type, once it decoded
         self.answer_batcher = MicroBatcher(self.answer_batch, self.executor, s.max_batch, s.max_wait_ms)
         self.text_batcher = MicroBatcher(self.search_text_batch, self.executor, s.max_batch, s.max_wait_ms)
         self.image_batcher = MicroBatcher(self.search_image_batch, self.executor, s.max_batch, s.max_wait_ms)
@@ -164,16 +194,49 @@ class Service:
                                                          self.batchers)}},
                 "max_upload_bytes": self.settings.max_upload_bytes}
 
-    # ------------------------------------------------------------------ inputs
+    # ------------------------------------------------------------------ inputs (on the decoding lanes)
 
-    def vqa_image(self, picture) -> torch.Tensor:
-        return image_to_tensor(picture, self.need("vqa").config.data.image_size)
+    def decode(self, data: bytes):
+        return load_image_bytes(data, name="image", max_bytes=self.settings.max_upload_bytes,
+                                max_pixels=self.settings.max_pixels)
 
-    def caption_image(self, picture) -> torch.Tensor:
-        return image_to_tensor(picture, self.need("captioning").config.data.image_size)
+    async def model_input(self, data: bytes, task: str) -> torch.Tensor:
+        """An upload decoded and resized at once to the input of `task`'s model: uint8 [3, S, S]."""
+        size = self.need(task).config.data.image_size
+        return await self.decoder.run(data, lambda d: image_to_tensor(self.decode(d), size))
 
-    def retrieval_image(self, picture) -> torch.Tensor:
-        return image_to_tensor(picture, self.need("retrieval").config.data.image_size)
+    async def explain_input(self, data: bytes):
+        """The VQA model's input and a copy of the picture small enough to paint heatmaps on."""
+        size = self.need("vqa").config.data.image_size
+
+        def make(d: bytes):
+            picture = self.decode(d)
+            return image_to_tensor(picture, size), fit_within(picture)
+
+        return await self.decoder.run(data, make)
+
+    def indexed_image(self, position: int) -> tuple[Path, str]:
+        """The file of an indexed image and its media type, if it lies inside a folder the index was built
+        from and decodes as an image (an edited items.jsonl cannot make the server read anything else)."""
+        from PIL import Image
+
+        index = self.need("index")
+        if not 0 <= position < len(index):
+            raise NotFound(f"no image {position} in the index (it holds {len(index)})")
+        path = Path(index.items[position].path).resolve()
+        if not any(path.is_relative_to(folder) for folder in self.image_folders):
+            raise NotFound(f"indexed image {position} is not served: it lies outside the folders the index was "
+                           "built from")
+        if not path.is_file():
+            raise NotFound(f"indexed image {position} is no longer on disk")
+        if position not in self.checked_images:
+            try:
+                load_image(path, max_pixels=self.settings.max_pixels)
+                with Image.open(path) as image:
+                    self.checked_images[position] = Image.MIME.get(image.format, "application/octet-stream")
+            except (ImageError, OSError) as exc:
+                raise NotFound(f"indexed image {position} is not served: {getattr(exc, 'reason', exc)}") from None
+        return path, self.checked_images[position]
 
     def check_k(self, k: int, name: str = "k") -> int:
         if not 1 <= k <= self.settings.max_k:
@@ -234,11 +297,12 @@ class Service:
         return {"similarity": float(image_emb[0] @ encoder.embed_texts([text])[0]), "match_log_odds": None,
                 "match_probability": None}
 
-    def explain(self, picture, question: str, method: str) -> dict:
-        from ..explain import explain
+    def explain(self, image: torch.Tensor, shown, question: str, method: str) -> dict:
+        """image: the model's input; shown: the (small) picture the heatmap is painted on."""
+        from ..explain.api import explain_input
         from .heatmap import heatmap_png_base64
 
-        result = explain(self.vqa, picture, question, method=method)
+        result = explain_input(self.vqa, image, shown, question, method=method)
         return {"question": result.question, "answer": result.answer, "confidence": result.confidence,
                 "method": result.method, "tokens": result.tokens,
                 "heatmap_png": heatmap_png_base64(result.image, result.heatmap)}

@@ -93,11 +93,14 @@ def train(
         loaded.train.init = str(init)
     result = run_training(loaded, resume=resume)
     if result.interrupted:
-        typer.echo(f"Interrupted. Continue with: vlfuse train {config} --resume", err=True)
+        typer.echo(f"Interrupted: {result.note}. Continue with: vlfuse train {config} --resume", err=True)
         raise typer.Exit(130)
     typer.echo(f"Model saved to {result.model_dir} ({result.wall_seconds:.0f} s)")
     if result.test_metrics:
         _print_metrics(result.test_metrics)
+    if result.note:  # the last line: a time cap cut the run short
+        more = " --set train.max_minutes=MORE" if result.stopped_by == "time cap" else ""
+        typer.echo(f"{result.note}; continue it with: vlfuse train {config} --resume{more}")
 
 
 @app.command()

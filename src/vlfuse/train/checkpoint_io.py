@@ -20,6 +20,19 @@ from ..errors import DataError
 _META_KEY = "vlfuse_checkpoint"
 
 
+class CheckpointWriteError(DataError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse to store weights that hold NaN or infinity: such a model answers nothing."""
+    bad = [name for name, t in tensors.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise DataError(f"not saving {what}: {len(bad)} weight tensors hold NaN or infinity (first: {bad[0]}); "
+                        "training diverged: try a lower train.lr")
+
+
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         name = f"t{len(tensors)}"
@@ -60,8 +73,14 @@ def save_checkpoint_file(checkpoint: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(skeleton)})
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    try:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(skeleton)})
+        os.replace(tmp, path)  # a kill or a full disk mid-write leaves the previous checkpoint intact
+    except Exception as exc:  # OSError, or safetensors' own error wrapping one (e.g. no space left)
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        kept = "; the previous checkpoint is kept" if path.is_file() else ""
+        raise CheckpointWriteError(f"could not write the checkpoint: {reason}{kept}", path=path) from None
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = None) -> dict:
@@ -87,6 +106,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = None) -> dict:
 
 class SafetensorsCheckpointIO(CheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        check_finite(checkpoint.get("state_dict", {}), f"checkpoint {path}")
         save_checkpoint_file(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:

@@ -85,7 +85,12 @@ class RunControl(L.Callback):
         if trainer.strategy.reduce_boolean_decision(reason is not None, all=False) and step < self.planned_steps:
             self.stopped_by = reason or INTERRUPTED
             trainer.should_stop = True
-            trainer.save_checkpoint(self.last)  # the state a --resume continues from
+            trainer.save_checkpoint(self.last, weights_only=False)  # the state a --resume continues from
+            # No extra validation on the way out (an epoch's end still has its own): the log then holds
+            # what the uninterrupted run's holds.
+            epoch_loop = trainer.fit_loop.epoch_loop
+            if not epoch_loop.batch_progress.is_last_batch:
+                epoch_loop._skip_next_val = True
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._previous_handler is not None:

@@ -266,6 +266,8 @@ def fit(trainer: L.Trainer, prepared: Prepared, ckpt_path: Path | None) -> None:
         # A config without a val split; frozen pretrained encoders, which stay in eval mode on purpose.
         warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+        # A resumed run's earlier log is set aside first (RunDirs.set_logs_aside), so nothing is lost.
+        warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted.*")
         trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
 
 

@@ -68,7 +68,8 @@ def run_demo(out: Path, images: int = 4000, seed: int = 0, overrides: list[str] 
                  "truth": r["truth"], "confidence": r["confidence"]} for r in pick_examples(records)]
     return write_report(out, title="vlfuse demo: VQA on the built-in shapes benchmark", metrics=metrics,
                         examples=examples, metrics_csv=run_dir / "logs" / "metrics.csv", info=info,
-                        notes=[run["note"]] if run.get("note") else [])
+                        notes=[f"{run['note']}; run the demo again to continue it (raise the cap with --set "
+                               "train.max_minutes=...)"] if run.get("note") else [])
 
 
 def training_line(run: dict) -> str:

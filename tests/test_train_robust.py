@@ -131,6 +131,9 @@ def test_cli_says_the_time_cap_cut_training(shapes_root, write_config, cli_main,
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith(f"stopped by the time cap at step 1 of {STEPS}: the model is undertrained")
     assert "--resume" in last
+    # Evaluating that model later says so too.
+    evaluated = cli_main("eval", tmp_path / "run" / "model")
+    assert evaluated.returncode == 0 and "stopped by the time cap at step 1" in evaluated.stdout
 
 
 # --------------------------------------------------------------------------- #17.6: bit-identical resume

@@ -121,7 +121,7 @@ def pretrain(
     loaded.task = "pretrain"
     result = run_training(loaded, resume=resume)
     if result.interrupted:
-        typer.echo(f"Interrupted. Continue with: vlfuse pretrain {config} --resume", err=True)
+        typer.echo(f"Interrupted: {result.note}. Continue with: vlfuse pretrain {config} --resume", err=True)
         raise typer.Exit(130)
     typer.echo(f"Pre-trained encoders + fusion saved to {result.model_dir} ({result.wall_seconds:.0f} s); "
                f"fine-tune with: vlfuse train CONFIG --init {result.model_dir}")
@@ -242,6 +242,10 @@ def eval_(
         config.data = load_config(data, set_ or []).data
     metrics = evaluate_split(model_dir, config, split, out or model_dir.parent / f"eval_{split}.json")
     _print_metrics(metrics)
+    run_json = model_dir.parent / "run.json"  # the training run that wrote this model, when beside it
+    note = json.loads(run_json.read_text(encoding="utf-8")).get("note") if run_json.is_file() else None
+    if note:
+        typer.echo(f"note: this model's training was {note}")
 
 
 @app.command()

@@ -242,7 +242,7 @@ RANGES = {
     "train.num_workers": _NON_NEGATIVE, "train.log_every_n_steps": _AT_LEAST_1,
     "train.checkpoint_every_n_steps": _AT_LEAST_1, "train.progress_every_n_steps": _NON_NEGATIVE,
     "data.image_size": (8, None, True), "data.max_question_length": _AT_LEAST_1, "data.max_answers": _AT_LEAST_1,
-    "data.train_fraction": _SHARE, "data.shuffle_buffer": _AT_LEAST_1, "model.dim": _AT_LEAST_1,
+    "data.train_fraction": _SHARE, "data.shuffle_buffer": _NON_NEGATIVE, "model.dim": _AT_LEAST_1,
     "retrieval.itm_weight": _NON_NEGATIVE, "retrieval.hinge_weight": _NON_NEGATIVE,
     "retrieval.hinge_margin": _NON_NEGATIVE, "retrieval.negatives_temperature": _NON_NEGATIVE,
     "retrieval.rerank_k": _NON_NEGATIVE, "retrieval.eval_batch": _AT_LEAST_1,

@@ -44,7 +44,7 @@ class RunControl(L.Callback):
         self.stopped_by: str | None = None
         self.planned_steps = 0
         self._elapsed_before, self._checkpoint_lr = 0.0, None  # from a resumed run's checkpoint
-        self._start = self._clock_step = self._clock = None
+        self._start = self._end = self._clock_step = self._clock = None
         self._sigint, self._previous_handler = False, None
 
     # -- state carried in last.ckpt
@@ -56,7 +56,9 @@ class RunControl(L.Callback):
 
     def elapsed(self) -> float:
         """Training seconds so far, the earlier parts of a resumed run included."""
-        return self._elapsed_before + (0.0 if self._start is None else time.monotonic() - self._start)
+        if self._start is None:
+            return self._elapsed_before
+        return self._elapsed_before + (self._end or time.monotonic()) - self._start
 
     # -- hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -72,7 +74,8 @@ class RunControl(L.Callback):
         seed_step(self.seed, trainer.global_step, trainer.global_rank)
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss.detach()).all():
+        # Every process stops together (one waiting in backward's all-reduce would hang).
+        if trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss.detach()).all().item(), all=False):
             raise TrainingDiverged(self._divergence_message(trainer, loss))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
@@ -91,6 +94,9 @@ class RunControl(L.Callback):
             epoch_loop = trainer.fit_loop.epoch_loop
             if not epoch_loop.batch_progress.is_last_batch:
                 epoch_loop._skip_next_val = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end = time.monotonic()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._previous_handler is not None:

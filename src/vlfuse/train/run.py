@@ -215,11 +215,11 @@ class CheckpointOnCrash(L.pytorch.callbacks.OnExceptionCheckpoint):
         pass
 
 
-def make_trainer(config: Config, run: RunDirs, progress: bool, control: RunControl) -> L.Trainer:
+def make_trainer(config: Config, run: RunDirs, progress: bool, control: RunControl | None = None) -> L.Trainer:
     """Lightning's Trainer for this run; a device setup Lightning refuses (e.g. FSDP on a CPU) is a
     one-line config error naming the keys."""
     try:
-        return _trainer(config, run, progress, control)
+        return _trainer(config, run, progress, control or RunControl(config, run.last, progress))
     except (ValueError, MisconfigurationException) as error:
         t = config.train
         raise ConfigError(f"train.accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, "

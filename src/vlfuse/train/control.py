@@ -35,6 +35,8 @@ class TrainingDiverged(VLFuseError):
 
 
 class RunControl(L.Callback):
+    """The callback described above; `stopped_by` and `planned_steps` tell `train` how the run ended."""
+
     def __init__(self, config: Config, last: Path, progress: bool):
         t = config.train
         self.seed, self.lr, self.last = config.seed, t.lr, last
@@ -71,7 +73,7 @@ class RunControl(L.Callback):
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        seed_step(self.seed, trainer.global_step, trainer.global_rank)
+        seed_step(self.seed, trainer.global_step, trainer.global_rank, pl_module.device)
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         # Every process stops together (one waiting in backward's all-reduce would hang).
@@ -135,10 +137,14 @@ def stop_summary(stopped_by: str | None, steps: int, planned: int) -> str | None
     return f"stopped by {why} at step {steps} of {planned}: the model is undertrained"
 
 
-def seed_step(seed: int, step: int, rank: int) -> None:
-    """Seed torch, numpy and random from (seed, step, rank): a step's draws never depend on the past."""
+def seed_step(seed: int, step: int, rank: int, device: torch.device = torch.device("cpu")) -> None:
+    """Seed torch (CPU and the training device), numpy and random from (seed, step, rank): a step's
+    draws never depend on the past. Not torch.manual_seed, which queues a seed for every backend on
+    each call (0.4 ms a step)."""
     value = (seed * 1_000_003 + step * 1_009 + rank) % 2**32
-    torch.manual_seed(value)
+    torch.random.default_generator.manual_seed(value)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(value)
     np.random.seed(value)
     random.seed(value)
 

@@ -224,6 +224,28 @@ def test_resume_after_divergence_continues_from_the_last_finite_checkpoint(shape
     assert all(torch.isfinite(t).all() for t in weights(out).values())
 
 
+def test_weights_that_turn_non_finite_are_never_checkpointed(shapes_root, write_config, cli_main, tmp_path,
+                                                              monkeypatch):
+    from vlfuse.train import module
+    from vlfuse.train.checkpoint_io import load_checkpoint_file
+
+    step = module.VQAModule.training_step
+
+    def poison_a_weight_at_step_2(self, batch, batch_idx):
+        loss = step(self, batch, batch_idx)  # finite: only the weights go bad
+        if self.global_step == 2:
+            with torch.no_grad():
+                next(self.parameters()).view(-1)[0] = float("inf")
+        return loss
+
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", shapes_root, out)  # a checkpoint every step
+    monkeypatch.setattr(module.VQAModule, "training_step", poison_a_weight_at_step_2)
+    assert_one_line_error(cli_main("train", config), "not saving a checkpoint", "NaN or infinity", "train.lr")
+    monkeypatch.undo()
+    assert load_checkpoint_file(out / "checkpoints" / "last.ckpt")["global_step"] == 2  # the last finite one
+
+
 # --------------------------------------------------------------------------- #17.4: one run per out_dir
 
 @pytest.fixture

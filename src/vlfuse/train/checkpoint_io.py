@@ -24,15 +24,6 @@ class CheckpointWriteError(DataError):
     """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
 
 
-def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Refuse to store weights that hold NaN or infinity: such a model answers nothing."""
-    bad = [name for name, t in tensors.items()
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise DataError(f"not saving {what}: {len(bad)} weight tensors hold NaN or infinity (first: {bad[0]}); "
-                        "training diverged: try a lower train.lr")
-
-
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         name = f"t{len(tensors)}"
@@ -106,7 +97,6 @@ def load_checkpoint_file(path: str | Path, map_location: Any = None) -> dict:
 
 class SafetensorsCheckpointIO(CheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        check_finite(checkpoint.get("state_dict", {}), f"checkpoint {path}")
         save_checkpoint_file(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:

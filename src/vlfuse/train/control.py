@@ -34,6 +34,14 @@ class TrainingDiverged(VLFuseError):
     """The loss became NaN or infinite: the run stops before the model takes the step."""
 
 
+def check_finite(module: torch.nn.Module, what: str) -> None:
+    """Refuse to store weights (parameters) that hold NaN or infinity: such a model answers nothing."""
+    bad = [name for name, p in module.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise TrainingDiverged(f"not saving {what}: {len(bad)} weight tensors hold NaN or infinity (first: "
+                               f"{bad[0]}); training diverged: try a lower train.lr")
+
+
 class RunControl(L.Callback):
     """The callback described above; `stopped_by` and `planned_steps` tell `train` how the run ended."""
 
@@ -96,6 +104,9 @@ class RunControl(L.Callback):
             epoch_loop = trainer.fit_loop.epoch_loop
             if not epoch_loop.batch_progress.is_last_batch:
                 epoch_loop._skip_next_val = True
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        check_finite(pl_module, "a checkpoint")  # the one on disk stays the last finite one
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._end = time.monotonic()

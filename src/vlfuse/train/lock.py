@@ -70,9 +70,13 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
     if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
         yield
         return
-    lock = acquire(Path(out_dir))
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    lock = acquire(out_dir)
     try:
         yield
     finally:
         if _owner(lock)[0] == os.getpid():
             lock.unlink(missing_ok=True)
+        if created and not any(out_dir.iterdir()):  # a run refused at once leaves no empty folder behind
+            out_dir.rmdir()

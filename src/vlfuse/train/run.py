@@ -32,8 +32,8 @@ from ..data.vqa_stream import StreamedVQADataset, check_stream
 from ..errors import ConfigError, DataError
 from ..models.factory import build_model, text_tokenizer_file
 from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
-from .checkpoint_io import CheckpointWriteError, SafetensorsCheckpointIO, check_finite
-from .control import INTERRUPTED, RunControl, TrainingDiverged, stop_summary
+from .checkpoint_io import CheckpointWriteError, SafetensorsCheckpointIO
+from .control import INTERRUPTED, RunControl, TrainingDiverged, check_finite, stop_summary
 from .freeze import KeepFrozenInEval, freeze
 from .lock import out_dir_lock
 from .module import VQAModule
@@ -366,7 +366,7 @@ def prepare_run(config: Config, run: RunDirs, resume: bool, progress: bool) -> P
 
 def save_model(prepared: Prepared, run: RunDirs) -> None:
     """Export the trained model; never a non-finite one, and a full disk is one line naming the folder."""
-    check_finite(dict(prepared.module.state_dict()), f"the model to {run.model_dir}")
+    check_finite(prepared.module, f"the model to {run.model_dir}")
     try:
         prepared.save()
     except OSError as exc:

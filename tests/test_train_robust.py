@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import vlfuse.train.run  # noqa: F401 - Lightning's log handler must bind to the real stderr, not a test's capture
 from helpers import assert_one_line_error, read_json
 
 STEPS = 8  # 2 epochs x 4 steps

@@ -505,7 +505,8 @@ def test_training_into_a_finished_run_without_resume_is_refused(trained_run, wri
 
 
 def test_finished_run_keeps_no_checkpoint_to_resume(trained_run):
-    """A finished run leaves no last.ckpt behind (OnExceptionCheckpoint removes it), hence the run.json guard."""
+    """A finished run leaves no last.ckpt behind (train removes it once the planned steps are done), hence the
+    run.json guard."""
     assert not (trained_run.out_dir / "checkpoints" / "last.ckpt").exists()
 
 

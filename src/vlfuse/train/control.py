@@ -145,7 +145,8 @@ def stop_summary(stopped_by: str | None, steps: int, planned: int) -> str | None
     if stopped_by is None and steps >= planned:
         return None
     why = {TIME_CAP: "the time cap", INTERRUPTED: "Ctrl-C"}.get(stopped_by, stopped_by or "a stop")
-    return f"stopped by {why} at step {steps} of {planned}: the model is undertrained"
+    line = f"stopped by {why} at step {steps} of {planned}"
+    return line if stopped_by == INTERRUPTED else f"{line}: the model is undertrained"  # (Ctrl-C exports none)
 
 
 def seed_step(seed: int, step: int, rank: int, device: torch.device = torch.device("cpu")) -> None:

@@ -62,7 +62,7 @@ class RunControl(L.Callback):
         return {"elapsed_seconds": self.elapsed(), "lr": self.lr}
 
     def load_state_dict(self, state: dict) -> None:
-        self._elapsed_before, self._checkpoint_lr = state["elapsed_seconds"], state["lr"]
+        self._elapsed_before, self._checkpoint_lr = state.get("elapsed_seconds", 0.0), state.get("lr")
 
     def elapsed(self) -> float:
         """Training seconds so far, the earlier parts of a resumed run included."""
@@ -92,7 +92,7 @@ class RunControl(L.Callback):
                            batch_idx: int) -> None:
         step = trainer.global_step
         if self.every and step % self.every == 0 and trainer.is_global_zero:
-            print_line(self.progress_line(step), trainer)
+            print_line(self.progress_line(step, trainer.world_size), trainer)
         reason = INTERRUPTED if self._sigint else (
             TIME_CAP if self.max_seconds is not None and self.elapsed() >= self.max_seconds else None)
         if trainer.strategy.reduce_boolean_decision(reason is not None, all=False) and step < self.planned_steps:
@@ -123,14 +123,14 @@ class RunControl(L.Callback):
         self._sigint = True
         print("\nStopping after this step (Ctrl-C again to stop at once) ...", file=sys.stderr, flush=True)
 
-    def progress_line(self, step: int) -> str:
+    def progress_line(self, step: int, processes: int = 1) -> str:
         """`step 40/678 (6%) · 85.2 samples/s · ETA 3m 05s`, the rate measured since the last line."""
         now = time.monotonic()
         rate = (step - self._clock_step) / max(now - self._clock, 1e-9)
         self._clock, self._clock_step = now, step
         left = (self.planned_steps - step) / rate if rate > 0 else math.inf
         return (f"step {step}/{self.planned_steps} ({100 * step / max(self.planned_steps, 1):.0f}%) · "
-                f"{rate * self.batch:.1f} samples/s · ETA {format_seconds(left)}")
+                f"{rate * self.batch * processes:.1f} samples/s · ETA {format_seconds(left)}")
 
     def _divergence_message(self, trainer: L.Trainer, loss: torch.Tensor) -> str:
         value = loss.detach().float().flatten()[0].item()

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -261,7 +262,7 @@ def test_a_second_run_on_a_locked_out_dir_is_refused(shapes_root, write_config, 
     out = tmp_path / "run"
     out.mkdir()
     lock = out / "train.lock"
-    lock.write_text(f"{other_process.pid} {__import__('socket').gethostname()}\n")
+    lock.write_text(f"{other_process.pid} {socket.gethostname()}\n")
     config = write_config(tmp_path / "tiny.yaml", shapes_root, out)
     assert_one_line_error(cli_main("train", config), str(out), "in use", f"pid {other_process.pid}", str(lock))
     assert sorted(p.name for p in out.iterdir()) == ["train.lock"], "the refused run must touch nothing"
@@ -274,7 +275,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(shapes_root, tiny_config, 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     out = tmp_path / "run"
     out.mkdir()
-    (out / "train.lock").write_text(f"{int(dead.stdout)} {__import__('socket').gethostname()}\n")
+    (out / "train.lock").write_text(f"{int(dead.stdout)} {socket.gethostname()}\n")
     result = train(tiny_config(shapes_root, out, "train.epochs=1"), progress=False)
     assert (result.model_dir / "model.safetensors").is_file()
     assert not (out / "train.lock").exists(), "the lock is released when the run ends"

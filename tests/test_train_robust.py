@@ -62,7 +62,7 @@ def reference(shapes_root, tmp_path_factory):
 # --------------------------------------------------------------------------- #22: the time cap
 
 @pytest.fixture(scope="module")
-def capped(shapes_root, write_config, tmp_path_factory, reference):
+def capped(shapes_root, write_config, tmp_path_factory):
     """`vlfuse train` cut by a tiny time cap, then continued: once more under the same cap (it is summed
     over the run, so it stops again), then with a raised one."""
     from vlfuse.cli import main

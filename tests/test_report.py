@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -179,3 +180,26 @@ def test_import_stays_light() -> None:
 
     code = "import sys, vlfuse.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- the demo's report
+
+def test_demo_report_says_when_the_time_cap_cut_training(tmp_path):
+    """`vlfuse demo` (its tiny-model version) cut by a tiny safety cap: the report says the model is
+    undertrained; running the demo again continues the run to its planned steps and the note goes."""
+    from conftest import TINY_OVERRIDES
+
+    from vlfuse.demo import run_demo
+
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")] + ["train.epochs=1"]
+    report = run_demo(tmp_path / "demo", images=16, overrides=[*tiny, "train.max_minutes=0.000001"])
+    text = report.read_text(encoding="utf-8")
+    run = json.loads((tmp_path / "demo" / "run" / "run.json").read_text(encoding="utf-8"))
+    planned = run["planned_steps"]
+    assert planned > 1 and run["stopped_by"] == "time cap"
+    assert f"stopped by the time cap at step 1 of {planned}: the model is undertrained" in text
+    assert f"1 of {planned} steps" in text and "samples/s" in text  # the steps line
+
+    report = run_demo(tmp_path / "demo", images=16, overrides=[*tiny, "train.max_minutes=60"])
+    text = report.read_text(encoding="utf-8")
+    assert "undertrained" not in text and f"{planned} of {planned} steps" in text

@@ -30,6 +30,9 @@ from helpers import assert_one_line_error, read_json
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "vqa_shapes.yaml"
 TRAIN_IMAGES, BATCH, EPOCHS = 14, 4, 2
+# The CLI run and the killed-and-resumed one train with dropout: a resume must replay its random draws.
+DROPOUT = ["model.head={name: classifier, hidden: 16, dropout: 0.3}",
+           "model.fusion={name: co_attention, layers: 1, heads: 2, dropout: 0.2}"]
 STEPS_PER_EPOCH = math.ceil(TRAIN_IMAGES / BATCH)
 
 
@@ -146,7 +149,7 @@ def test_save_then_load_gives_identical_logits(trained_run, shapes_root, tmp_pat
 def cli_reference(cli, shapes_root, write_config, tmp_path_factory):
     """`vlfuse train` in a fresh process: the CLI test, and the uninterrupted run for the resume tests."""
     root = tmp_path_factory.mktemp("cli_train")
-    config = write_config(root / "tiny.yaml", shapes_root, root / "run")
+    config = write_config(root / "tiny.yaml", shapes_root, root / "run", *DROPOUT)
     result = cli("train", config)
     return {"config": config, "out": root / "run", "result": result}
 
@@ -373,7 +376,7 @@ def interrupted(shapes_root, write_config, cli_environment, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("resume")
     out = root / "run"
-    config = write_config(root / "tiny.yaml", shapes_root, out)
+    config = write_config(root / "tiny.yaml", shapes_root, out, *DROPOUT)
     last = out / "checkpoints" / "last.ckpt"
     proc = _driver(cli_environment, ["train", config], root / "steps_killed.jsonl", root / "killed.log",
                    VLFUSE_TEST_SLOW_FROM=2, VLFUSE_TEST_SLEEP=1.5)
@@ -389,6 +392,12 @@ def interrupted(shapes_root, write_config, cli_environment, tmp_path_factory):
                 seen = last.stat().st_mtime_ns
                 step = load_checkpoint_file(last)["global_step"]
             time.sleep(0.05)
+        # A second run on the same out_dir while the first trains is refused and touches nothing.
+        try:
+            train(load_config(config), progress=False)
+            concurrent = None
+        except ConfigError as exc:
+            concurrent = str(exc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -400,7 +409,8 @@ def interrupted(shapes_root, write_config, cli_environment, tmp_path_factory):
     except ConfigError as exc:
         refusal = str(exc)
     return {"config": config, "out": out, "root": root, "env": cli_environment, "returncode": proc.returncode,
-            "killed_step": checkpoint["global_step"], "killed_epoch": checkpoint["epoch"], "refusal": refusal}
+            "killed_step": checkpoint["global_step"], "killed_epoch": checkpoint["epoch"], "refusal": refusal,
+            "concurrent": concurrent, "pid": proc.pid}
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +429,12 @@ def test_kill_leaves_a_mid_epoch_checkpoint(interrupted):
     # Killed inside epoch 0 (4 steps), so the resumed run must start mid-epoch.
     assert 2 <= interrupted["killed_step"] < STEPS_PER_EPOCH and interrupted["killed_epoch"] == 0
     assert not (interrupted["out"] / "run.json").exists()
+
+
+def test_a_concurrent_run_on_the_same_out_dir_is_refused(interrupted):
+    assert interrupted["concurrent"] is not None, "a second run trained into a running run's out_dir"
+    assert "in use by another training run" in interrupted["concurrent"]
+    assert f"pid {interrupted['pid']}" in interrupted["concurrent"]
 
 
 def test_training_into_an_interrupted_run_without_resume_is_refused(interrupted):
@@ -455,8 +471,19 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(resumed, cli_
     reference = load_file(str(cli_reference["out"] / "model" / "model.safetensors"))
     assert list(resumed_weights) == list(reference)
     differ = {k: (resumed_weights[k] - reference[k]).abs().max().item() for k in reference
-              if not torch.allclose(resumed_weights[k], reference[k], atol=1e-6, rtol=0)}
+              if not torch.equal(resumed_weights[k], reference[k])}  # bit for bit
     assert not differ, f"{len(differ)} of {len(reference)} tensors differ, max {max(differ.values()):.3g}"
+
+
+def test_resumed_run_logs_each_step_once(resumed, cli_reference):
+    def rows(out: Path) -> list[dict]:
+        with (out / "logs" / "metrics.csv").open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    steps = [r["step"] for r in rows(resumed["out"]) if r["train_loss"]]
+    assert steps == [str(s) for s in range(EPOCHS * STEPS_PER_EPOCH)], steps
+    assert rows(resumed["out"]) == rows(cli_reference["out"])
+    assert sorted(p.name for p in (resumed["out"] / "checkpoints").iterdir()) == []  # no last-v1.ckpt
 
 
 def test_resume_without_a_checkpoint_is_refused(shapes_root, write_config, cli_main, tmp_path):
@@ -478,7 +505,8 @@ def test_training_into_a_finished_run_without_resume_is_refused(trained_run, wri
 
 
 def test_finished_run_keeps_no_checkpoint_to_resume(trained_run):
-    """A finished run leaves no last.ckpt behind (OnExceptionCheckpoint removes it), hence the run.json guard."""
+    """A finished run leaves no last.ckpt behind (train removes it once the planned steps are done), hence the
+    run.json guard."""
     assert not (trained_run.out_dir / "checkpoints" / "last.ckpt").exists()
 
 

@@ -95,11 +95,14 @@ def train(
         loaded.train.init = str(init)
     result = run_training(loaded, resume=resume)
     if result.interrupted:
-        typer.echo(f"Interrupted. Continue with: vlfuse train {config} --resume", err=True)
+        typer.echo(f"Interrupted: {result.note}. Continue with: vlfuse train {config} --resume", err=True)
         raise typer.Exit(130)
     typer.echo(f"Model saved to {result.model_dir} ({result.wall_seconds:.0f} s)")
     if result.test_metrics:
         _print_metrics(result.test_metrics)
+    if result.note:  # the last line: a time cap cut the run short
+        more = " --set train.max_minutes=MORE" if result.stopped_by == "time cap" else ""
+        typer.echo(f"{result.note}; continue it with: vlfuse train {config} --resume{more}")
 
 
 @app.command()
@@ -120,7 +123,7 @@ def pretrain(
     loaded.task = "pretrain"
     result = run_training(loaded, resume=resume)
     if result.interrupted:
-        typer.echo(f"Interrupted. Continue with: vlfuse pretrain {config} --resume", err=True)
+        typer.echo(f"Interrupted: {result.note}. Continue with: vlfuse pretrain {config} --resume", err=True)
         raise typer.Exit(130)
     typer.echo(f"Pre-trained encoders + fusion saved to {result.model_dir} ({result.wall_seconds:.0f} s); "
                f"fine-tune with: vlfuse train CONFIG --init {result.model_dir}")
@@ -241,6 +244,10 @@ def eval_(
         config.data = load_config(data, set_ or []).data
     metrics = evaluate_split(model_dir, config, split, out or model_dir.parent / f"eval_{split}.json")
     _print_metrics(metrics)
+    run_json = model_dir.parent / "run.json"  # the training run that wrote this model, when beside it
+    note = json.loads(run_json.read_text(encoding="utf-8")).get("note") if run_json.is_file() else None
+    if note:
+        typer.echo(f"note: this model's training was {note}")
 
 
 @app.command()
@@ -367,12 +374,14 @@ def compare(
 def demo(
     out: Path = typer.Option(Path("vlfuse-demo"), help="Folder for data, model and report."),
     images: int = typer.Option(4000, help="Images in the generated dataset."),
-    minutes: float = typer.Option(6.0, help="Training time budget in minutes."),
+    set_: SetOption = None,
 ) -> None:
-    """Generate data, train the default model, evaluate it and write report.md (about 6 minutes on 2 cores)."""
+    """Generate data, train the demo model for its epochs (a line with the ETA as it goes), evaluate it and
+    write report.md. A slower machine takes longer for the same model; train.max_minutes is only a safety
+    cap (the report says when it cut training, and running the demo again continues it)."""
     from .demo import run_demo
 
-    report = run_demo(out, images=images, minutes=minutes)
+    report = run_demo(out, images=images, overrides=set_ or [])
     typer.echo(f"Report: {report}")
 
 

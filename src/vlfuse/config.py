@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -87,7 +88,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 200
     grad_clip: float = 1.0
-    max_minutes: float | None = None  # stop (and export) after this much training time
+    # A safety cap on training time (summed over --resume): a run it cuts keeps its checkpoint, says it
+    # is undertrained, and continues with --resume. Budgets are epochs; this is not one.
+    max_minutes: float | None = None
     accelerator: str = "auto"
     devices: int = 1  # per node
     num_nodes: int = 1
@@ -97,6 +100,7 @@ class TrainConfig:
     log_every_n_steps: int = 20
     checkpoint_every_n_steps: int = 200
     progress_bar: bool = True
+    progress_every_n_steps: int = 50  # a plain line (step, samples/s, ETA) every this many steps; 0: none
     # A model directory (e.g. one `vlfuse pretrain` wrote) whose encoder and fusion weights start the run;
     # init_parts names the parts it loads (the encoders alone start a model with another fusion).
     init: str | None = None
@@ -222,7 +226,60 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw = read_config_file(path) if path is not None else {}
     for item in overrides:
         apply_override(raw, item)
-    return from_dict(Config, raw)
+    config = from_dict(Config, raw)
+    check_ranges(config)
+    return config
+
+
+# Allowed ranges, (low, high, low inclusive): checked before anything runs, so a bad value is one line
+# naming its key, not a ZeroDivisionError mid-training. Every float must also be finite.
+_POSITIVE, _AT_LEAST_1, _NON_NEGATIVE = (0, None, False), (1, None, True), (0, None, True)
+_SHARE, _PROBABILITY = (0, 1, False), (0, 1, True)
+RANGES = {
+    "train.epochs": _AT_LEAST_1, "train.batch_images": _AT_LEAST_1, "train.lr": _POSITIVE,
+    "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _NON_NEGATIVE, "train.grad_clip": _NON_NEGATIVE,
+    "train.max_minutes": _POSITIVE, "train.devices": _AT_LEAST_1, "train.num_nodes": _AT_LEAST_1,
+    "train.num_workers": _NON_NEGATIVE, "train.log_every_n_steps": _AT_LEAST_1,
+    "train.checkpoint_every_n_steps": _AT_LEAST_1, "train.progress_every_n_steps": _NON_NEGATIVE,
+    "data.image_size": (8, None, True), "data.max_question_length": _AT_LEAST_1, "data.max_answers": _AT_LEAST_1,
+    "data.train_fraction": _SHARE, "data.shuffle_buffer": _NON_NEGATIVE, "model.dim": _AT_LEAST_1,
+    "retrieval.itm_weight": _NON_NEGATIVE, "retrieval.hinge_weight": _NON_NEGATIVE,
+    "retrieval.hinge_margin": _NON_NEGATIVE, "retrieval.negatives_temperature": _NON_NEGATIVE,
+    "retrieval.rerank_k": _NON_NEGATIVE, "retrieval.eval_batch": _AT_LEAST_1,
+    "captioning.label_smoothing": (0, 1, True), "captioning.beam_size": _AT_LEAST_1,
+    "captioning.length_penalty": _NON_NEGATIVE, "captioning.max_length": _AT_LEAST_1,
+    "captioning.eval_batch": _AT_LEAST_1,
+    "pretrain.mask_probability": _PROBABILITY, "pretrain.region_mask_probability": _PROBABILITY,
+    "pretrain.mrm_classes": _AT_LEAST_1, "pretrain.mrm_kl_weight": _NON_NEGATIVE,
+    "pretrain.translation_noise": _NON_NEGATIVE, "pretrain.translation_dropout": (0, 1, True),
+    "pretrain.embed_dim": _AT_LEAST_1, "pretrain.temperature": _POSITIVE,
+    "pretrain.negatives_temperature": _NON_NEGATIVE,
+    "matching.holdout_sentences": (0, 1, True), "matching.max_images_per_statement": _AT_LEAST_1,
+    "dialogue.max_history_length": _AT_LEAST_1, "dialogue.max_answer_length": (3, None, True),
+    "dialogue.beam_size": _AT_LEAST_1, "dialogue.eval_batch": _AT_LEAST_1,
+}
+
+
+def check_ranges(config: Config) -> None:
+    """Raise ConfigError for the first value outside its range in RANGES, or any NaN / infinite number."""
+    for key, value in _leaves(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+        if key not in RANGES or value is None:
+            continue
+        low, high, inclusive = RANGES[key]
+        if (value < low if inclusive else value <= low) or (high is not None and value > high):
+            bound = (f">= {low}" if inclusive else f"> {low}") + ("" if high is None else f" and <= {high}")
+            raise ConfigError(f"config key '{key}' must be {bound}, got {value}")
+
+
+def _leaves(obj: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
 
 
 def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:

@@ -436,14 +436,19 @@ def write_report(
     examples: list[dict],
     metrics_csv: Path | None = None,
     info: dict | None = None,
+    notes: list[str] = (),
 ) -> Path:
-    """Write ``out_dir/report.md`` and its PNGs; returns the path of ``report.md``."""
+    """Write ``out_dir/report.md`` and its PNGs; returns the path of ``report.md``.
+
+    notes: plain warnings shown first, e.g. that a time cap cut training.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (CURVE_PNG, FAMILY_PNG, EXAMPLES_PNG):
         (out_dir / stale).unlink(missing_ok=True)  # never leave an old run's plot beside this report
 
-    lines = [f"# {title}", ""] + _info_section(info) + _accuracy_sections(metrics)
+    lines = [f"# {title}", ""] + [f"> **Note:** {note}" for note in notes] + ([""] if notes else [])
+    lines += _info_section(info) + _accuracy_sections(metrics)
     plot_family_accuracy(metrics, out_dir / FAMILY_PNG)
     lines += [f"![Accuracy per family]({FAMILY_PNG})", ""]
 

@@ -20,6 +20,10 @@ from ..errors import DataError
 _META_KEY = "vlfuse_checkpoint"
 
 
+class CheckpointWriteError(DataError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+
+
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         name = f"t{len(tensors)}"
@@ -60,8 +64,14 @@ def save_checkpoint_file(checkpoint: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(skeleton)})
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    try:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(skeleton)})
+        os.replace(tmp, path)  # a kill or a full disk mid-write leaves the previous checkpoint intact
+    except Exception as exc:  # OSError, or safetensors' own error wrapping one (e.g. no space left)
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        kept = "; the previous checkpoint is kept" if path.is_file() else ""
+        raise CheckpointWriteError(f"could not write the checkpoint: {reason}{kept}", path=path) from None
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = None) -> dict:

@@ -29,11 +29,13 @@ from ..data.subsample import sample_images
 from ..data.tokenizer import build_tokenizer, load_tokenizer
 from ..data.vqa_dataset import EpochSampler, GroupedVQADataset, collate_groups
 from ..data.vqa_stream import StreamedVQADataset, check_stream
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.factory import build_model, text_tokenizer_file
 from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
-from .checkpoint_io import SafetensorsCheckpointIO
+from .checkpoint_io import CheckpointWriteError, SafetensorsCheckpointIO
+from .control import INTERRUPTED, RunControl, TrainingDiverged, check_finite, stop_summary
 from .freeze import KeepFrozenInEval, freeze
+from .lock import out_dir_lock
 from .module import VQAModule
 
 
@@ -54,6 +56,8 @@ class TrainResult:
     test_metrics: dict | None
     wall_seconds: float
     interrupted: bool
+    stopped_by: str | None = None  # "time cap", "interrupted" (Ctrl-C), ...; None: the planned steps were trained
+    note: str | None = None  # the plain line that says a run ended before its planned steps
 
 
 class EpochDataModule(L.LightningDataModule):
@@ -101,18 +105,34 @@ class EpochDataModule(L.LightningDataModule):
 
 
 def _merge_csv(parts: list[Path], target: Path) -> None:
-    """Join metrics.csv files of an interrupted and a resumed run into one history."""
-    rows, keys = [], []
+    """Join metrics.csv files of an interrupted and a resumed run into one history.
+
+    A resumed part starts at its checkpoint's step and logs those steps again, so an earlier part's
+    rows from that step on are dropped: each step is in the history once.
+    """
+    tables, keys = [], []
     for part in parts:
         if part.is_file():
             with part.open(newline="") as f:
                 reader = csv.DictReader(f)
                 keys += [k for k in reader.fieldnames or [] if k not in keys]
-                rows += list(reader)
+                tables.append(list(reader))
+    rows, later = [], math.inf  # the first step of the parts after this one
+    for table in reversed(tables):
+        rows = [r for r in table if _step(r) < later] + rows
+        later = min([later] + [step for r in table if (step := _step(r)) >= 0])
     with target.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _step(row: dict) -> float:
+    """A metrics.csv row's step; -1 (kept, superseding nothing) when it has none."""
+    try:
+        return float(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return -1.0
 
 
 @dataclass
@@ -181,32 +201,48 @@ def steps_per_epoch(config: Config, items: int) -> int:
     return math.ceil(math.ceil(items / world_size(config)) / config.train.batch_images)
 
 
-def make_trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
+class CheckpointOnCrash(L.pytorch.callbacks.OnExceptionCheckpoint):
+    """last.ckpt when training fails, so --resume can continue; not after a diverged loss (the last
+    periodic checkpoint is the finite one) nor after a failed write. Deleting it is `train`'s call,
+    which knows whether the run trained its planned steps."""
+
+    def on_exception(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        exception = args[-1] if args else kwargs.get("exception")
+        if not isinstance(exception, (TrainingDiverged, CheckpointWriteError)):
+            super().on_exception(trainer, *args, **kwargs)
+
+    def teardown(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        pass
+
+
+def make_trainer(config: Config, run: RunDirs, progress: bool, control: RunControl | None = None) -> L.Trainer:
     """Lightning's Trainer for this run; a device setup Lightning refuses (e.g. FSDP on a CPU) is a
     one-line config error naming the keys."""
     try:
-        return _trainer(config, run, progress)
+        return _trainer(config, run, progress, control or RunControl(config, run.last, progress))
     except (ValueError, MisconfigurationException) as error:
         t = config.train
         raise ConfigError(f"train.accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}, "
                           f"precision={t.precision}: {error}") from None
 
 
-def _trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
+def _trainer(config: Config, run: RunDirs, progress: bool, control: RunControl) -> L.Trainer:
     t = config.train
     return L.Trainer(
         max_epochs=t.epochs,
         reload_dataloaders_every_n_epochs=1 if config.data.stream else 0,  # streams take the epoch at start
-        max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=t.precision,
         gradient_clip_val=t.grad_clip or None,
         log_every_n_steps=t.log_every_n_steps,
-        logger=L.pytorch.loggers.CSVLogger(run.out, name="", version="logs"),
+        # Rows reach the disk with each checkpoint, so a killed run's log holds every step it resumes after.
+        logger=L.pytorch.loggers.CSVLogger(run.out, name="", version="logs",
+                                           flush_logs_every_n_steps=t.checkpoint_every_n_steps),
         callbacks=[
+            control,
             L.pytorch.callbacks.ModelCheckpoint(dirpath=run.last.parent, every_n_train_steps=t.checkpoint_every_n_steps,
-                                                save_last=True, save_top_k=0),
-            L.pytorch.callbacks.OnExceptionCheckpoint(dirpath=run.last.parent, filename="last"),
+                                                save_last=True, save_top_k=0, enable_version_counter=False),
+            CheckpointOnCrash(dirpath=run.last.parent, filename="last"),
             *([KeepFrozenInEval(t.freeze)] if t.freeze else []),
         ],
         plugins=[SafetensorsCheckpointIO()],
@@ -230,6 +266,8 @@ def fit(trainer: L.Trainer, prepared: Prepared, ckpt_path: Path | None) -> None:
         # A config without a val split; frozen pretrained encoders, which stay in eval mode on purpose.
         warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+        # A resumed run's earlier log is set aside first (RunDirs.set_logs_aside), so nothing is lost.
+        warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted.*")
         trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
 
 
@@ -259,16 +297,63 @@ def task_function(task: str, which: str) -> Callable:
 
 
 def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split."""
+    """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split.
+
+    One run per out_dir at a time (a lock file). A run stopped before its planned steps (time cap,
+    Ctrl-C) keeps checkpoints/last.ckpt for --resume; a finished one deletes it.
+    """
     check_task_format(config.task, config.data)
     check_stream(config)
     check_cache_task(config)
+    run = RunDirs(Path(config.out_dir))
+    with out_dir_lock(run.out):
+        return _train(config, run, resume, progress)
+
+
+def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainResult:
     start = time.time()
     L.seed_everything(config.seed, workers=True, verbose=False)
-    run = RunDirs(Path(config.out_dir))
     run.check(resume)
-    prepare = task_function(config.task, "prepare")
-    prepared = prepare(config, run.model_dir, resume, progress)
+    prepared = prepare_run(config, run, resume, progress)
+    previous_logs = run.set_logs_aside(resume)
+    control = RunControl(config, run.last, progress)
+    trainer = make_trainer(config, run, progress, control)
+    fit(trainer, prepared, run.last if resume else None)
+
+    steps, planned = trainer.global_step, control.planned_steps
+    stopped_by = control.stopped_by or (None if steps >= planned else "an early stop")
+    note, interrupted = stop_summary(stopped_by, steps, planned), stopped_by == INTERRUPTED
+    test_metrics = None
+    if trainer.global_rank == 0:
+        run.join_logs(previous_logs)
+        if not interrupted:
+            save_model(prepared, run)
+            test_metrics = evaluate_after_training(run, config, progress, note and {
+                "stopped_by": stopped_by, "steps": steps, "planned_steps": planned, "note": note})
+        if stopped_by is None:
+            run.last.unlink(missing_ok=True)  # finished: nothing left to resume
+        seconds = control.elapsed()
+        summary = {
+            "steps": steps, "planned_steps": planned, "epochs_completed": trainer.current_epoch,
+            "stopped_by": stopped_by, "interrupted": interrupted, "wall_seconds": round(time.time() - start, 1),
+            "training_seconds": round(seconds, 1),
+            "samples_per_second": round(steps * config.train.batch_images * world_size(config) / max(seconds, 1e-9), 1),
+            **({"note": note} if note else {}), **prepared.summary,
+        }
+        (run.out / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return TrainResult(run.model_dir, run.out, test_metrics, time.time() - start, interrupted, stopped_by, note)
+
+
+def prepare_run(config: Config, run: RunDirs, resume: bool, progress: bool) -> Prepared:
+    """The task's model and data, with --init weights and frozen parts applied; refuses empty data."""
+    prepared = task_function(config.task, "prepare")(config, run.model_dir, resume, progress)
+    datamodule = prepared.datamodule
+    train_set, val_set = getattr(datamodule, "train_set", None), getattr(datamodule, "val_set", None)
+    if train_set is not None and not isinstance(train_set, StreamedVQADataset) and len(train_set) == 0:
+        raise ConfigError(f"no usable training samples in data.train of {config.data.root}")
+    if config.data.val is not None and (val_set is None or len(val_set) == 0):
+        print("warning: the val split (data.val) has no usable samples: training without validation",
+              file=sys.stderr)
     if config.train.init and not resume:  # a resumed run takes every weight from its checkpoint
         from .pretrain import init_from_dir
 
@@ -276,24 +361,33 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         check_cache_current(config, prepared.module.model)
     if config.train.freeze:  # before the optimiser is built, on a resumed run too
         prepared.summary.update(freeze(prepared.module.model, config.train.freeze))
-    previous_logs = run.set_logs_aside(resume)
-    trainer = make_trainer(config, run, progress)
-    fit(trainer, prepared, run.last if resume else None)
+    return prepared
 
-    test_metrics = None
-    if trainer.global_rank == 0:
-        run.join_logs(previous_logs)
-        if not trainer.interrupted:
-            prepared.save()
-            if config.data.test is not None:
-                test_metrics = evaluate_split(run.model_dir, config, "test", run.out / "eval.json", progress)
-        summary = {
-            "steps": trainer.global_step, "epochs_completed": trainer.current_epoch,
-            "interrupted": trainer.interrupted, "wall_seconds": round(time.time() - start, 1),
-            **prepared.summary,
-        }
-        (run.out / "run.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return TrainResult(run.model_dir, run.out, test_metrics, time.time() - start, trainer.interrupted)
+
+def save_model(prepared: Prepared, run: RunDirs) -> None:
+    """Export the trained model; never a non-finite one, and a full disk is one line naming the folder."""
+    check_finite(prepared.module, f"the model to {run.model_dir}")
+    try:
+        prepared.save()
+    except OSError as exc:
+        raise DataError(f"could not write the model: {exc.strerror or exc}", path=run.model_dir) from None
+
+
+def evaluate_after_training(run: RunDirs, config: Config, progress: bool, stop: dict | None) -> dict | None:
+    """Test metrics into OUT_DIR/eval.json, with what cut training short (`stop`) when something did.
+    An empty test split is a warning, not an accuracy over 0 questions."""
+    if config.data.test is None:
+        return None
+    out_json = run.out / "eval.json"
+    try:
+        metrics = evaluate_split(run.model_dir, config, "test", out_json, progress)
+    except EmptySplitError as exc:
+        print(f"warning: not evaluated: {exc}", file=sys.stderr)
+        return None
+    if stop:
+        metrics["training"] = stop
+        out_json.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    return metrics
 
 
 def _vocabularies(config: Config, samples, model_dir: Path, resume: bool, extra_texts: list[str] = ()):
@@ -312,10 +406,18 @@ def _vocabularies(config: Config, samples, model_dir: Path, resume: bool, extra_
     return tokenizer, answers
 
 
+def no_training_samples(skipped) -> ConfigError:
+    """One line: the training split is empty, or every sample in it was skipped (and the first why)."""
+    why = f": all {skipped.count} were skipped as bad, e.g. {skipped.skipped[0]}" if skipped.skipped else ""
+    return ConfigError(f"no usable training samples (questions with answers) in data.train{why}")
+
+
 def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -> Prepared:
     """Task vqa: questions grouped by image, answers as classes."""
     train_read = read_split(config.data, "train")
     train_read.samples = sample_images(train_read.samples, config.data.train_fraction, config.seed)
+    if not any(s.answer is not None for s in train_read.samples):
+        raise no_training_samples(train_read.skipped)
     val_read = read_split(config.data, "val") if config.data.val else None
     graphs = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
     tokenizer, answers = _vocabularies(config, train_read.samples, model_dir, resume, entity_names(graphs))
@@ -334,7 +436,7 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
         train_set = GroupedVQADataset(train_read.samples, *data_args, train_read.skipped, progress,
                                       "Loading train images", image_loader=loader)
     if train_set.num_images == 0:
-        raise ConfigError("no usable training samples: " + train_read.skipped.summary())
+        raise no_training_samples(train_read.skipped)
     val_set = (GroupedVQADataset(val_read.samples, *data_args, val_read.skipped, progress, "Loading val images",
                                  image_loader=loader) if val_read else None)
     warn_skipped(train=train_read, val=val_read)
@@ -359,10 +461,32 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
                     lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, answers), summary)
 
 
+class EmptySplitError(DataError):
+    """A split to evaluate holds no usable sample: there is no score to report."""
+
+
 def evaluate_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool = True) -> dict:
-    """Evaluate a saved model on one split of `config.data`; write metrics (+ predictions) as JSON."""
+    """Evaluate a saved model on one split of `config.data`; write metrics (+ predictions) as JSON.
+    An empty split is an EmptySplitError, never an accuracy over 0 samples."""
     check_task_format(config.task, config.data)
-    return task_function(config.task, "evaluate")(model_dir, config, split, out_json, progress)
+    metrics = task_function(config.task, "evaluate")(model_dir, config, split, out_json, progress)
+    if _evaluated_count(metrics) == 0:
+        if out_json is not None:  # no file may show a score over nothing
+            out_json.unlink(missing_ok=True)
+            out_json.with_name(out_json.stem + "_predictions.jsonl").unlink(missing_ok=True)
+        skipped = (metrics.get("skipped") or {}).get("count")
+        raise EmptySplitError(f"the {split} split (data.{split} under {config.data.root}) has no usable samples "
+                              "to evaluate" + (f" ({skipped} skipped as bad)" if skipped else ""))
+    return metrics
+
+
+def _evaluated_count(metrics: dict) -> int | None:
+    """How many samples a task's metrics are over (questions, statements, images, dialogues)."""
+    overall = metrics.get("overall")
+    if isinstance(overall, dict) and "count" in overall:
+        return overall["count"]
+    return next((metrics[k] for k in ("count", "questions", "images", "dialogues", "examples")
+                 if isinstance(metrics.get(k), int)), None)
 
 
 def evaluate_vqa_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool) -> dict:

@@ -293,6 +293,22 @@ def predict(
         typer.echo(f"  {prob:7.2%}  {answer}")
 
 
+@app.command("export")
+def export_(
+    model_dir: Path,
+    format_: str = typer.Option("onnx", "--format", help="Export format: onnx (run by onnxruntime)."),
+    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization (onnxruntime's quantizer)."),
+    out: Optional[Path] = typer.Option(None, help="Folder to write (default MODEL_DIR_onnx or MODEL_DIR_onnx_int8)."),
+) -> None:
+    """Export a VQA / matching / classification model to ONNX; `vlfuse predict` and `serve` take the folder."""
+    from .export import export_model
+
+    info = export_model(model_dir, out, int8=int8, fmt=format_)
+    check = info["check"]
+    typer.echo(f"Wrote {info['out_dir']} ({info['precision']}); against PyTorch on a check batch: max |logit "
+               f"difference| {check['max_abs_diff']:.2g}, same answer for {check['same_answers']}/{check['questions']}")
+
+
 @app.command("explain")
 def explain_(
     model_dir: Path,

@@ -1,0 +1,143 @@
+"""`vlfuse export MODEL_DIR --format onnx [--int8]`: a saved model as an ONNX folder for onnxruntime.
+
+The folder holds the model's config.yaml, tokenizer and answers (unchanged), model.onnx and
+export.json (what the graph takes, its precision, the region proposal settings, and how closely it
+matched PyTorch on a check batch at export time). torch.onnx's dynamo exporter traces the graph
+(torch 2.13's TorchScript exporter bakes the attention masks in as constants: its graph gave
+answers 0.24 logits away on a new batch); int8 is onnxruntime's dynamic quantization (int8
+weights of MatMul/Gemm, activations quantized per batch at run time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ..models.saved import ANSWER_TASKS, ANSWERS, CONFIG, TOKENIZER, load_model_dir
+from . import EXPORT_INFO
+from .graphs import AnswerGraph, dynamic_shapes, graph_inputs, input_names, proposal_settings
+
+GRAPH = "model.onnx"
+OPSET = 18
+FP32_TOLERANCE = 1e-3  # max |logit difference| an fp32 export may show on the check batch
+
+
+def check_batch(size: int, vocab: int, max_length: int, images: int = 3, questions: int = 5):
+    """Scenes of a few coloured boxes on a grey ground (so region encoders find objects) and random
+    questions of unequal lengths, each question about one of the images."""
+    rng = np.random.default_rng(0)
+    pictures = np.full((images, 3, size, size), 128, np.uint8)
+    for picture in pictures:
+        for _ in range(3):
+            x, y = rng.integers(0, size - size // 4, 2)
+            picture[:, y: y + size // 5, x: x + size // 5] = rng.integers(0, 256, (3, 1, 1))
+    lengths = np.linspace(2, max(2, max_length), questions).astype(int)
+    ids = torch.zeros(questions, lengths.max(), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.from_numpy(rng.integers(1, vocab, n))
+    mask = torch.arange(ids.shape[1])[None] < torch.from_numpy(lengths)[:, None]
+    index = torch.from_numpy(rng.integers(0, images, questions))
+    return torch.from_numpy(pictures), ids, mask, index
+
+
+def _trace(model: torch.nn.Module, example: tuple, path: Path) -> None:
+    """torch.onnx (dynamo) with dynamic batch and sequence axes; quiet unless it fails."""
+    from .proposal import find_regions
+
+    images, ids, mask, index = example
+    args = (images, ids, mask, index)
+    proposal = proposal_settings(model)
+    if proposal is not None:
+        regions = find_regions(images.numpy().astype(np.float32) / 255, **proposal)
+        args += tuple(torch.from_numpy(regions[name]) for name in regions)
+    quiet = logging.getLogger("torch.onnx")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(AnswerGraph(model).eval(), args, dynamo=True, verbose=False,
+                                        opset_version=OPSET, input_names=input_names(model),
+                                        output_names=["logits"], dynamic_shapes=dynamic_shapes(model))
+    except Exception as exc:  # the exporter's own messages are pages long: keep the first line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"torch.onnx could not export this model ({type(model.image_encoder).__name__}, "
+                          f"{type(model.fusion).__name__}): {reason}") from None
+    finally:
+        quiet.level = level
+    program.save(str(path))
+
+
+def _quantize(fp32: Path, out: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
+
+
+def _refuse(saved, model_dir: Path) -> None:
+    task = saved.config.task
+    if task not in ANSWER_TASKS:
+        raise ConfigError(f"{model_dir} holds a {task} model: vlfuse export takes {', '.join(ANSWER_TASKS)} models")
+    if saved.config.data.scene_graphs:
+        raise ConfigError(f"{model_dir} was trained with scene graphs (data.scene_graphs): their encoding runs "
+                          "outside any graph, so it cannot be exported")
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path | None = None, *, int8: bool = False,
+                 fmt: str = "onnx") -> dict:
+    """Export a saved model directory; returns export.json's contents (out_dir: MODEL_DIR_onnx[_int8])."""
+    if fmt != "onnx":
+        raise ConfigError(f"unknown export format {fmt!r}: expected onnx")
+    model_dir = Path(model_dir)
+    if (model_dir / EXPORT_INFO).is_file():
+        raise DataError("is already an exported model: export the PyTorch model directory it came from",
+                        path=model_dir)
+    saved = load_model_dir(model_dir)
+    _refuse(saved, model_dir)
+    out = Path(out_dir) if out_dir else model_dir.with_name(model_dir.name + ("_onnx_int8" if int8 else "_onnx"))
+    if out.exists() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file():  # an earlier export is replaced
+        raise ConfigError(f"--out {out} is a folder with other files in it: give a new or empty folder")
+    data = saved.config.data
+    example = check_batch(data.image_size, saved.tokenizer.get_vocab_size(), data.max_question_length, 2, 3)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / GRAPH
+        _trace(saved.model, example, fp32)
+        _quantize(fp32, out / GRAPH) if int8 else shutil.move(fp32, out / GRAPH)
+    for name in (CONFIG, TOKENIZER, "tokenizer.sha256", ANSWERS):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, out / name)
+    info = {"format": "onnx", "precision": "int8" if int8 else "fp32", "task": saved.config.task, "graph": GRAPH,
+            "opset": OPSET, "inputs": input_names(saved.model), "region_proposal": proposal_settings(saved.model),
+            "source": str(model_dir.resolve()), "torch": torch.__version__}
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    info["check"] = parity_check(saved, out, int8)
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return {**info, "out_dir": str(out)}
+
+
+def parity_check(saved, out: Path, int8: bool) -> dict:
+    """The export against PyTorch on a batch of other sizes than the traced one (so the dynamic axes
+    are exercised): max |logit difference| and how many answers agree. An fp32 export that drifts
+    past FP32_TOLERANCE is an exporter bug: refused, folder removed."""
+    from .runtime import load_exported
+
+    data = saved.config.data
+    batch = check_batch(data.image_size, saved.tokenizer.get_vocab_size(), data.max_question_length)
+    with torch.no_grad():
+        reference = saved.model(*batch)[0].float()
+    logits = load_exported(out).logits(*batch)
+    diff = float((logits - reference).abs().max())
+    same = int((logits.argmax(-1) == reference.argmax(-1)).sum())
+    if not int8 and not diff <= FP32_TOLERANCE:
+        shutil.rmtree(out)
+        raise ConfigError(f"the ONNX graph does not reproduce the model (max |logit difference| {diff:.3g} > "
+                          f"{FP32_TOLERANCE}): export refused")
+    return {"max_abs_diff": diff, "same_answers": same, "questions": len(reference)}

@@ -76,9 +76,14 @@ def _trace(model: torch.nn.Module, example: tuple, path: Path) -> None:
 
 
 def _quantize(fp32: Path, out: Path) -> None:
+    """onnxruntime's pre-processing (shape inference, graph optimisation: it lets the quantizer find
+    every MatMul), then dynamic quantization to int8 weights."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
+    prepared = fp32.with_name("prepared.onnx")
+    quant_pre_process(str(fp32), str(prepared))
+    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8)
 
 
 def _refuse(saved, model_dir: Path) -> None:

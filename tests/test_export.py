@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,9 +84,9 @@ def test_cli_exports_int8_and_predicts_from_both_folders(cli_main, exported, tra
     out = tmp_path / "int8"
     result = cli_main("export", trained_run.model_dir, "--format", "onnx", "--int8", "--out", out)
     assert result.returncode == 0, result.stderr
-    assert f"Wrote {out} (int8)" in result.stdout and "max |logit difference|" in result.stdout
+    assert f"Wrote {out} (int8: model.onnx)" in result.stdout and "same answer for" in result.stdout
     info = json.loads((out / "export.json").read_text())
-    assert info["precision"] == "int8" and info["inputs"][:4] == ["images", "input_ids", "attention_mask",
+    assert info["precision"] == "int8" and info["graphs"]["model.onnx"][:4] == ["images", "input_ids", "attention_mask",
                                                                   "image_index"]
     fp32 = Path(exported["out_dir"]) / "model.onnx"
     assert (out / "model.onnx").stat().st_size < 0.6 * fp32.stat().st_size
@@ -137,12 +138,12 @@ def test_numpy_region_proposal_matches_find_regions(shapes_root):
             np.testing.assert_allclose(got[name], field.numpy(), atol=1e-6, err_msg=name)
 
 
-def test_bad_exports_and_folders_are_refused(cli_main, exported, trained_retrieval, trained_run, tmp_path):
-    from vlfuse.errors import DataError
+def test_bad_exports_and_folders_are_refused(cli_main, exported, trained_run, tmp_path):
+    from vlfuse.errors import ConfigError, DataError
+    from vlfuse.export.exporter import _refuse as refuse
     from vlfuse.export import load_exported
 
-    cases = [(("export", trained_retrieval.model_dir), "retrieval model: vlfuse export takes"),
-             (("export", trained_run.model_dir, "--format", "tflite"), "unknown export format 'tflite'"),
+    cases = [(("export", trained_run.model_dir, "--format", "tflite"), "unknown export format 'tflite'"),
              (("export", exported["out_dir"]), "already an exported model")]
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
@@ -152,6 +153,12 @@ def test_bad_exports_and_folders_are_refused(cli_main, exported, trained_retriev
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+    for task, scene_graphs, message in (("captioning", None, "vlfuse export takes vqa, matching, classification, "
+                                         "retrieval"), ("vqa", "scenes.json", "trained with scene graphs")):
+        config = SimpleNamespace(task=task, data=SimpleNamespace(scene_graphs=scene_graphs))
+        with pytest.raises(ConfigError, match=message):
+            refuse(SimpleNamespace(config=config), tmp_path)
 
     broken = shutil.copytree(exported["out_dir"], tmp_path / "broken")
     (broken / "model.onnx").unlink()
@@ -193,3 +200,29 @@ def test_region_matching_model_exports_with_its_proposal_outside_the_graph(train
     torch_model, onnx_model = vlfuse.load(source), vlfuse.load(info["out_dir"])
     for batch in split_batches(shapes_root, torch_model):
         assert float((onnx_model.logits(*batch) - torch_model.logits(*batch)).abs().max()) < FP32_MAX_DIFF
+
+
+@pytest.mark.slow
+def test_retrieval_model_exports_as_embedding_and_matching_graphs(trained_retrieval, shapes_root, tmp_path):
+    """image.onnx, text.onnx and match.onnx give the PyTorch embeddings and ITM scores; an index the
+    PyTorch model built opens and searches with the export; serve takes it as the retrieval model."""
+    from vlfuse.export import export_model
+    from vlfuse.index import RetrievalEncoder, build_index, open_index
+
+    info = export_model(trained_retrieval.model_dir, tmp_path / "retrieval_onnx")
+    assert set(info["graphs"]) == {"image.onnx", "text.onnx", "match.onnx"}
+    torch_encoder, onnx_encoder = (RetrievalEncoder.load(d) for d in (trained_retrieval.model_dir, info["out_dir"]))
+    assert type(onnx_encoder).__name__ == "ExportedRetrievalEncoder" and onnx_encoder.dim == torch_encoder.dim
+    files = sorted((shapes_root / "images" / "train").iterdir())[:5]
+    texts = ["a red circle", "a blue square at the top left and a green triangle", "gray"]
+    np.testing.assert_allclose(onnx_encoder.embed_images(files), torch_encoder.embed_images(files), atol=FP32_MAX_DIFF)
+    np.testing.assert_allclose(onnx_encoder.embed_texts(texts), torch_encoder.embed_texts(texts), atol=FP32_MAX_DIFF)
+    images = torch.stack([torch_encoder.image_tensor(f) for f in files])
+    for got, want in zip(onnx_encoder.match(images, texts[1]), torch_encoder.match(images, texts[1])):
+        np.testing.assert_allclose(got, want, atol=FP32_MAX_DIFF)
+
+    index_dir = tmp_path / "index"
+    build_index(trained_retrieval.model_dir, images=shapes_root / "images" / "train", out=index_dir)
+    want = open_index(index_dir, torch_encoder).search_vectors(torch_encoder.embed_texts(texts), 3)
+    got = open_index(index_dir, onnx_encoder).search_vectors(onnx_encoder.embed_texts(texts), 3)
+    assert [[h.position for h in row] for row in got] == [[h.position for h in row] for row in want]

@@ -300,13 +300,16 @@ def export_(
     int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization (onnxruntime's quantizer)."),
     out: Optional[Path] = typer.Option(None, help="Folder to write (default MODEL_DIR_onnx or MODEL_DIR_onnx_int8)."),
 ) -> None:
-    """Export a VQA / matching / classification model to ONNX; `vlfuse predict` and `serve` take the folder."""
+    """Export a VQA / matching / classification / retrieval model to ONNX for onnxruntime; `vlfuse predict`,
+    `serve` and `index` take the folder."""
     from .export import export_model
 
     info = export_model(model_dir, out, int8=int8, fmt=format_)
     check = info["check"]
-    typer.echo(f"Wrote {info['out_dir']} ({info['precision']}); against PyTorch on a check batch: max |logit "
-               f"difference| {check['max_abs_diff']:.2g}, same answer for {check['same_answers']}/{check['questions']}")
+    what = "best image" if info["task"] == "retrieval" else "answer"
+    typer.echo(f"Wrote {info['out_dir']} ({info['precision']}: {', '.join(info['graphs'])}); against PyTorch on a "
+               f"check batch: max |difference| {check['max_abs_diff']:.2g}, same {what} for "
+               f"{check['same_answers']}/{check['questions']}")
 
 
 @app.command("explain")

@@ -23,9 +23,9 @@ import torch
 from ..errors import ConfigError, DataError
 from ..models.saved import ANSWER_TASKS, ANSWERS, CONFIG, TOKENIZER, load_model_dir
 from . import EXPORT_INFO
-from .graphs import AnswerGraph, dynamic_shapes, graph_inputs, input_names, proposal_settings
+from .graphs import dynamic_shapes, graph_inputs, input_names, proposal_settings, task_graphs
 
-GRAPH = "model.onnx"
+EXPORTED_TASKS = (*ANSWER_TASKS, "retrieval")
 OPSET = 18
 FP32_TOLERANCE = 1e-3  # max |logit difference| an fp32 export may show on the check batch
 
@@ -48,28 +48,30 @@ def check_batch(size: int, vocab: int, max_length: int, images: int = 3, questio
     return torch.from_numpy(pictures), ids, mask, index
 
 
-def _trace(model: torch.nn.Module, example: tuple, path: Path) -> None:
-    """torch.onnx (dynamo) with dynamic batch and sequence axes; quiet unless it fails."""
-    from .proposal import find_regions
+def example_args(graph, batch: tuple, proposal: dict | None) -> tuple[torch.Tensor, ...]:
+    """A check batch as `graph`'s positional inputs (pairs row-aligned for a graph that pairs rows)."""
+    images, ids, mask, index = batch
+    names = input_names(graph)
+    feeds = graph_inputs(names, proposal, images=images[index] if graph.aligned else images, input_ids=ids,
+                         attention_mask=mask, image_index=index)
+    return tuple(torch.from_numpy(feeds[name]) for name in names)
 
-    images, ids, mask, index = example
-    args = (images, ids, mask, index)
-    proposal = proposal_settings(model)
-    if proposal is not None:
-        regions = find_regions(images.numpy().astype(np.float32) / 255, **proposal)
-        args += tuple(torch.from_numpy(regions[name]) for name in regions)
+
+def _trace(graph, args: tuple, path: Path) -> None:
+    """torch.onnx (dynamo) with dynamic batch and sequence axes; quiet unless it fails."""
     quiet = logging.getLogger("torch.onnx")
     level, quiet.level = quiet.level, logging.ERROR
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(AnswerGraph(model).eval(), args, dynamo=True, verbose=False,
-                                        opset_version=OPSET, input_names=input_names(model),
-                                        output_names=["logits"], dynamic_shapes=dynamic_shapes(model))
+            program = torch.onnx.export(graph.eval(), args, dynamo=True, verbose=False, opset_version=OPSET,
+                                        input_names=input_names(graph), output_names=list(graph.outputs),
+                                        dynamic_shapes=dynamic_shapes(graph))
     except Exception as exc:  # the exporter's own messages are pages long: keep the first line
+        model = graph.model
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"torch.onnx could not export this model ({type(model.image_encoder).__name__}, "
-                          f"{type(model.fusion).__name__}): {reason}") from None
+                          f"{type(getattr(model, 'fusion', None)).__name__}): {reason}") from None
     finally:
         quiet.level = level
     program.save(str(path))
@@ -88,8 +90,8 @@ def _quantize(fp32: Path, out: Path) -> None:
 
 def _refuse(saved, model_dir: Path) -> None:
     task = saved.config.task
-    if task not in ANSWER_TASKS:
-        raise ConfigError(f"{model_dir} holds a {task} model: vlfuse export takes {', '.join(ANSWER_TASKS)} models")
+    if task not in EXPORTED_TASKS:
+        raise ConfigError(f"{model_dir} holds a {task} model: vlfuse export takes {', '.join(EXPORTED_TASKS)} models")
     if saved.config.data.scene_graphs:
         raise ConfigError(f"{model_dir} was trained with scene graphs (data.scene_graphs): their encoding runs "
                           "outside any graph, so it cannot be exported")
@@ -109,19 +111,25 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, *, in
     out = Path(out_dir) if out_dir else model_dir.with_name(model_dir.name + ("_onnx_int8" if int8 else "_onnx"))
     if out.exists() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file():  # an earlier export is replaced
         raise ConfigError(f"--out {out} is a folder with other files in it: give a new or empty folder")
-    data = saved.config.data
+    data, proposal = saved.config.data, proposal_settings(saved.model)
     example = check_batch(data.image_size, saved.tokenizer.get_vocab_size(), data.max_question_length, 2, 3)
+    graphs = task_graphs(saved.model, saved.config.task)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / GRAPH
-        _trace(saved.model, example, fp32)
-        _quantize(fp32, out / GRAPH) if int8 else shutil.move(fp32, out / GRAPH)
+        for name, graph in graphs.items():
+            fp32 = Path(tmp) / name
+            _trace(graph, example_args(graph, example, proposal), fp32)
+            _quantize(fp32, out / name) if int8 else shutil.move(fp32, out / name)
     for name in (CONFIG, TOKENIZER, "tokenizer.sha256", ANSWERS):
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out / name)
-    info = {"format": "onnx", "precision": "int8" if int8 else "fp32", "task": saved.config.task, "graph": GRAPH,
-            "opset": OPSET, "inputs": input_names(saved.model), "region_proposal": proposal_settings(saved.model),
-            "source": str(model_dir.resolve()), "torch": torch.__version__}
+    info = {"format": "onnx", "precision": "int8" if int8 else "fp32", "task": saved.config.task,
+            "graphs": {name: input_names(graph) for name, graph in graphs.items()}, "opset": OPSET,
+            "region_proposal": proposal, "source": str(model_dir.resolve()), "torch": torch.__version__}
+    if saved.config.task == "retrieval":  # an index built by the PyTorch model opens with the export
+        from ..index.fingerprint import model_fingerprint
+
+        info["fingerprint"] = model_fingerprint(model_dir)
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     info["check"] = parity_check(saved, out, int8)
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -130,19 +138,44 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, *, in
 
 def parity_check(saved, out: Path, int8: bool) -> dict:
     """The export against PyTorch on a batch of other sizes than the traced one (so the dynamic axes
-    are exercised): max |logit difference| and how many answers agree. An fp32 export that drifts
-    past FP32_TOLERANCE is an exporter bug: refused, folder removed."""
+    are exercised): max |difference| of every output and how many answers (or best matches) agree.
+    An fp32 export that drifts past FP32_TOLERANCE is an exporter bug: refused, folder removed."""
     from .runtime import load_exported
 
     data = saved.config.data
     batch = check_batch(data.image_size, saved.tokenizer.get_vocab_size(), data.max_question_length)
-    with torch.no_grad():
-        reference = saved.model(*batch)[0].float()
-    logits = load_exported(out).logits(*batch)
-    diff = float((logits - reference).abs().max())
-    same = int((logits.argmax(-1) == reference.argmax(-1)).sum())
+    pairs = (_retrieval_outputs if saved.config.task == "retrieval" else _answer_outputs)(saved, load_exported(out),
+                                                                                          batch)
+    diff = max(float((got - want).abs().max()) for got, want in pairs)
+    got, want = pairs[0]
+    same = int((got.argmax(-1) == want.argmax(-1)).sum())
     if not int8 and not diff <= FP32_TOLERANCE:
         shutil.rmtree(out)
-        raise ConfigError(f"the ONNX graph does not reproduce the model (max |logit difference| {diff:.3g} > "
+        raise ConfigError(f"the ONNX graph does not reproduce the model (max |difference| {diff:.3g} > "
                           f"{FP32_TOLERANCE}): export refused")
-    return {"max_abs_diff": diff, "same_answers": same, "questions": len(reference)}
+    return {"max_abs_diff": diff, "same_answers": same, "questions": len(want)}
+
+
+@torch.no_grad()
+def _answer_outputs(saved, exported, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(exported.logits(*batch), saved.model(*batch)[0].float())]
+
+
+@torch.no_grad()
+def _retrieval_outputs(saved, exported, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(text x image similarity, its reference) first, whose best image per text is compared; then
+    the image and text embeddings and, with an ITM head, the matching log-odds."""
+    from ..heads.retrieval import match_score
+
+    images, ids, mask, _ = batch
+    model = saved.model
+    image_emb, text_emb = model(images, ids, mask)
+    got_images = torch.from_numpy(exported.embed_image_tensors(images))
+    got_texts = torch.from_numpy(exported.embed_text_ids(ids, mask))
+    pairs = [(got_texts @ got_images.T, text_emb @ image_emb.T), (got_images, image_emb), (got_texts, text_emb)]
+    if model.can_rerank:
+        image, text = model.encode_images(images[:1].expand(len(ids), -1, -1, -1)), model.encode_texts(ids, mask)
+        want = match_score(model.match(image, text))
+        pairs.append((torch.from_numpy(exported.match_ids(images[:1].expand(len(ids), -1, -1, -1), ids, mask)[1]),
+                      want))
+    return pairs

@@ -1,9 +1,13 @@
-"""What is traced: a model's forward pass as a module of plain tensors in, logits out.
+"""What is traced: a model's forward pass as modules of plain tensors in, tensors out.
 
-The graph takes uint8 images [B_img, 3, S, S], input_ids and attention_mask [B_q, L] and image_index
-[B_q] (which image each question is about, so an image is encoded once for all of its questions),
-all with dynamic batch and sequence axes. A region encoder's model also takes the proposed regions
-(proposal.REGION_INPUTS, computed in numpy outside the graph).
+Images go in as uint8 [B_img, 3, S, S], texts as input_ids and attention_mask [B_q, L], with dynamic
+batch and sequence axes. A region encoder's graphs also take the proposed regions
+(proposal.REGION_INPUTS, computed in numpy outside the graph) beside the images.
+
+- answers (vqa, matching, classification): images, texts and image_index [B_q] (which image each
+  question is about, so an image is encoded once for all of its questions) -> logits.
+- retrieval: images -> unit embeddings; texts -> unit embeddings; and, with an ITM head, row-aligned
+  images and texts -> (cosine similarity, ITM log-odds of a match).
 """
 
 from __future__ import annotations
@@ -12,9 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..types import Features
 from .proposal import REGION_INPUTS
-
-TEXT_INPUTS = ("images", "input_ids", "attention_mask", "image_index")
 
 
 def proposal_settings(model: nn.Module) -> dict | None:
@@ -25,8 +28,20 @@ def proposal_settings(model: nn.Module) -> dict | None:
     return {"max_regions": encoder.max_regions, "threshold": encoder.threshold, "min_area": encoder.min_area}
 
 
+def encode_images(model: nn.Module, images: torch.Tensor, regions: tuple) -> Features:
+    """uint8 images (and, for a region encoder, its proposed regions) -> the image encoder's Features."""
+    images = images.float() / 255
+    if regions[0] is None:
+        return model.image_encoder(images)
+    from ..encoders.regions import Regions
+
+    return model.image_encoder.encode_regions(images, Regions(*regions))
+
+
 class AnswerGraph(nn.Module):
-    """A VisionLanguageModel (vqa, matching, classification) as logits [B_q, answers]."""
+    """A VisionLanguageModel (vqa, matching, classification) -> answer logits [B_q, answers]."""
+
+    inputs, outputs, aligned = ("images", "input_ids", "attention_mask", "image_index"), ("logits",), False
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -34,42 +49,78 @@ class AnswerGraph(nn.Module):
 
     def forward(self, images, input_ids, attention_mask, image_index, region_boxes=None, region_centroids=None,
                 region_colors=None, region_areas=None, region_mask=None):
-        images = images.float() / 255
-        if region_boxes is not None:
-            from ..encoders.regions import Regions
-
-            regions = Regions(region_boxes, region_centroids, region_colors, region_areas, region_mask)
-            image = self.model.image_encoder.encode_regions(images, regions)
-        else:
-            image = self.model.image_encoder(images)
-        logits, _ = self.model.from_image_features(image, input_ids, attention_mask, image_index)
-        return logits
+        image = encode_images(self.model, images, (region_boxes, region_centroids, region_colors, region_areas,
+                                                   region_mask))
+        return self.model.from_image_features(image, input_ids, attention_mask, image_index)[0]
 
 
-def input_names(model: nn.Module) -> list[str]:
-    return [*TEXT_INPUTS, *(REGION_INPUTS if proposal_settings(model) else ())]
+class ImageEmbedGraph(AnswerGraph):
+    """A RetrievalModel's image side -> unit embeddings [B_img, E]."""
+
+    inputs, outputs = ("images",), ("image_embeddings",)
+
+    def forward(self, images, region_boxes=None, region_centroids=None, region_colors=None, region_areas=None,
+                region_mask=None):
+        regions = (region_boxes, region_centroids, region_colors, region_areas, region_mask)
+        return self.model.head.embed_image(encode_images(self.model, images, regions))
 
 
-def dynamic_shapes(model: nn.Module) -> dict[str, dict]:
-    """Batch axes (images, questions) and the sequence axis, by input name, for torch.export."""
+class TextEmbedGraph(AnswerGraph):
+    """A RetrievalModel's text side -> unit embeddings [B_q, E]."""
+
+    inputs, outputs = ("input_ids", "attention_mask"), ("text_embeddings",)
+
+    def forward(self, input_ids, attention_mask):
+        return self.model.head.embed_text(self.model.encode_texts(input_ids, attention_mask))
+
+
+class MatchGraph(AnswerGraph):
+    """A RetrievalModel with an ITM head, row-aligned pairs -> (cosine similarity [B], ITM log-odds [B])."""
+
+    inputs, outputs, aligned = ("images", "input_ids", "attention_mask"), ("similarity", "match_log_odds"), True
+
+    def forward(self, images, input_ids, attention_mask, region_boxes=None, region_centroids=None,
+                region_colors=None, region_areas=None, region_mask=None):
+        from ..heads.retrieval import match_score
+
+        regions = (region_boxes, region_centroids, region_colors, region_areas, region_mask)
+        image, text = encode_images(self.model, images, regions), self.model.encode_texts(input_ids, attention_mask)
+        image_emb, text_emb = self.model.head(image, text)
+        return (image_emb * text_emb).sum(-1), match_score(self.model.match(image, text))
+
+
+def task_graphs(model: nn.Module, task: str) -> dict[str, AnswerGraph]:
+    """The graphs of a model, by file name."""
+    if task != "retrieval":
+        return {"model.onnx": AnswerGraph(model)}
+    graphs = {"image.onnx": ImageEmbedGraph(model), "text.onnx": TextEmbedGraph(model)}
+    return graphs | ({"match.onnx": MatchGraph(model)} if model.can_rerank else {})
+
+
+def input_names(graph: AnswerGraph) -> list[str]:
+    regions = "images" in graph.inputs and proposal_settings(graph.model) is not None
+    return [*graph.inputs, *(REGION_INPUTS if regions else ())]
+
+
+def dynamic_shapes(graph: AnswerGraph) -> dict[str, dict]:
+    """Batch axes (images, texts: one axis where rows pair up) and the sequence axis, for torch.export."""
     dim = torch.export.Dim
-    images, questions, length = dim("images"), dim("questions"), dim("length")
-    shapes = {"images": {0: images}, "input_ids": {0: questions, 1: length},
-              "attention_mask": {0: questions, 1: length}, "image_index": {0: questions}}
-    return shapes | ({name: {0: images} for name in REGION_INPUTS} if proposal_settings(model) else {})
+    images, length = dim("images"), dim("length")
+    texts = images if graph.aligned else dim("texts")
+    axes = {"images": {0: images}, "input_ids": {0: texts, 1: length}, "attention_mask": {0: texts, 1: length},
+            "image_index": {0: texts}} | {name: {0: images} for name in REGION_INPUTS}
+    return {name: axes[name] for name in input_names(graph)}
 
 
-def graph_inputs(images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 image_index: torch.Tensor | None, proposal: dict | None) -> dict[str, np.ndarray]:
-    """The graph's named inputs for one batch: uint8 images, token ids and mask, image_index (None:
-    question i reads image i) and, for a region encoder (proposal: its settings), the regions."""
+def graph_inputs(names: list[str], proposal: dict | None, **tensors: torch.Tensor) -> dict[str, np.ndarray]:
+    """The named numpy inputs of a graph taking `names`: the tensors given (uint8 images, token ids and
+    mask, image_index) and, for a region encoder (proposal: its settings), the regions of the images."""
     from .proposal import find_regions
 
-    if image_index is None:
-        image_index = torch.arange(len(input_ids))
-    images = images.cpu().numpy()
-    feeds = {"images": images, "input_ids": input_ids.cpu().long().numpy(),
-             "attention_mask": attention_mask.cpu().bool().numpy(), "image_index": image_index.cpu().long().numpy()}
-    if proposal is not None:
-        feeds.update(find_regions(images.astype(np.float32) / 255, **proposal))
+    feeds = {name: tensors[name].cpu().numpy() for name in names if name in tensors}
+    for name, dtype in (("input_ids", np.int64), ("attention_mask", bool), ("image_index", np.int64)):
+        if name in feeds:
+            feeds[name] = feeds[name].astype(dtype, copy=False)
+    if proposal is not None and "region_boxes" in names:
+        feeds.update(find_regions(feeds["images"].astype(np.float32) / 255, **proposal))
     return feeds

@@ -1,11 +1,11 @@
 """`vlfuse export MODEL_DIR --format onnx [--int8]`: a saved model as an ONNX folder for onnxruntime.
 
-The folder holds the model's config.yaml, tokenizer and answers (unchanged), model.onnx and
-export.json (what the graph takes, its precision, the region proposal settings, and how closely it
-matched PyTorch on a check batch at export time). torch.onnx's dynamo exporter traces the graph
-(torch 2.13's TorchScript exporter bakes the attention masks in as constants: its graph gave
-answers 0.24 logits away on a new batch); int8 is onnxruntime's dynamic quantization (int8
-weights of MatMul/Gemm, activations quantized per batch at run time).
+The folder holds the model's config.yaml, tokenizer and answers (unchanged), its graphs (graphs.py:
+model.onnx, or a retrieval model's image / text / match graphs) and export.json (each graph's inputs,
+the precision, the region proposal settings, and how closely the export matched PyTorch on a check
+batch). torch.onnx's dynamo exporter traces the graphs (torch 2.13's TorchScript exporter still runs,
+but its graph of the tiny test model was 0.24 logits off PyTorch on a batch of another shape); int8 is
+onnxruntime's dynamic quantization (int8 MatMul/Gemm weights, activations quantized at run time).
 """
 
 from __future__ import annotations
@@ -75,6 +75,18 @@ def _trace(graph, args: tuple, path: Path) -> None:
     finally:
         quiet.level = level
     program.save(str(path))
+    _drop_source_notes(path)
+
+
+def _drop_source_notes(path: Path) -> None:
+    """The exporter notes each node's Python source (metadata_props): about a tenth of the file, no use to
+    onnxruntime."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for node in graph.graph.node:
+        del node.metadata_props[:]
+    onnx.save(graph, str(path))
 
 
 def _quantize(fp32: Path, out: Path) -> None:

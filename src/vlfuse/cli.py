@@ -300,6 +300,25 @@ def predict(
         typer.echo(f"  {prob:7.2%}  {answer}")
 
 
+@app.command("export")
+def export_(
+    model_dir: Path,
+    format_: str = typer.Option("onnx", "--format", help="Export format: onnx (run by onnxruntime)."),
+    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization (onnxruntime's quantizer)."),
+    out: Optional[Path] = typer.Option(None, help="Folder to write (default MODEL_DIR_onnx or MODEL_DIR_onnx_int8)."),
+) -> None:
+    """Export a VQA / matching / classification / retrieval model to ONNX for onnxruntime; `vlfuse predict`,
+    `serve` and `index` take the folder."""
+    from .export import export_model
+
+    info = export_model(model_dir, out, int8=int8, fmt=format_)
+    check = info["check"]
+    what = "best image" if info["task"] == "retrieval" else "answer"
+    typer.echo(f"Wrote {info['out_dir']} ({info['precision']}: {', '.join(info['graphs'])}); against PyTorch on a "
+               f"check batch: max |difference| {check['max_abs_diff']:.2g}, same {what} for "
+               f"{check['same_answers']}/{check['questions']}")
+
+
 @app.command("explain")
 def explain_(
     model_dir: Path,

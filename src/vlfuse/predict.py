@@ -54,6 +54,17 @@ class Predictor:
         return sg.batch_scene_graphs([encoded])
 
     @torch.no_grad()
+    def logits(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               image_index: torch.Tensor | None = None, graph=None) -> torch.Tensor:
+        """Answer logits [B_q, answers] (float, on the CPU) of a prepared batch: uint8 images [B_img, 3, S, S],
+        token ids and mask [B_q, L], image_index [B_q] (None: question i is about image i)."""
+        device = next(self.model.parameters()).device
+        logits, _ = self.model.eval()(images.to(device), input_ids.to(device), attention_mask.to(device),
+                                      None if image_index is None else image_index.to(device),
+                                      graph=None if graph is None else graph.to(device))
+        return logits.float().cpu()
+
+    @torch.no_grad()
     def predict(self, image, question: str, top_k: int = 5, scene=None) -> Prediction:
         """Answer one question about one image (a path, raw bytes or a PIL image). scene: the image's
         scene graph, for a model trained with them (see `predict_many`)."""
@@ -69,13 +80,9 @@ class Predictor:
         """
         questions = [check_question(q) for q in questions]
         ids, mask = pad_ids(encode_ids(self.tokenizer, questions, self.config.data.max_question_length))
-        device = next(self.model.parameters()).device
-        images = image_tensor(image, self.config.data.image_size).unsqueeze(0).to(device)
-        index = torch.zeros(len(questions), dtype=torch.long, device=device)
-        graph = self._scene_graph(scene)
-        logits, _ = self.model.eval()(images, ids.to(device), mask.to(device), index,
-                                      graph=None if graph is None else graph.to(device))
-        probs = logits.float().softmax(-1)
+        images = image_tensor(image, self.config.data.image_size).unsqueeze(0)
+        index = torch.zeros(len(questions), dtype=torch.long)
+        probs = self.logits(images, ids, mask, index, self._scene_graph(scene)).softmax(-1)
         values, indices = probs.topk(min(top_k, probs.shape[-1]), -1)
         results = []
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
@@ -85,9 +92,19 @@ class Predictor:
 
 
 def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
-    """Rebuild a saved model directory (config.yaml + model.safetensors + vocabularies)."""
+    """Rebuild a saved model directory (config.yaml + model.safetensors + vocabularies), or open an exported
+    one (vlfuse export: the same Predictor, run by onnxruntime)."""
     from .caption import load_captioner, saved_task
+    from .export import is_exported
 
+    if is_exported(model_dir):  # written by vlfuse export: answered by onnxruntime
+        from .export import load_exported
+
+        predictor = load_exported(model_dir)
+        if not isinstance(predictor, Predictor):
+            raise DataError(f"holds an exported {predictor.config.task} model, which answers no questions",
+                            path=model_dir)
+        return predictor
     if saved_task(model_dir) == "captioning":  # a Captioner: .caption(image)
         return load_captioner(model_dir, device)
     saved = load_model_dir(model_dir)

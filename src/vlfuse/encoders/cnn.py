@@ -75,4 +75,4 @@ class CNNImageEncoder(nn.Module):
             tokens, _ = block(tokens)
         tokens = self.norm(tokens)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return Features(tokens, mask, tokens.mean(1), grid_boxes(self.grid, self.grid, len(tokens), tokens.device))
+        return Features(tokens, mask, tokens.mean(1), grid_boxes(self.grid, self.grid, tokens.shape[0], tokens.device))

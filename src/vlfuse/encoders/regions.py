@@ -155,7 +155,10 @@ class RegionImageEncoder(nn.Module):
             nn.init.zeros_(self.pair_bias[-1].bias)
 
     def forward(self, images: torch.Tensor) -> Features:
-        regions = find_regions(images, self.max_regions, self.threshold, self.min_area)
+        return self.encode_regions(images, find_regions(images, self.max_regions, self.threshold, self.min_area))
+
+    def encode_regions(self, images: torch.Tensor, regions: Regions) -> Features:
+        """`forward` after the region proposal: the part that traces (vlfuse.export proposes regions in numpy)."""
         b, k = regions.mask.shape
         crops = crop_regions(images, regions.boxes, self.crop_size)
         appearance = self.crop_cnn((crops.flatten(0, 1) - 0.5) / 0.25).view(b, k, -1)

@@ -70,6 +70,8 @@ def explain_input(predictor: Predictor, image: torch.Tensor, shown, question: st
     the maps are painted at the size of `shown` (a PIL RGB image: the picture itself, or a smaller copy of
     it, which keeps the maps small: a map costs 4 bytes a pixel, and there is one per word)."""
     check_method(method, layer, head)
+    if predictor.model is None:  # vlfuse export's folder: onnxruntime gives neither attention maps nor gradients
+        raise ExplainError("an exported (ONNX) model cannot be explained: explain the PyTorch model it came from")
     net, config = predictor.model.eval(), predictor.config
     question = check_question(question)
     device = next(net.parameters()).device

@@ -251,10 +251,8 @@ class Service:
         predictor = self.vqa
         ids, mask = pad_ids(encode_ids(predictor.tokenizer, [q.question for q in questions],
                                        predictor.config.data.max_question_length))
-        device = next(predictor.model.parameters()).device
-        images = torch.stack([q.image for q in questions]).to(device)
-        logits, _ = predictor.model.eval()(images, ids.to(device), mask.to(device))
-        probs = logits.float().softmax(-1).cpu()
+        images = torch.stack([q.image for q in questions])
+        probs = predictor.logits(images, ids, mask).softmax(-1)  # PyTorch, or onnxruntime for an exported model
         out = []
         for q, row in zip(questions, probs):
             values, indices = row.topk(min(q.top_k, len(row)))

@@ -1,0 +1,30 @@
+"""Export a trained model for onnxruntime (vlfuse export), and run the exported folder.
+
+Light to import: torch.onnx, onnx and onnxruntime load only when an export runs or an exported
+folder is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXPORT_INFO = "export.json"  # what marks a folder as exported: its graph, precision and inputs
+
+
+def is_exported(path: str | Path) -> bool:
+    """Whether `path` is a folder written by `vlfuse export` (it holds export.json)."""
+    return (Path(path) / EXPORT_INFO).is_file()
+
+
+def export_model(model_dir, out_dir=None, *, int8: bool = False, fmt: str = "onnx") -> dict:
+    """See vlfuse.export.exporter.export_model."""
+    from .exporter import export_model as run
+
+    return run(model_dir, out_dir, int8=int8, fmt=fmt)
+
+
+def load_exported(folder):
+    """An exported folder as a Predictor (vlfuse.load does this for you)."""
+    from .runtime import load_exported as run
+
+    return run(folder)

@@ -123,6 +123,7 @@ class Prepared:
     datamodule: L.LightningDataModule
     save: Callable[[], None]  # writes the finished model directory (weights and vocabularies)
     summary: dict  # the task's part of run.json
+    eval_split: str | None = None  # the split eval.json measures; None: test, where the config has one
 
 
 @dataclass
@@ -285,8 +286,9 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         run.join_logs(previous_logs)
         if not trainer.interrupted:
             prepared.save()
-            if config.data.test is not None:
-                test_metrics = evaluate_split(run.model_dir, config, "test", run.out / "eval.json", progress)
+            split = prepared.eval_split or ("test" if config.data.test is not None else None)
+            if split:
+                test_metrics = evaluate_split(run.model_dir, config, split, run.out / "eval.json", progress)
         summary = {
             "steps": trainer.global_step, "epochs_completed": trainer.current_epoch,
             "interrupted": trainer.interrupted, "wall_seconds": round(time.time() - start, 1),

@@ -533,3 +533,34 @@ def test_bad_selection_settings_are_refused(setting, message, shapes_root, tmp_p
 
     with pytest.raises(ConfigError, match=message):
         check_captioning_config(captioning_config(shapes_root, tmp_path, setting))
+
+
+def test_steps_after_the_last_validation_are_scored_before_the_best_weights_are_restored():
+    """A run stopped mid-epoch (train.max_minutes) has trained past its last validation: on_train_end
+    scores those weights too, and exports them only if they beat the best validated ones."""
+    from types import SimpleNamespace
+
+    from vlfuse.config import CaptioningConfig, TrainConfig
+    from vlfuse.train.captioning import CaptioningModule
+
+    class Scores:  # stands for ValCaptions: hands out the next score in turn
+        def __init__(self, *values):
+            self.values = list(values)
+
+        def score(self, model, task):
+            return {"cider_d": self.values.pop(0)}
+
+    for final_score, expect_final in ((0.9, True), (0.1, False)):
+        model = torch.nn.Linear(2, 2)
+        module = CaptioningModule(model, CaptioningConfig(select_on="cider_d"), TrainConfig(), 10,
+                                  Scores(0.5, final_score))
+        module._trainer = SimpleNamespace(global_step=4, current_epoch=0)
+        assert module._keep_if_best(module.val_captions.score(model, None)["cider_d"])  # the validation at step 4
+        validated = model.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.add_(1.0)  # 3 more steps, never validated
+        trained_on = model.weight.detach().clone()
+        module._trainer = SimpleNamespace(global_step=7, current_epoch=1)
+        module.on_train_end()
+        assert torch.equal(model.weight, trained_on if expect_final else validated)
+        assert module.best["score"] == (final_score if expect_final else 0.5)

@@ -112,16 +112,26 @@ class CaptioningModule(L.LightningModule):
         metrics = self.val_captions.score(self.model, self.task)
         for name in ("bleu_4", "cider_d", self.task.select_on):
             self.log(f"val_{name}", metrics[name], prog_bar=name == self.task.select_on)
-        best = self.best
-        if metrics[self.task.select_on] > best["score"]:
-            weights = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-            best.update(score=metrics[self.task.select_on], epoch=self.current_epoch, weights=weights, stale=0)
+        if self._keep_if_best(metrics[self.task.select_on]):
+            self.best["stale"] = 0
         else:
-            best["stale"] += 1
-            if self.task.patience is not None and best["stale"] >= self.task.patience:
+            self.best["stale"] += 1
+            if self.task.patience is not None and self.best["stale"] >= self.task.patience:
                 self.trainer.should_stop = True
 
+    def _keep_if_best(self, score: float) -> bool:
+        """Remember the trainable weights if `score` beats the best so far; say whether it did."""
+        self.best["validated_step"] = self.global_step
+        if score <= self.best["score"]:
+            return False
+        weights = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        self.best.update(score=score, epoch=self.current_epoch, weights=weights)
+        return True
+
     def on_train_end(self) -> None:
+        if self.val_captions is not None and self.best.get("validated_step") != self.global_step:
+            # Steps trained after the last validation (train.max_minutes stopped mid-epoch): score them too.
+            self._keep_if_best(self.val_captions.score(self.model, self.task)[self.task.select_on])
         if self.best["weights"]:  # the selected weights are the ones exported
             self.model.load_state_dict(self.best["weights"], strict=False)
 

@@ -487,3 +487,81 @@ def test_a_karpathy_file_serves_each_split_its_own_images(shapes_root, tmp_path)
     check_task_format("captioning", config.data)
     got = {name: [s.captions for s in read_split(config.data, name).samples] for name in ("train", "val", "test")}
     assert got == {"train": [("caption 0",), ("caption 1",)], "val": [("caption 2",)], "test": [("caption 3",)]}
+
+
+def test_cached_features_train_select_the_best_val_epoch_and_caption_as_images_do(shapes_root, tmp_path, monkeypatch):
+    """data.feature_cache + captioning.select_on: the exported weights are those of the epoch with the
+    best val score (BLEU-1: the tiny model's CIDEr-D is still 0), eval.json measures them on val (no test split), and captions from cached features
+    equal those from the images."""
+    import csv
+    import dataclasses
+
+    from test_feature_cache import TinyFrozenEncoder
+    from vlfuse.models.factory import IMAGE_ENCODERS
+    from vlfuse.train.run import evaluate_split, train
+
+    monkeypatch.setitem(IMAGE_ENCODERS, "tiny_frozen", TinyFrozenEncoder)
+    config = captioning_config(
+        shapes_root, tmp_path / "run", "model.image_encoder={name: tiny_frozen}",
+        f"data.feature_cache={tmp_path / 'features'}", "data.test=null", "train.epochs=4",
+        "data.val={annotations: captions/captions_train.json, images: images/train}",  # 14 images, not 1
+        "captioning.select_on=bleu_1", "train.checkpoint_every_n_steps=1000")
+    result = train(config, progress=False)
+    with (result.out_dir / "logs" / "metrics.csv").open() as f:
+        scores = [float(row["val_bleu_1"]) for row in csv.DictReader(f) if row.get("val_bleu_1")]
+    selected = read_json(result.out_dir / "run.json")["selected"]
+    assert len(scores) == 4 and max(scores) > 0, scores
+    assert selected["on"] == "val_bleu_1" and selected["epoch"] == scores.index(max(scores))
+    assert selected["score"] == pytest.approx(max(scores), rel=1e-5)
+    metrics = read_json(result.out_dir / "eval.json")
+    assert metrics["split"] == "val" and metrics["images"] == 14 and result.test_metrics == metrics
+    assert metrics["bleu_1"] == pytest.approx(max(scores), rel=1e-5)  # the exported model is the selected one
+
+    uncached = dataclasses.replace(config, data=dataclasses.replace(config.data, feature_cache=None))
+    again = evaluate_split(result.model_dir, uncached, "val", tmp_path / "images.json", progress=False)
+    assert again["cider_d"] == metrics["cider_d"]
+    captions = [(result.out_dir / "eval_captions.jsonl"), (tmp_path / "images_captions.jsonl")]
+    cached_lines, image_lines = (p.read_text(encoding="utf-8").splitlines() for p in captions)
+    assert [json.loads(x)["caption"] for x in cached_lines] == [json.loads(x)["caption"] for x in image_lines]
+
+
+@pytest.mark.parametrize("setting, message", [("captioning.min_word_count=0", "min_word_count"),
+                                              ("captioning.patience=2", "select_on"),
+                                              ("captioning.select_on=cider_d", "val split")])
+def test_bad_selection_settings_are_refused(setting, message, shapes_root, tmp_path):
+    from vlfuse.errors import ConfigError
+    from vlfuse.train.captioning import check_captioning_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_captioning_config(captioning_config(shapes_root, tmp_path, setting))
+
+
+def test_steps_after_the_last_validation_are_scored_before_the_best_weights_are_restored():
+    """A run stopped mid-epoch (train.max_minutes) has trained past its last validation: on_train_end
+    scores those weights too, and exports them only if they beat the best validated ones."""
+    from types import SimpleNamespace
+
+    from vlfuse.config import CaptioningConfig, TrainConfig
+    from vlfuse.train.captioning import CaptioningModule
+
+    class Scores:  # stands for ValCaptions: hands out the next score in turn
+        def __init__(self, *values):
+            self.values = list(values)
+
+        def score(self, model, task):
+            return {"cider_d": self.values.pop(0)}
+
+    for final_score, expect_final in ((0.9, True), (0.1, False)):
+        model = torch.nn.Linear(2, 2)
+        module = CaptioningModule(model, CaptioningConfig(select_on="cider_d"), TrainConfig(), 10,
+                                  Scores(0.5, final_score))
+        module._trainer = SimpleNamespace(global_step=4, current_epoch=0)
+        assert module._keep_if_best(module.val_captions.score(model, None)["cider_d"])  # the validation at step 4
+        validated = model.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.add_(1.0)  # 3 more steps, never validated
+        trained_on = model.weight.detach().clone()
+        module._trainer = SimpleNamespace(global_step=7, current_epoch=1)
+        module.on_train_end()
+        assert torch.equal(model.weight, trained_on if expect_final else validated)
+        assert module.best["score"] == (final_score if expect_final else 0.5)

@@ -209,7 +209,7 @@ def _print_caption_scores(metrics: dict) -> None:
     from rich.table import Table
 
     d = metrics["decoding"]
-    table = Table(title=f"Captioning: {metrics['images']} images, {metrics['references']} reference captions "
+    table = Table(title=f"Captioning ({metrics.get('split', 'test')}): {metrics['images']} images, {metrics['references']} reference captions "
                         f"(beam {d['beam_size']}, length penalty {d['length_penalty']:g})")
     names = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
     for header in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"):

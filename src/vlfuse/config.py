@@ -143,6 +143,11 @@ class CaptioningConfig:
     length_penalty: float = 0.0  # GNMT alpha; 0 ranks by the plain sum of log-probs
     max_length: int | None = None  # tokens generated, EOS included; null: data.max_question_length - 1
     eval_batch: int = 32  # images decoded at once
+    min_word_count: int = 1  # words: rarer training words become [UNK], which is never generated
+    # Keep the weights of the validation whose val captions (decoded as above) score best on this
+    # metric (e.g. cider_d, bleu_4) instead of the last epoch's; null: no caption decoding during training.
+    select_on: Literal["bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"] | None = None
+    patience: int | None = None  # with select_on: stop after this many validations without a better score
 
 
 @dataclass

@@ -5,7 +5,8 @@ Input: one candidate caption per image and a list of reference captions per imag
 Tokenisation (simplified): lowercase, every character that is not a letter, digit, underscore
 or whitespace becomes a space, then split on whitespace. coco-caption runs the Stanford PTB
 tokenizer and drops punctuation tokens; the two differ on clitics and hyphens ("man's" -> "man s"
-here, "man 's" there; "t-shirt" -> "t shirt" here), so scores can differ slightly from coco-caption.
+here, "man 's" there; "t-shirt" -> "t shirt" here), so scores can differ slightly from coco-caption. Given the same tokens, the scores equal
+pycocoevalcap's Bleu, Rouge and Cider (tests/metrics/test_caption_scores_coco.py).
 
 BLEU (Papineni et al. 2002, "BLEU: a method for automatic evaluation of machine translation"),
 over the whole corpus as coco-caption does:

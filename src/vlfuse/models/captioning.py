@@ -19,29 +19,33 @@ class CaptioningModel(nn.Module):
         super().__init__()
         self.image_encoder, self.decoder = image_encoder, decoder
 
-    def encode_images(self, images: torch.Tensor) -> Features:
-        """images [B, 3, H, W], uint8 or float in [0, 1] -> the image encoder's Features."""
+    def encode_images(self, images: torch.Tensor | None, image_features: torch.Tensor | None = None) -> Features:
+        """images [B, 3, H, W], uint8 or float in [0, 1] -> the image encoder's Features; or, given
+        image_features (a frozen encoder's cached output, data.feature_cache), Features from those."""
+        if image_features is not None:
+            return self.image_encoder.from_frozen(image_features)
         if images.dtype == torch.uint8:
             images = images.float() / 255
         return self.image_encoder(images)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, image_index: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(self, images: torch.Tensor | None, input_ids: torch.Tensor, image_index: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: logits [B_c, L, V], position t predicting input_ids[:, t + 1].
 
         image_index [B_c] says which image each caption belongs to (each image encoded once for
         all of its captions); without it, images and captions pair up row by row.
         """
-        image = self.encode_images(images)
+        image = self.encode_images(images, image_features)
         if image_index is not None:
             image = image.index_select(image_index)
         return self.decoder(image, input_ids)
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, bos: int, eos: int, max_length: int, beam_size: int = 1,
-                 length_penalty: float = 0.0, blocked: tuple[int, ...] = ()) -> Generated:
+    def generate(self, images: torch.Tensor | None, bos: int, eos: int, max_length: int, beam_size: int = 1,
+                 length_penalty: float = 0.0, blocked: tuple[int, ...] = (),
+                 image_features: torch.Tensor | None = None) -> Generated:
         """One caption per image: greedy search for beam_size 1, else beam search (heads.generation)."""
-        image = self.encode_images(images)
+        image = self.encode_images(images, image_features)
         if beam_size == 1:
             return greedy_search(self.decoder, image, bos, eos, max_length, blocked)
         return beam_search(self.decoder, image, bos, eos, max_length, beam_size, length_penalty, blocked)

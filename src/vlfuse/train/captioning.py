@@ -6,12 +6,16 @@ cross-entropy over the real tokens (captioning.label_smoothing optional).
 
 Evaluation: one caption per image by beam search (captioning.beam_size, length_penalty,
 max_length), scored with corpus BLEU-1..4, ROUGE-L and CIDEr-D against all of the image's reference
-captions (metrics.captioning).
+captions (metrics.captioning). With captioning.select_on, the val images are captioned the same way
+after every validation and the weights of the best-scoring one are kept (captioning.patience stops
+early). With data.feature_cache, training and evaluation read the frozen image encoder's cached
+output instead of running it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from ..config import CaptioningConfig, Config, TrainConfig
 from ..data.caption_dataset import CaptionDataset
 from ..data.caption_tokens import CaptionSpecials, build_caption_tokenizer, decode_caption
+from ..data.feature_cache import feature_collate, feature_loader
 from ..data.formats.common import SkipLog
 from ..data.loading import read_split
 from ..data.records import CaptionSample
@@ -72,13 +77,19 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: f
 # --------------------------------------------------------------------------- training
 
 class CaptioningModule(L.LightningModule):
-    def __init__(self, model: CaptioningModel, task: CaptioningConfig, train_config: TrainConfig, total_steps: int):
+    """Teacher-forced training; with `val_captions` (captioning.select_on), each validation also
+    captions the val images and the best-scoring weights are kept, restored when training ends."""
+
+    def __init__(self, model: CaptioningModel, task: CaptioningConfig, train_config: TrainConfig, total_steps: int,
+                 val_captions: "ValCaptions | None" = None):
         super().__init__()
         self.model, self.task, self.cfg, self.total_steps = model, task, train_config, total_steps
+        self.val_captions = val_captions
+        self.best = {"score": -math.inf, "epoch": -1, "weights": {}, "stale": 0}
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
         inputs, targets = teacher_forcing_targets(batch["input_ids"], batch["attention_mask"])
-        logits = self.model(batch["images"], inputs, batch["image_index"])
+        logits = self.model(batch.get("images"), inputs, batch["image_index"], batch.get("image_features"))
         loss = caption_loss(logits, targets, self.task.label_smoothing)
         real = targets != IGNORE_INDEX
         accuracy = (logits.argmax(-1) == targets)[real].float().mean()
@@ -95,8 +106,60 @@ class CaptioningModule(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("val_token_acc", accuracy, prog_bar=True, batch_size=n, sync_dist=True)
 
+    def on_validation_epoch_end(self) -> None:
+        if self.val_captions is None or self.trainer.sanity_checking:
+            return
+        metrics = self.val_captions.score(self.model, self.task)
+        for name in ("bleu_4", "cider_d", self.task.select_on):
+            self.log(f"val_{name}", metrics[name], prog_bar=name == self.task.select_on)
+        if self._keep_if_best(metrics[self.task.select_on]):
+            self.best["stale"] = 0
+        else:
+            self.best["stale"] += 1
+            if self.task.patience is not None and self.best["stale"] >= self.task.patience:
+                self.trainer.should_stop = True
+
+    def _keep_if_best(self, score: float) -> bool:
+        """Remember the trainable weights if `score` beats the best so far; say whether it did."""
+        self.best["validated_step"] = self.global_step
+        if score <= self.best["score"]:
+            return False
+        weights = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        self.best.update(score=score, epoch=self.current_epoch, weights=weights)
+        return True
+
+    def on_train_end(self) -> None:
+        if self.val_captions is not None and self.best.get("validated_step") != self.global_step:
+            # Steps trained after the last validation (train.max_minutes stopped mid-epoch): score them too.
+            self._keep_if_best(self.val_captions.score(self.model, self.task)[self.task.select_on])
+        if self.best["weights"]:  # the selected weights are the ones exported
+            self.model.load_state_dict(self.best["weights"], strict=False)
+
+    # The best weights so far travel in the checkpoint, so a resumed run selects among every epoch.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["caption_selection"] = dict(self.best)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best = dict(checkpoint.get("caption_selection", self.best))
+
     def configure_optimizers(self):
         return configure_adamw(self.model, self.cfg, self.total_steps)
+
+
+class ValCaptions:
+    """The val images (or their cached features) and references, captioned and scored on demand."""
+
+    def __init__(self, dataset: CaptionDataset, tokenizer, config: Config, features: bool):
+        self.images, self.tokenizer, self.features = dataset.images, tokenizer, features
+        self.references = [list(s.captions) for s in dataset.samples]
+        self.max_length = generation_length(config)
+
+    def score(self, model: CaptioningModel, task: CaptioningConfig) -> dict[str, float]:
+        was_training = model.training
+        captions = decode_captions(model, self.tokenizer, self.images, task.beam_size, task.length_penalty,
+                                   self.max_length, task.eval_batch, features=self.features)
+        model.train(was_training)
+        return caption_metrics([c for c, _ in captions], self.references)
 
 
 def caption_tokenizer(config: Config, samples: list[CaptionSample], model_dir: Path, resume: bool):
@@ -110,7 +173,7 @@ def caption_tokenizer(config: Config, samples: list[CaptionSample], model_dir: P
         spec = config.model.text_encoder
         path = spec.get("path") if spec.get("name") == "pretrained" else None
         return load_tokenizer(PretrainedTextEncoder.tokenizer_file(path))
-    return build_caption_tokenizer(c for s in samples for c in s.captions)
+    return build_caption_tokenizer((c for s in samples for c in s.captions), config.captioning.min_word_count)
 
 
 def _split_summary(dataset: CaptionDataset, read) -> dict:
@@ -128,6 +191,13 @@ def check_captioning_config(config: Config) -> None:
         raise ConfigError(f"config key 'captioning.label_smoothing' must be in [0, 1), got {c.label_smoothing}")
     if c.eval_batch < 1:
         raise ConfigError(f"config key 'captioning.eval_batch' must be >= 1, got {c.eval_batch}")
+    if c.min_word_count < 1:
+        raise ConfigError(f"config key 'captioning.min_word_count' must be >= 1, got {c.min_word_count}")
+    if c.patience is not None and (c.patience < 1 or c.select_on is None):
+        raise ConfigError(f"config key 'captioning.patience' must be >= 1 and needs captioning.select_on, got "
+                          f"{c.patience} (select_on: {c.select_on})")
+    if c.select_on is not None and config.data.val is None:
+        raise ConfigError("config key 'captioning.select_on' needs a val split (data.val) to caption and score")
     if config.data.max_question_length < 3:
         raise ConfigError("config key 'data.max_question_length' must be >= 3 for task captioning: a caption "
                           f"holds BOS, a word and EOS, got {config.data.max_question_length}")
@@ -142,17 +212,23 @@ def prepare_captioning(config: Config, model_dir: Path, resume: bool, progress: 
     CaptionSpecials.of(tokenizer)  # fail now, not after training, on a tokenizer without start / end tokens
     model = build_captioning_model(config, tokenizer.get_vocab_size())
     save_vocabularies(model_dir, config, tokenizer, None)
+    # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
+    loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
+                            progress)
     args = (tokenizer, config.data.image_size, config.data.max_question_length)
-    train_set = CaptioningDataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images")
+    train_set = CaptioningDataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images",
+                                  image_loader=loader)
     if len(train_set) == 0:
         raise ConfigError("task captioning found no captioned training images"
                           + (f"; {train_read.skipped.summary()}" if train_read.skipped.count else ""))
-    val_set = CaptioningDataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images") \
-        if val_read else None
+    val_set = CaptioningDataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images",
+                                image_loader=loader) if val_read else None
     warn_skipped(train=train_read, val=val_read)
 
+    val_captions = ValCaptions(val_set, tokenizer, config, loader is not None) \
+        if config.captioning.select_on and val_set is not None and len(val_set) else None
     module = CaptioningModule(model, config.captioning, config.train,
-                              steps_per_epoch(config, len(train_set)) * config.train.epochs)
+                              steps_per_epoch(config, len(train_set)) * config.train.epochs, val_captions)
     summary = {
         "task": "captioning",
         "train": _split_summary(train_set, train_read),
@@ -161,17 +237,26 @@ def prepare_captioning(config: Config, model_dir: Path, resume: bool, progress: 
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
-    datamodule = EpochDataModule(train_set, val_set, config, collate_captions)
-    return Prepared(module, datamodule, lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, None),
-                    summary)
+    datamodule = EpochDataModule(train_set, val_set, config, feature_collate(config, collate_captions))
+
+    def save() -> None:  # after training: the exported weights are the selected ones (on_train_end)
+        if module.best["weights"]:
+            summary["selected"] = {"on": f"val_{config.captioning.select_on}", "score": module.best["score"],
+                                   "epoch": module.best["epoch"]}
+        save_model_dir(model_dir, model.cpu(), config, tokenizer, None)
+
+    # Without a test split, the finished model is measured on val (a recipe that tunes on val reports it).
+    eval_split = "val" if config.data.test is None and val_set is not None else None
+    return Prepared(module, datamodule, save, summary, eval_split)
 
 
 # --------------------------------------------------------------------------- decoding and evaluation
 
 def caption_images(saved: SavedModel, images: torch.Tensor, beam_size: int | None = None,
                    length_penalty: float | None = None, max_length: int | None = None, batch: int | None = None,
-                   progress: bool = False) -> list[tuple[str, float]]:
-    """(caption, summed log-prob) for each of `images` (uint8 [N, 3, S, S]); settings default to the config's."""
+                   progress: bool = False, features: bool = False) -> list[tuple[str, float]]:
+    """(caption, summed log-prob) for each of `images` (uint8 [N, 3, S, S], or with `features` the frozen
+    image encoder's cached output); settings default to the config's."""
     c = saved.config.captioning
     beam_size = c.beam_size if beam_size is None else beam_size
     length_penalty = c.length_penalty if length_penalty is None else length_penalty
@@ -180,30 +265,40 @@ def caption_images(saved: SavedModel, images: torch.Tensor, beam_size: int | Non
     if positions is not None and max_length > positions:
         raise ConfigError(f"max_length {max_length} is more than the {positions} positions this decoder was "
                           "trained with")
-    specials = CaptionSpecials.of(saved.tokenizer)
-    model = saved.model.eval()
+    return decode_captions(saved.model, saved.tokenizer, images, beam_size, length_penalty, max_length,
+                           batch or c.eval_batch, progress, features)
+
+
+def decode_captions(model: CaptioningModel, tokenizer, images: torch.Tensor, beam_size: int, length_penalty: float,
+                    max_length: int, batch: int, progress: bool = False, features: bool = False
+                    ) -> list[tuple[str, float]]:
+    """(caption, summed log-prob) for each of `images` (or cached features), `batch` at a time, in eval mode."""
+    specials = CaptionSpecials.of(tokenizer)
+    model = model.eval()
     device = next(model.parameters()).device
-    batch = batch or c.eval_batch
     out = []
     starts = range(0, len(images), batch)
     for start in track(starts, "Captioning", total=len(starts), enabled=progress):
-        generated = model.generate(images[start: start + batch].to(device), specials.bos, specials.eos, max_length,
-                                   beam_size, length_penalty, specials.blocked)
-        out += [(decode_caption(saved.tokenizer, ids), score) for ids, score in zip(generated.ids, generated.log_probs)]
+        chunk = images[start: start + batch].to(device)
+        generated = model.generate(None if features else chunk, specials.bos, specials.eos, max_length, beam_size,
+                                   length_penalty, specials.blocked, image_features=chunk if features else None)
+        out += [(decode_caption(tokenizer, ids), score) for ids, score in zip(generated.ids, generated.log_probs)]
     return out
 
 
 def evaluate_captioning(saved: SavedModel, samples: list[CaptionSample], skip_log: SkipLog, progress: bool = True
                         ) -> tuple[dict, list[dict]]:
-    """(metrics, one record per image) of the model's captions for `samples` against their references."""
+    """(metrics, one record per image) of the model's captions for `samples` against their references.
+    With saved.config.data.feature_cache, the images' frozen features come from (and go to) that cache."""
     cfg = saved.config
+    loader = feature_loader(cfg, saved.model.image_encoder, samples, progress)
     dataset = CaptionDataset(samples, saved.tokenizer, cfg.data.image_size, cfg.data.max_question_length, skip_log,
-                             progress=progress)
+                             progress=progress, image_loader=loader)
     if len(dataset) == 0:
         raise DataError("no captioned images to evaluate captioning on"
                         + (f" ({skip_log.summary()})" if skip_log.count else ""))
     clock = time.perf_counter()
-    captions = caption_images(saved, dataset.images, progress=progress)
+    captions = caption_images(saved, dataset.images, progress=progress, features=loader is not None)
     seconds = time.perf_counter() - clock
     candidates = [caption for caption, _ in captions]
     references = [list(s.captions) for s in dataset.samples]
@@ -229,7 +324,9 @@ def evaluate_captioning_split(model_dir: Path, config: Config, split: str, out_j
     read = read_split(config.data, split)
     saved = load_model_dir(model_dir, task="captioning")
     saved.config.captioning = config.captioning
+    saved.config.data.feature_cache = config.data.feature_cache
     metrics, records = evaluate_captioning(saved, read.samples, read.skipped, progress)
+    metrics = {"task": "captioning", "split": split, **metrics}
     if out_json is not None:
         out_json.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
         out_json.with_name(out_json.stem + "_captions.jsonl").write_text(

@@ -143,6 +143,7 @@ class Prepared:
     datamodule: L.LightningDataModule
     save: Callable[[], None]  # writes the finished model directory (weights and vocabularies)
     summary: dict  # the task's part of run.json
+    eval_split: str | None = None  # the split eval.json measures; None: test, where the config has one
 
 
 @dataclass
@@ -328,7 +329,7 @@ def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainR
         run.join_logs(previous_logs)
         if not interrupted:
             save_model(prepared, run)
-            test_metrics = evaluate_after_training(run, config, progress, note and {
+            test_metrics = evaluate_after_training(run, config, prepared.eval_split, progress, note and {
                 "stopped_by": stopped_by, "steps": steps, "planned_steps": planned, "note": note})
         if stopped_by is None:
             run.last.unlink(missing_ok=True)  # finished: nothing left to resume
@@ -373,14 +374,16 @@ def save_model(prepared: Prepared, run: RunDirs) -> None:
         raise DataError(f"could not write the model: {exc.strerror or exc}", path=run.model_dir) from None
 
 
-def evaluate_after_training(run: RunDirs, config: Config, progress: bool, stop: dict | None) -> dict | None:
-    """Test metrics into OUT_DIR/eval.json, with what cut training short (`stop`) when something did.
-    An empty test split is a warning, not an accuracy over 0 questions."""
-    if config.data.test is None:
+def evaluate_after_training(run: RunDirs, config: Config, split: str | None, progress: bool,
+                            stop: dict | None) -> dict | None:
+    """Metrics of `split` (the task's choice, else test) into OUT_DIR/eval.json, with what cut training
+    short (`stop`) when something did. An empty split is a warning, not an accuracy over 0 questions."""
+    split = split or ("test" if config.data.test is not None else None)
+    if split is None:
         return None
     out_json = run.out / "eval.json"
     try:
-        metrics = evaluate_split(run.model_dir, config, "test", out_json, progress)
+        metrics = evaluate_split(run.model_dir, config, split, out_json, progress)
     except EmptySplitError as exc:
         print(f"warning: not evaluated: {exc}", file=sys.stderr)
         return None

@@ -388,12 +388,12 @@ def feature_collate(config, collate: Callable[[list], dict]) -> Callable[[list],
     return _RenameImages(collate) if config.data.feature_cache else collate
 
 
-CACHE_TASKS = ("vqa", "retrieval")  # the tasks whose training reads cached features
+CACHE_TASKS = ("vqa", "retrieval", "matching", "classification")  # the tasks whose training reads cached features
 
 
 def check_cache_task(config) -> None:
     if config.data.feature_cache and config.task not in CACHE_TASKS:
-        raise ConfigError(f"config key 'data.feature_cache' is read by task {' and '.join(CACHE_TASKS)} only, not "
+        raise ConfigError(f"config key 'data.feature_cache' is read by task {', '.join(CACHE_TASKS)} only, not "
                           f"{config.task}: remove it")
 
 

@@ -208,6 +208,7 @@ def _trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
                                                 save_last=True, save_top_k=0),
             L.pytorch.callbacks.OnExceptionCheckpoint(dirpath=run.last.parent, filename="last"),
             *([KeepFrozenInEval(t.freeze)] if t.freeze else []),
+            *early_stopping_callbacks(config, run),
         ],
         plugins=[SafetensorsCheckpointIO()],
         use_distributed_sampler=False,  # EpochSampler splits the data across processes itself
@@ -215,6 +216,39 @@ def _trainer(config: Config, run: RunDirs, progress: bool) -> L.Trainer:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+
+
+def early_stopping_callbacks(config: Config, run: RunDirs) -> list[L.Callback]:
+    """train.early_stopping: Lightning's EarlyStopping on the val metric, and a ModelCheckpoint that keeps
+    the best epoch's weights (checkpoints/best.ckpt) for `restore_best`."""
+    stop = config.train.early_stopping
+    if stop is None:
+        return []
+    if config.data.val is None:
+        raise ConfigError("config key 'train.early_stopping' watches the val split: set data.val, or remove it")
+    if stop.patience < 1:
+        raise ConfigError(f"config key 'train.early_stopping.patience' must be at least 1, got {stop.patience}")
+    return [L.pytorch.callbacks.EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience,
+                                              min_delta=stop.min_delta, check_on_train_epoch_end=False),
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=run.last.parent, filename="best", monitor=stop.monitor,
+                                                mode=stop.mode, save_top_k=1, save_weights_only=True,
+                                                enable_version_counter=False)]
+
+
+def restore_best(trainer: L.Trainer, module: L.LightningModule) -> dict | None:
+    """Load the best epoch's weights that early stopping kept; what happened, for run.json."""
+    stopper = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)), None)
+    if stopper is None:
+        return None
+    keeper = next(c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
+                  and c.monitor == stopper.monitor)
+    summary = {"monitor": stopper.monitor, "patience": stopper.patience, "stopped_epoch": stopper.stopped_epoch or None,
+               "best": None if keeper.best_model_score is None else round(float(keeper.best_model_score), 6)}
+    if keeper.best_model_path:
+        state = trainer.strategy.checkpoint_io.load_checkpoint(keeper.best_model_path)
+        module.load_state_dict(state["state_dict"])
+        summary["best_epoch"] = state["epoch"]  # 0-based, as Lightning counts
+    return summary
 
 
 def fit(trainer: L.Trainer, prepared: Prepared, ckpt_path: Path | None) -> None:
@@ -279,6 +313,8 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
     previous_logs = run.set_logs_aside(resume)
     trainer = make_trainer(config, run, progress)
     fit(trainer, prepared, run.last if resume else None)
+    if not trainer.interrupted and (best := restore_best(trainer, prepared.module)) is not None:
+        prepared.summary["early_stopping"] = best
 
     test_metrics = None
     if trainer.global_rank == 0:

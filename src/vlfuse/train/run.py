@@ -236,7 +236,8 @@ def early_stopping_callbacks(config: Config, run: RunDirs) -> list[L.Callback]:
 
 
 def restore_best(trainer: L.Trainer, module: L.LightningModule) -> dict | None:
-    """Load the best epoch's weights that early stopping kept; what happened, for run.json."""
+    """Load the best epoch's weights that early stopping kept (then delete its checkpoint); what happened,
+    for run.json."""
     stopper = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)), None)
     if stopper is None:
         return None
@@ -248,6 +249,8 @@ def restore_best(trainer: L.Trainer, module: L.LightningModule) -> dict | None:
         state = trainer.strategy.checkpoint_io.load_checkpoint(keeper.best_model_path)
         module.load_state_dict(state["state_dict"])
         summary["best_epoch"] = state["epoch"]  # 0-based, as Lightning counts
+        trainer.strategy.barrier()
+        trainer.strategy.remove_checkpoint(keeper.best_model_path)  # a finished run keeps model/ only
     return summary
 
 

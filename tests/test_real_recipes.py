@@ -72,6 +72,7 @@ def test_the_head_says_which_loss_and_a_wrong_one_names_the_key():
 
     head = build_component(HEADS, {"name": "classifier", "loss": "soft_bce"}, "model.head", dim=8, num_classes=3)
     assert head.loss == "soft_bce"
+    assert torch.allclose(head.mlp[-1].bias, torch.full((3,), -math.log(2)))  # every sigmoid starts near 1/3
     with pytest.raises(ConfigError, match="model.head.loss"):
         build_component(HEADS, {"name": "classifier", "loss": "hinge"}, "model.head", dim=8, num_classes=3)
     with pytest.raises(ConfigError, match="train.early_stopping.mode"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -29,6 +30,10 @@ class ClassifierHead(nn.Module):
         else:
             self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
                                      nn.Linear(hidden, num_classes))
+        if loss == "soft_bce":  # start every sigmoid near 1/C, the answers' prior, not 0.5 (Lin et al. 2017,
+            # focal loss): otherwise the first hundreds of steps only learn that most answers are wrong
+            last = self.mlp if hidden == 0 else self.mlp[-1]
+            nn.init.constant_(last.bias, -math.log(max(num_classes - 1, 1)))
 
     def forward(self, fused: FusionOutput) -> torch.Tensor:
         return self.mlp(fused.pooled)

@@ -26,8 +26,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     data = load_config(args.config, args.overrides).data
-    pairs = {name: [(s.question_type, s.question, s.answer) for s in read_split(data, name).samples if s.answer is not None]
-             for name in ("train", args.split)}
+    pairs = {name: [(s.question_type, s.question, s.answer) for s in read_split(data, name).samples
+                    if s.answer is not None] for name in ("train", args.split)}
     result = answer_prior_accuracy(pairs["train"], pairs[args.split])
     model = json.loads(args.eval.read_text(encoding="utf-8")) if args.eval else None
     print(f"{args.split}: {len(pairs[args.split])} questions")

@@ -52,7 +52,8 @@ def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | 
     for section, spec in FUSION_NEEDS.get(fusion, {}).items():
         current = getattr(config.model, section)
         # the same component keeps the base's other settings (a soft_bce head stays soft_bce when made linear)
-        setattr(config.model, section, {**current, **spec} if current.get("name") == spec["name"] else copy.deepcopy(spec))
+        same = current.get("name") == spec["name"]
+        setattr(config.model, section, {**current, **spec} if same else copy.deepcopy(spec))
     config.seed = seed
     config.out_dir = str(out_dir)
     if budget_minutes is not None:

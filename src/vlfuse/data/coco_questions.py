@@ -31,7 +31,8 @@ from .formats.common import read_json
 MAX_COUNT = 10  # counts above this are rare and often miss a few instances: not asked
 IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis",
                      "scissors": "scissors", "skateboard": "skateboards"}
-SUPERCATEGORY_QUESTIONS = {  # COCO super-category -> how to ask for its one member ("person", "outdoor", "indoor": none)
+# COCO super-category -> how to ask for its one member ("person", "outdoor", "indoor": not asked)
+SUPERCATEGORY_QUESTIONS = {
     "animal": "what animal is in the picture?", "vehicle": "what vehicle is in the picture?",
     "food": "what food is in the picture?", "furniture": "what piece of furniture is in the picture?",
     "electronic": "what electronic device is in the picture?", "appliance": "what appliance is in the picture?",

@@ -22,7 +22,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..config import Config, TrainConfig
 from ..data.answers import AnswerVocab, normalize_answer
@@ -34,7 +33,7 @@ from ..data.matching import LABELS, captions_to_statements, first_images, hold_o
 from ..data.records import VQASample
 from ..data.subsample import sample_images
 from ..data.tokenizer import build_tokenizer, load_tokenizer
-from ..data.vqa_dataset import IGNORE_INDEX, GroupedVQADataset, collate_groups
+from ..data.vqa_dataset import GroupedVQADataset, collate_groups
 from ..errors import ConfigError, DataError
 from ..metrics.classification import accuracy, auroc, macro_f1, nlvr_consistency, per_class_accuracy
 from ..models.factory import build_model, text_tokenizer_file
@@ -317,7 +316,8 @@ def format_labelled_metrics(metrics: dict) -> str:
     lines = [f"{metrics['task']}: {metrics['examples']} examples, classes {', '.join(metrics['classes'])}",
              f"  accuracy   {pct(metrics['accuracy'])}   (majority class '{base['class']}': {pct(base['accuracy'])})",
              f"  macro-F1   {pct(metrics['macro_f1'])}",
-             *(f"  class {c!r:12} {pct(m['accuracy'])} of {m['count']}" for c, m in metrics.get("per_class", {}).items()),
+             *(f"  class {c!r:12} {pct(m['accuracy'])} of {m['count']}"
+               for c, m in metrics.get("per_class", {}).items()),
              f"  AUROC      {pct(metrics['auroc'])}" + (f"  ({metrics['auroc_undefined']})"
                                                          if metrics.get("auroc_undefined") else "")]
     if "consistency" in metrics:

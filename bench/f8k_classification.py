@@ -67,7 +67,9 @@ def make_examples(images: list[dict], image_dir: Path, seed: int) -> list[dict]:
         elif label == "similar":
             source = nearest[i]
         else:
-            source = rng.choice((sim[i] < median[i]).nonzero().flatten().tolist())
+            source = i
+            while source == i:  # the diagonal (-1) is below every median: never the photo itself
+                source = rng.choice((sim[i] < median[i]).nonzero().flatten().tolist())
         examples.append({"question_id": f"f8k-{images[i]['filename']}", "image": str(image_dir / images[i]["filename"]),
                          "text": rng.choice(captions[source]), "label": label})
     return examples

@@ -313,3 +313,28 @@ def test_vqa_real_recipe_runs_on_real_vqa_v2_samples(tmp_path):
     assert summary["train"]["questions"] == 3 and summary["early_stopping"]["monitor"] == "val_acc"
     metrics = evaluate_split(result.model_dir, config, "val", None, progress=False)
     assert metrics["vqa_accuracy"]["count"] == 3 and 0 <= metrics["vqa_accuracy"]["accuracy"] <= 1
+
+
+def test_flickr8k_three_class_set_pairs_photos_with_own_similar_and_unrelated_captions(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.f8k_classification import make_examples
+
+    scenes = [("a brown dog runs on the grass", "a dog running through green grass"),
+              ("a black dog runs across the grass", "two dogs run on a grassy field"),
+              ("a man rides a bike down a hill", "a cyclist rides his bike on a dirt road"),
+              ("a boy rides a bike in the street", "a child on a bike rides past a wall"),
+              ("a woman sings on a stage", "a singer with a microphone performs on stage"),
+              ("a band plays music on a stage", "a man sings into a microphone on stage")]
+    images = [{"filename": f"{i}.jpg", "sentences": [{"raw": c} for c in caps]} for i, caps in enumerate(scenes)]
+    examples = make_examples(images, tmp_path, seed=0)
+    assert sorted(e["label"] for e in examples) == ["match"] * 2 + ["similar"] * 2 + ["unrelated"] * 2
+    partner = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4}  # each photo's nearest photo by its captions
+    for e in examples:
+        i = int(Path(e["image"]).stem)
+        own = e["text"] in scenes[i]
+        assert own == (e["label"] == "match")
+        if e["label"] == "similar":
+            assert e["text"] in scenes[partner[i]]
+        if e["label"] == "unrelated":
+            assert e["text"] not in scenes[partner[i]]
+    assert make_examples(images, tmp_path, seed=0) == examples

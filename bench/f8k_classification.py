@@ -67,9 +67,12 @@ def make_examples(images: list[dict], image_dir: Path, seed: int) -> list[dict]:
         elif label == "similar":
             source = nearest[i]
         else:
+            candidates = (sim[i] < median[i]).nonzero().flatten().tolist()
+            if candidates == [i]:  # a tiny split: any photo but itself and its nearest
+                candidates = [j for j in range(len(images)) if j not in (i, nearest[i])]
             source = i
             while source == i:  # the diagonal (-1) is below every median: never the photo itself
-                source = rng.choice((sim[i] < median[i]).nonzero().flatten().tolist())
+                source = rng.choice(candidates)
         examples.append({"question_id": f"f8k-{images[i]['filename']}", "image": str(image_dir / images[i]["filename"]),
                          "text": rng.choice(captions[source]), "label": label})
     return examples

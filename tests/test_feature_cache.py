@@ -244,8 +244,8 @@ def test_the_cache_is_refused_where_it_would_be_ignored_or_stale(tmp_path):
     from vlfuse.config import load_config
     from vlfuse.data.feature_cache import check_cache_current, check_cache_task, feature_loader
 
-    with pytest.raises(ConfigError, match="task vqa, retrieval, captioning only, not matching"):
-        check_cache_task(load_config(None, ["task=matching", f"data.feature_cache={tmp_path}"]))
+    with pytest.raises(ConfigError, match="only, not dialogue"):
+        check_cache_task(load_config(None, ["task=dialogue", f"data.feature_cache={tmp_path}"]))
     config = load_config(None, [f"data.feature_cache={tmp_path / 'f'}", "data.image_size=32"])
     model = SimpleNamespace(image_encoder=TinyFrozenEncoder())
     feature_loader(config, model.image_encoder, [], progress=False)

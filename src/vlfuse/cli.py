@@ -25,10 +25,11 @@ app.add_typer(index_app, name="index")
 from .cli_serve import serve  # noqa: E402
 
 app.command("serve")(serve)
-from .cli_data_tools import cache_app, data_shard  # noqa: E402 - feature cache and tar shards
+from .cli_data_tools import cache_app, data_coco_questions, data_shard  # noqa: E402 - feature cache, shards
 
 app.add_typer(cache_app, name="cache")
 data_app.command("shard")(data_shard)
+data_app.command("coco-questions")(data_coco_questions)
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.sub=value")]
 

@@ -95,3 +95,19 @@ def data_shard(config: Path,
     typer.echo(f"Wrote {manifest['samples']} {manifest['kind']} samples in {len(manifest['shards'])} shards to {out}")
     if read.skipped.count:
         typer.echo(f"warning: {read.skipped.summary()}", err=True)
+
+
+def data_coco_questions(
+        annotations: Annotated[list[Path], typer.Argument(help="COCO instances JSON file(s), e.g. "
+                                                               "annotations/instances_train2017.json.")],
+        out: Path = typer.Option(..., help="Folder for <split>_questions.json and <split>_annotations.json."),
+        seed: int = typer.Option(0, help="Seed of the absent categories that 'is there' questions ask about.")
+) -> None:
+    """Make VQA v2 questions (counts, 'is there', largest object, which animal/vehicle/...) from COCO instances."""
+    from .data.coco_questions import generate
+
+    for path in annotations:
+        summary = generate(path, out, seed=seed)
+        types = ", ".join(f"{n} {t}" for t, n in summary["question_types"].items())
+        typer.echo(f"{summary['split']}: {summary['questions']} questions about {summary['images']} images "
+                   f"({types}; {summary['answers']} distinct answers) -> {out}")

@@ -50,7 +50,10 @@ def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | 
     if config.model.fusion.get("name") != fusion:
         config.model.fusion = {"name": fusion}
     for section, spec in FUSION_NEEDS.get(fusion, {}).items():
-        setattr(config.model, section, copy.deepcopy(spec))
+        current = getattr(config.model, section)
+        # the same component keeps the base's other settings (a soft_bce head stays soft_bce when made linear)
+        same = current.get("name") == spec["name"]
+        setattr(config.model, section, {**current, **spec} if same else copy.deepcopy(spec))
     config.seed = seed
     config.out_dir = str(out_dir)
     if budget_minutes is not None:
@@ -99,7 +102,19 @@ def leaderboard(runs: list[RunSummary]) -> list[dict]:
             "steps": statistics.fmean(r.steps for r in mine),
             "ms_per_question": statistics.fmean(r.ms_per_question for r in mine),
         })
+        rows[-1].update(class_scores(mine))
     return sorted(rows, key=lambda row: -row["overall"]["mean"])
+
+
+def class_scores(runs: list[RunSummary]) -> dict:
+    """Tasks classification and matching: macro-F1 and each class's accuracy (mean and std over seeds)."""
+    if not all("macro_f1" in r.metrics for r in runs):
+        return {}
+    classes = dict.fromkeys(c for r in runs for c in r.metrics.get("per_class", {}))
+    per_class = {c: [r.metrics["per_class"][c]["accuracy"] for r in runs
+                     if r.metrics["per_class"].get(c, {}).get("accuracy") is not None] for c in classes}
+    return {"macro_f1": _mean_std([r.metrics["macro_f1"] for r in runs]),
+            "per_class": {c: _mean_std(v) for c, v in per_class.items() if v}}
 
 
 def _pct(stat: dict) -> str:
@@ -108,11 +123,14 @@ def _pct(stat: dict) -> str:
 
 def to_markdown(rows: list[dict], command: str) -> str:
     groups = list(dict.fromkeys(g for row in rows for g in row["groups"]))
-    head = ["fusion", "overall %", *(f"{g} %" for g in groups), "parameters", "train s", "steps", "ms / question"]
+    f1 = any("macro_f1" in row for row in rows)
+    head = ["fusion", "overall %", *(["macro-F1 %"] if f1 else []), *(f"{g} %" for g in groups), "parameters",
+            "train s", "steps", "ms / question"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["fusion"], _pct(row["overall"]), *(_pct(row["groups"][g]) if g in row["groups"] else "–"
-                                                         for g in groups),
+        cells = [row["fusion"], _pct(row["overall"]), *([_pct(row["macro_f1"]) if "macro_f1" in row else "–"] if f1
+                                                        else []),
+                 *(_pct(row["groups"][g]) if g in row["groups"] else "–" for g in groups),
                  f"{row['parameters']:,}", f"{row['train_seconds']:.0f}", f"{row['steps']:.0f}",
                  f"{row['ms_per_question']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -126,8 +144,20 @@ def to_markdown(rows: list[dict], command: str) -> str:
         "# Fusion leaderboard", "",
         f"Accuracy on the test split, mean ± standard deviation over {len(seeds)} seed(s) {seeds}; same data, "
         "encoders, budget and seeds for every fusion. Made with:", "", f"    {command}", "",
-        *lines, "", "## Per question family (accuracy %)", "", *fam_lines, "",
+        *lines, "", *_per_class_lines(rows), "## Per question family (accuracy %)", "", *fam_lines, "",
     ])
+
+
+def _per_class_lines(rows: list[dict]) -> list[str]:
+    """Classification: each class's accuracy (its recall) per fusion; nothing for VQA."""
+    classes = list(dict.fromkeys(c for row in rows for c in row.get("per_class", {})))
+    if not classes:
+        return []
+    lines = ["Accuracy per class (%, on that class's examples):", "",
+             "| class | " + " | ".join(row["fusion"] for row in rows) + " |", "|" + "---|" * (len(rows) + 1)]
+    lines += [f"| {c} | " + " | ".join(_pct(row["per_class"][c]) if c in row.get("per_class", {}) else "–"
+                                      for row in rows) + " |" for c in classes]
+    return lines + [""]
 
 
 def plot_leaderboard(rows: list[dict], out_png: Path) -> Path:

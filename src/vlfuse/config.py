@@ -81,6 +81,17 @@ MODEL_PARTS: tuple[str, ...] = typing.get_args(ModelPart)
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop when `monitor` (a metric logged on the val split) has not improved for `patience` epochs;
+    the exported model is the one of the best epoch, not the last."""
+
+    patience: int = 3
+    monitor: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     batch_images: int = 32  # every question of each image rides along, so questions per step ~ 20x this
@@ -108,6 +119,8 @@ class TrainConfig:
     # Parts that do not train (no gradient, dropout off): e.g. encoders taken from --init, as UNITER and
     # MMBT read a detector's or a CNN's fixed features.
     freeze: list[ModelPart] = field(default_factory=list)
+    # {patience: 3}: stop when val accuracy stops improving, keep the best epoch's weights (needs data.val)
+    early_stopping: EarlyStoppingConfig | None = None
 
 
 @dataclass

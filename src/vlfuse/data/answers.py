@@ -29,6 +29,17 @@ class AnswerVocab:
     def index(self, answer: str | None) -> int | None:
         return None if answer is None else self._index.get(normalize_answer(answer))
 
+    def soft_targets(self, answers: Iterable[str], answer: str | None = None) -> list[tuple[int, float]]:
+        """VQA v2 soft scores: (class, min(1, #humans who gave it / 3)) for the human `answers` that are
+        classes (10 in VQA v2: 3 or more agreeing annotators make a full 1.0); with fewer than two human
+        answers, the single `answer` (or the one given) scores 1.0. Empty when no answer is a class."""
+        answers = list(answers)
+        if len(answers) < 2:
+            label = self.index(answer if answer is not None else (answers[0] if answers else None))
+            return [] if label is None else [(label, 1.0)]
+        counts = Counter(i for i in map(self.index, answers) if i is not None)
+        return sorted((i, min(1.0, n / 3)) for i, n in counts.items())
+
     def __len__(self) -> int:
         return len(self.answers)
 

@@ -388,7 +388,7 @@ def feature_collate(config, collate: Callable[[list], dict]) -> Callable[[list],
     return _RenameImages(collate) if config.data.feature_cache else collate
 
 
-CACHE_TASKS = ("vqa", "retrieval", "captioning")  # the tasks whose training reads cached features
+CACHE_TASKS = ("vqa", "retrieval", "captioning", "matching", "classification")  # the tasks whose training reads cached features
 
 
 def check_cache_task(config) -> None:

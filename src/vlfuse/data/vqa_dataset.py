@@ -41,6 +41,7 @@ class ImageGroup:
     samples: list[VQASample] = field(default_factory=list)
     token_ids: list[list[int]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    soft_targets: list[list[tuple[int, float]]] = field(default_factory=list)  # per question: (class, score)
 
 
 def group_by_image(samples: list[VQASample]) -> list[ImageGroup]:
@@ -60,6 +61,7 @@ def encode_groups(groups: list[ImageGroup], tokenizer, answers: AnswerVocab, max
             label = answers.index(sample.answer)
             unanswerable += label is None
             group.labels.append(IGNORE_INDEX if label is None else label)
+            group.soft_targets.append(answers.soft_targets(sample.answers, sample.answer))
     return unanswerable
 
 
@@ -111,8 +113,10 @@ def collate_groups(items: list[tuple[torch.Tensor, ImageGroup]], with_samples: b
     `samples` (the source records) are left out for training: Lightning moves batches to the
     device by walking them, and has no use for them.
     """
-    token_ids, labels, image_index, samples = [], [], [], []
+    token_ids, labels, image_index, samples, soft = [], [], [], [], []
     for i, (_, group) in enumerate(items):
+        first = len(labels)  # the batch row of the group's first question
+        soft += [(first + q, c, score) for q, targets in enumerate(group.soft_targets) for c, score in targets]
         token_ids += group.token_ids
         labels += group.labels
         image_index += [i] * len(group.samples)
@@ -124,6 +128,8 @@ def collate_groups(items: list[tuple[torch.Tensor, ImageGroup]], with_samples: b
         "attention_mask": attention_mask,
         "image_index": torch.tensor(image_index, dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.long),
+        # VQA soft scores, sparse: question row, class, score (a dense [questions, classes] would be mostly 0)
+        "soft_targets": torch.tensor(soft, dtype=torch.float).reshape(-1, 3),
     }
     return {**batch, "samples": samples} if with_samples else batch
 

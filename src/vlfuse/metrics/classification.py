@@ -6,6 +6,9 @@
   torchmetrics (`multiclass_f1_score`, average="macro"). A class absent from both predictions and
   targets is left out of the mean (as scikit-learn does with its default labels), so passing a
   large `num_classes` does not drag the score down with empty classes.
+- per-class accuracy = #(predicted c and target c) / #(target c) for each class c: the accuracy on
+  the examples of that class (its recall), None for a class with no examples. It shows what a
+  single accuracy hides on unbalanced data: a model that always says "positive" scores 100% there.
 - AUROC (Hanley & McNeil 1982: the probability that a random positive scores above a random
   negative, ties counting one half), by torchmetrics. Binary: scores [N] for the positive class.
   Multi-class: scores [N, C], one-vs-rest AUROC per class, unweighted mean (scikit-learn's
@@ -57,6 +60,16 @@ def macro_f1(predictions, target, num_classes: int | None = None) -> float:
     if min(preds.min(), target.min()) < 0 or max(preds.max(), target.max()) >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes})")
     return multiclass_f1_score(preds, target, num_classes=max(num_classes, 2), average="macro").item()
+
+
+def per_class_accuracy(predictions, target, num_classes: int) -> list[float | None]:
+    """Accuracy on each class's examples (its recall): [num_classes], None where the class has none."""
+    preds, target = _labels(predictions, target)
+    if min(preds.min(), target.min()) < 0 or max(preds.max(), target.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    hits = torch.bincount(target[preds == target], minlength=num_classes)
+    totals = torch.bincount(target, minlength=num_classes)
+    return [None if n == 0 else (h / n).item() for h, n in zip(hits.double(), totals)]
 
 
 def auroc(scores, target) -> float:

@@ -188,3 +188,38 @@ def vqa_evaluate(predictions: Sequence[str], answers: Sequence[Sequence[str]],
         result["per_answer_type"] = {t: sum(v) / len(v) for t, v in sorted(by_type.items())}
     result["scores"] = scores
     return result
+
+
+def answer_prior_accuracy(train: Sequence[tuple[str, str, str]], evaluated: Sequence[tuple[str, str, str]]) -> dict:
+    """The blind baselines of VQA (Antol et al. 2015 "prior"; Goyal et al. 2017 "per question type prior"),
+    and the most common training answer of the very same question text (what a model that never looks
+    at the image can reach at best on templated questions).
+
+    train, evaluated: (question_type, question, answer) triples; answers compared after
+    `normalize_vqa_answer` (exact match). A type or question unseen in training falls back to the
+    wider prior.
+    """
+    if not train or not evaluated:
+        raise ValueError("need training and evaluated (question_type, question, answer) triples")
+    norm = normalize_vqa_answer
+    overall = Counter(norm(a) for _, _, a in train).most_common(1)[0][0]
+    by_type, by_question = defaultdict(Counter), defaultdict(Counter)
+    for t, q, a in train:
+        by_type[t][norm(a)] += 1
+        by_question[q.strip().lower()][norm(a)] += 1
+    type_prior = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
+    question_prior = {q: c.most_common(1)[0][0] for q, c in by_question.items()}
+    hits = Counter()
+    per_type = defaultdict(list)
+    for t, q, a in evaluated:
+        truth, guess = norm(a), type_prior.get(t, overall)
+        hits["prior"] += truth == overall
+        hits["type"] += truth == guess
+        hits["question"] += truth == question_prior.get(q.strip().lower(), guess)
+        per_type[t].append(truth == guess)
+    n = len(evaluated)
+    return {"prior": {"answer": overall, "accuracy": hits["prior"] / n},
+            "per_question_type_prior": {"accuracy": hits["type"] / n, "types": {
+                t: {"answer": type_prior.get(t, overall), "accuracy": sum(v) / len(v), "count": len(v)}
+                for t, v in sorted(per_type.items())}},
+            "per_question_prior": {"accuracy": hits["question"] / n}}

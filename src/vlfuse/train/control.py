@@ -27,7 +27,7 @@ import torch
 from ..config import Config
 from ..errors import VLFuseError
 
-TIME_CAP, INTERRUPTED = "time cap", "interrupted"
+TIME_CAP, INTERRUPTED, EARLY = "time cap", "interrupted", "early stopping"
 
 
 class TrainingDiverged(VLFuseError):
@@ -144,6 +144,8 @@ def stop_summary(stopped_by: str | None, steps: int, planned: int) -> str | None
     """The plain line for a run that ended before its planned steps (None for a finished run)."""
     if stopped_by is None and steps >= planned:
         return None
+    if stopped_by == EARLY:  # on purpose: the val score stopped improving, the best epoch is kept
+        return f"stopped early at step {steps} of {planned}: the val score stopped improving"
     why = {TIME_CAP: "the time cap", INTERRUPTED: "Ctrl-C"}.get(stopped_by, stopped_by or "a stop")
     line = f"stopped by {why} at step {steps} of {planned}"
     return line if stopped_by == INTERRUPTED else f"{line}: the model is undertrained"  # (Ctrl-C exports none)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..config import Config, TrainConfig
 from ..data.answers import AnswerVocab, normalize_answer
+from ..data.feature_cache import feature_collate, feature_loader
 from ..data.formats.common import ReadResult, SkipLog
 from ..data.loading import CAPTION_FORMATS, READERS, read_split
 from ..data.matching import LABELS, captions_to_statements, first_images, hold_out_sentences, sentence_id, \
@@ -32,9 +33,9 @@ from ..data.matching import LABELS, captions_to_statements, first_images, hold_o
 from ..data.records import VQASample
 from ..data.subsample import sample_images
 from ..data.tokenizer import build_tokenizer, load_tokenizer
-from ..data.vqa_dataset import IGNORE_INDEX, GroupedVQADataset, collate_groups
+from ..data.vqa_dataset import GroupedVQADataset, collate_groups
 from ..errors import ConfigError, DataError
-from ..metrics.classification import accuracy, auroc, macro_f1, nlvr_consistency
+from ..metrics.classification import accuracy, auroc, macro_f1, nlvr_consistency, per_class_accuracy
 from ..models.factory import build_model, text_tokenizer_file
 from ..models.saved import ANSWERS, TOKENIZER, SavedModel, save_model_dir, save_vocabularies
 from ..progress import track
@@ -138,15 +139,13 @@ class LabelledModule(VQAModule):
         self.cached_images = cached_images
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
-        args = (batch["input_ids"], batch["attention_mask"], batch["image_index"])
-        if self.cached_images:
-            image = self.model.image_encoder.from_frozen(batch["images"].float())
-            logits, _ = self.model.from_image_features(image, *args)
-        else:
-            logits, _ = self.model(batch["images"], *args)
+        if not self.cached_images:  # images, or data.feature_cache's features (batch["image_features"])
+            return super()._step(batch)
+        image = self.model.image_encoder.from_frozen(batch["images"].float())
+        logits, _ = self.model.from_image_features(image, batch["input_ids"], batch["attention_mask"],
+                                                   batch["image_index"])
         labels = batch["labels"]
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-        return loss, (logits.argmax(-1) == labels).sum(), labels.numel()
+        return self.loss(logits, batch), (logits.argmax(-1) == labels).sum(), labels.numel()
 
 
 def _split_summary(dataset: GroupedVQADataset, skipped: SkipLog) -> dict:
@@ -166,17 +165,21 @@ def prepare_labelled(config: Config, model_dir: Path, resume: bool, progress: bo
         check_known_labels(val_read.samples, labels, split_source(config, "val"))
     tokenizer = _tokenizer(config, train_read.samples, model_dir, resume)
     save_vocabularies(model_dir, config, tokenizer, labels)
+    model = build_model(config, tokenizer.get_vocab_size(), len(labels))
+    # data.feature_cache: the items carry the frozen image encoder's features, read from disk
+    loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
+                            progress)
     args = (tokenizer, labels, config.data.image_size, config.data.max_question_length)
-    train_set = GroupedVQADataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images")
+    train_set = GroupedVQADataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images",
+                                  image_loader=loader)
     if len(train_set) == 0:
         raise ConfigError("no usable training samples" + (f": {train_read.skipped.summary()}"
                                                           if train_read.skipped.count else f" in {source}"))
-    val_set = (GroupedVQADataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images")
-               if val_read else None)
+    val_set = (GroupedVQADataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images",
+                                 image_loader=loader) if val_read else None)
     warn_skipped(train=train_read, val=val_read)
 
-    model = build_model(config, tokenizer.get_vocab_size(), len(labels))
-    cached = cache_frozen_images(model.image_encoder, train_set, progress)
+    cached = loader is None and cache_frozen_images(model.image_encoder, train_set, progress)
     if cached and val_set is not None:
         cached = cache_frozen_images(model.image_encoder, val_set, progress)
         if not cached:
@@ -188,11 +191,13 @@ def prepare_labelled(config: Config, model_dir: Path, resume: bool, progress: bo
         "task": config.task, "classes": labels.answers,
         "train": _split_summary(train_set, train_read.skipped),
         "val": None if val_set is None else _split_summary(val_set, val_read.skipped),
-        "vocab": tokenizer.get_vocab_size(), "frozen_image_features_cached": cached,
+        "vocab": tokenizer.get_vocab_size(),
+        "frozen_image_features_cached": "data.feature_cache" if loader is not None else cached,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
-    return Prepared(module, EpochDataModule(train_set, val_set, config),
+    collate = feature_collate(config, partial(collate_groups, with_samples=False))
+    return Prepared(module, EpochDataModule(train_set, val_set, config, collate),
                     lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, labels), summary)
 
 
@@ -236,6 +241,9 @@ def labelled_metrics(probs: torch.Tensor, target: torch.Tensor, classes: list[st
     score, note = _auroc(probs, target, classes)
     out = {"examples": len(target), "accuracy": accuracy(preds, target),
            "macro_f1": macro_f1(preds, target, len(classes)), "auroc": score,
+           "per_class": {c: {"accuracy": a, "count": n} for c, a, n in zip(
+               classes, per_class_accuracy(preds, target, len(classes)),
+               torch.bincount(target, minlength=len(classes)).tolist())},
            "majority_baseline": {"class": classes[majority], "accuracy": majority_count / len(target)}}
     if note:
         out["auroc_undefined"] = note
@@ -308,6 +316,8 @@ def format_labelled_metrics(metrics: dict) -> str:
     lines = [f"{metrics['task']}: {metrics['examples']} examples, classes {', '.join(metrics['classes'])}",
              f"  accuracy   {pct(metrics['accuracy'])}   (majority class '{base['class']}': {pct(base['accuracy'])})",
              f"  macro-F1   {pct(metrics['macro_f1'])}",
+             *(f"  class {c!r:12} {pct(m['accuracy'])} of {m['count']}"
+               for c, m in metrics.get("per_class", {}).items()),
              f"  AUROC      {pct(metrics['auroc'])}" + (f"  ({metrics['auroc_undefined']})"
                                                          if metrics.get("auroc_undefined") else "")]
     if "consistency" in metrics:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.vqa_dataset import IGNORE_INDEX
+from ..losses.soft_score import dense_soft_targets, soft_score_bce
 
 
 class VQAModule(L.LightningModule):
@@ -27,9 +28,14 @@ class VQAModule(L.LightningModule):
             logits, _ = self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"],
                                    graph=batch.get("scene_graph"))
         labels = batch["labels"]
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         correct = (logits.argmax(-1) == labels).sum()
-        return loss, correct, labels.numel()
+        return self.loss(logits, batch), correct, labels.numel()
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Cross-entropy on the answer class, or (head loss soft_bce) BCE on every answer's VQA soft score."""
+        if getattr(self.model.head, "loss", "cross_entropy") == "soft_bce":
+            return soft_score_bce(logits, dense_soft_targets(batch["soft_targets"], tuple(logits.shape)))
+        return F.cross_entropy(logits, batch["labels"], ignore_index=IGNORE_INDEX)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, correct, n = self._step(batch)

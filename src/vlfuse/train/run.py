@@ -33,7 +33,7 @@ from ..errors import ConfigError, DataError
 from ..models.factory import build_model, text_tokenizer_file
 from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
 from .checkpoint_io import CheckpointWriteError, SafetensorsCheckpointIO
-from .control import INTERRUPTED, RunControl, TrainingDiverged, check_finite, stop_summary
+from .control import EARLY, INTERRUPTED, RunControl, TrainingDiverged, check_finite, stop_summary
 from .freeze import KeepFrozenInEval, freeze
 from .lock import out_dir_lock
 from .module import VQAModule
@@ -245,6 +245,7 @@ def _trainer(config: Config, run: RunDirs, progress: bool, control: RunControl) 
                                                 save_last=True, save_top_k=0, enable_version_counter=False),
             CheckpointOnCrash(dirpath=run.last.parent, filename="last"),
             *([KeepFrozenInEval(t.freeze)] if t.freeze else []),
+            *early_stopping_callbacks(config, run),
         ],
         plugins=[SafetensorsCheckpointIO()],
         use_distributed_sampler=False,  # EpochSampler splits the data across processes itself
@@ -252,6 +253,42 @@ def _trainer(config: Config, run: RunDirs, progress: bool, control: RunControl) 
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+
+
+def early_stopping_callbacks(config: Config, run: RunDirs) -> list[L.Callback]:
+    """train.early_stopping: Lightning's EarlyStopping on the val metric, and a ModelCheckpoint that keeps
+    the best epoch's weights (checkpoints/best.ckpt) for `restore_best`."""
+    stop = config.train.early_stopping
+    if stop is None:
+        return []
+    if config.data.val is None:
+        raise ConfigError("config key 'train.early_stopping' watches the val split: set data.val, or remove it")
+    if stop.patience < 1:
+        raise ConfigError(f"config key 'train.early_stopping.patience' must be at least 1, got {stop.patience}")
+    return [L.pytorch.callbacks.EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience,
+                                              min_delta=stop.min_delta, check_on_train_epoch_end=False),
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=run.last.parent, filename="best", monitor=stop.monitor,
+                                                mode=stop.mode, save_top_k=1, save_weights_only=True,
+                                                enable_version_counter=False)]
+
+
+def restore_best(trainer: L.Trainer, module: L.LightningModule) -> dict | None:
+    """Load the best epoch's weights that early stopping kept (then delete its checkpoint); what happened,
+    for run.json."""
+    stopper = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)), None)
+    if stopper is None:
+        return None
+    keeper = next(c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)
+                  and c.monitor == stopper.monitor)
+    summary = {"monitor": stopper.monitor, "patience": stopper.patience, "stopped_epoch": stopper.stopped_epoch or None,
+               "best": None if keeper.best_model_score is None else round(float(keeper.best_model_score), 6)}
+    if keeper.best_model_path:
+        state = trainer.strategy.checkpoint_io.load_checkpoint(keeper.best_model_path)
+        module.load_state_dict(state["state_dict"])
+        summary["best_epoch"] = state["epoch"]  # 0-based, as Lightning counts
+        trainer.strategy.barrier()
+        trainer.strategy.remove_checkpoint(keeper.best_model_path)  # a finished run keeps model/ only
+    return summary
 
 
 def fit(trainer: L.Trainer, prepared: Prepared, ckpt_path: Path | None) -> None:
@@ -320,9 +357,13 @@ def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainR
     control = RunControl(config, run.last, progress)
     trainer = make_trainer(config, run, progress, control)
     fit(trainer, prepared, run.last if resume else None)
+    if control.stopped_by is None and (best := restore_best(trainer, prepared.module)) is not None:
+        prepared.summary["early_stopping"] = best
 
     steps, planned = trainer.global_step, control.planned_steps
-    stopped_by = control.stopped_by or (None if steps >= planned else "an early stop")
+    # Short of the planned steps with no cap or Ctrl-C: a val-watching callback (train.early_stopping,
+    # captioning.patience) ended the run on purpose.
+    stopped_by = control.stopped_by or (None if steps >= planned else EARLY)
     note, interrupted = stop_summary(stopped_by, steps, planned), stopped_by == INTERRUPTED
     test_metrics = None
     if trainer.global_rank == 0:
@@ -331,7 +372,7 @@ def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainR
             save_model(prepared, run)
             test_metrics = evaluate_after_training(run, config, prepared.eval_split, progress, note and {
                 "stopped_by": stopped_by, "steps": steps, "planned_steps": planned, "note": note})
-        if stopped_by is None:
+        if stopped_by in (None, EARLY):
             run.last.unlink(missing_ok=True)  # finished: nothing left to resume
         seconds = control.elapsed()
         summary = {

@@ -49,7 +49,7 @@ def tfidf_similarity(documents: list[str]) -> torch.Tensor:
     return x @ x.T
 
 
-def make_examples(images: list[dict], image_dir: Path, seed: int) -> list[dict]:
+def make_examples(images: list[dict], seed: int) -> list[dict]:
     """One example per image, labels in turn (see the module docstring)."""
     rng = random.Random(seed)
     captions = [[s["raw"].strip() for s in im["sentences"]] for im in images]
@@ -73,7 +73,7 @@ def make_examples(images: list[dict], image_dir: Path, seed: int) -> list[dict]:
             source = i
             while source == i:  # the diagonal (-1) is below every median: never the photo itself
                 source = rng.choice(candidates)
-        examples.append({"question_id": f"f8k-{images[i]['filename']}", "image": str(image_dir / images[i]["filename"]),
+        examples.append({"question_id": f"f8k-{images[i]['filename']}", "image": f"images/{images[i]['filename']}",
                          "text": rng.choice(captions[source]), "label": label})
     return examples
 
@@ -91,11 +91,14 @@ def main() -> None:
     image_dir = (args.images or args.karpathy_json.parent / "images").resolve()
     train = [im for im in doc["images"] if im["split"] == "train"]
     random.Random(args.seed).shuffle(train)
-    parts = {"train": make_examples(train, image_dir, args.seed)[: args.train_images + args.val_images],
-             "f8k_val": make_examples([im for im in doc["images"] if im["split"] == "val"], image_dir, args.seed)}
+    parts = {"train": make_examples(train, args.seed)[: args.train_images + args.val_images],
+             "f8k_val": make_examples([im for im in doc["images"] if im["split"] == "val"], args.seed)}
     parts["val"] = parts["train"][args.train_images:]
     parts["train"] = parts["train"][: args.train_images]
     args.out.mkdir(parents=True, exist_ok=True)
+    link = args.out / "images"  # tables name images inside their own folder: link the photos there
+    if not link.exists():
+        link.symlink_to(image_dir, target_is_directory=True)
     for name, examples in parts.items():
         path = args.out / f"{name}.jsonl"
         path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")

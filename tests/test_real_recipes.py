@@ -249,8 +249,8 @@ def table_root(shapes_root, tmp_path_factory) -> Path:
 CLASSIFICATION_TINY = [
     "model.dim=16", "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
     "model.fusion={name: cross_attention, layers: 1, heads: 2}", "model.head={name: classifier, hidden: 16}",
-    "data.image_size=32", "data.train={path: classification/train.jsonl}", "data.val={path: classification/val.jsonl}",
-    "data.test={path: classification/train.jsonl}", "train.progress_bar=false", "train.epochs=1",
+    "data.image_size=32", "data.train={path: classification_train.jsonl}", "data.val={path: classification_val.jsonl}",
+    "data.test={path: classification_train.jsonl}", "train.progress_bar=false", "train.epochs=1",
     "train.batch_images=4", "train.warmup_steps=1", "train.accelerator=cpu", "train.max_minutes=null",
 ]
 
@@ -326,7 +326,7 @@ def test_flickr8k_three_class_set_pairs_photos_with_own_similar_and_unrelated_ca
               ("a woman sings on a stage", "a singer with a microphone performs on stage"),
               ("a band plays music on a stage", "a man sings into a microphone on stage")]
     images = [{"filename": f"{i}.jpg", "sentences": [{"raw": c} for c in caps]} for i, caps in enumerate(scenes)]
-    examples = make_examples(images, tmp_path, seed=0)
+    examples = make_examples(images, seed=0)
     assert sorted(e["label"] for e in examples) == ["match"] * 2 + ["similar"] * 2 + ["unrelated"] * 2
     partner = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4}  # each photo's nearest photo by its captions
     for e in examples:
@@ -337,4 +337,4 @@ def test_flickr8k_three_class_set_pairs_photos_with_own_similar_and_unrelated_ca
             assert e["text"] in scenes[partner[i]]
         if e["label"] == "unrelated":
             assert e["text"] not in scenes[partner[i]]
-    assert make_examples(images, tmp_path, seed=0) == examples
+    assert make_examples(images, seed=0) == examples

@@ -259,7 +259,7 @@ def task_function(task: str, which: str) -> Callable:
 
 
 def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split."""
+    """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test (else val) split."""
     check_task_format(config.task, config.data)
     check_stream(config)
     check_cache_task(config)
@@ -285,8 +285,10 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         run.join_logs(previous_logs)
         if not trainer.interrupted:
             prepared.save()
-            if config.data.test is not None:
-                test_metrics = evaluate_split(run.model_dir, config, "test", run.out / "eval.json", progress)
+            # The held-out split: test, or val when the data has no test split (a val-only set, Flickr8k's).
+            split = "test" if config.data.test is not None else "val" if config.data.val is not None else None
+            if split is not None:
+                test_metrics = evaluate_split(run.model_dir, config, split, run.out / "eval.json", progress)
         summary = {
             "steps": trainer.global_step, "epochs_completed": trainer.current_epoch,
             "interrupted": trainer.interrupted, "wall_seconds": round(time.time() - start, 1),

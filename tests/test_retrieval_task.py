@@ -178,6 +178,22 @@ def test_shipped_coco_mini_config_reads_real_coco_captions():
     assert all(len(s.captions) >= 5 and s.image_path.is_file() for s in train.samples + test.samples)
 
 
+FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
+
+
+@pytest.mark.skipif(not FLICKR8K.is_dir(), reason="../shared/data/flickr8k is not here (the CI data folder)")
+def test_shipped_flickr8k_config_reads_its_train_and_val_splits():
+    from vlfuse.config import load_config
+    from vlfuse.data.loading import read_split
+
+    config = load_config(REPO / "configs" / "retrieval_flickr8k.yaml", [f"data.root={FLICKR8K}"])
+    train, val = read_split(config.data, "train"), read_split(config.data, "val")
+    assert (len(train.samples), len(val.samples)) == (5997, 1000) and not train.skipped.count
+    assert sum(len(s.captions) for s in val.samples) == 5000
+    assert read_split(config.data, "test").samples == []  # the file holds no test split: nothing read
+    assert config.model.text_encoder["tune_layers"] == 2 and config.data.feature_cache == "cache/features"
+
+
 # --------------------------------------------------------------------------- re-ranking
 
 def test_reranking_with_a_perfect_matcher_fixes_the_order():

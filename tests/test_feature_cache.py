@@ -279,7 +279,8 @@ def build_text(root: Path, encoder: nn.Module, ids=CAPTION_IDS, **kwargs):
 
 def test_tuned_top_layers_split_the_text_encoder_and_only_they_train(tiny_bert_dir):
     ids, mask = torch.randint(1, 32, (2, 5)), torch.tensor([[1] * 5, [1] * 3 + [0] * 2]).bool()
-    encoder = tiny_text_encoder(tiny_bert_dir, tune_layers=1).train()
+    encoder = tiny_text_encoder(tiny_bert_dir, tune_layers=1)
+    assert encoder.pretrained.encoder.layer[1].training  # as built: Lightning never calls train()
     whole = tiny_text_encoder(tiny_bert_dir).eval()
     with torch.no_grad():  # nothing trained yet: split or whole, tuned or not, the same model
         reference = whole(ids, mask)

@@ -86,6 +86,8 @@ class PretrainedTextEncoder(nn.Module):
         self.pretrained.requires_grad_(not freeze)
         for layer in self._top_layers():
             layer.requires_grad_(True)
+        if tune_layers:  # the loaded model is in eval mode and Lightning does not call train(): the tuned
+            self.train()  # layers get their dropout whether or not a cache build ran train() first
 
     def _check_tunable(self, k: int) -> None:
         layers = getattr(getattr(self.pretrained, "encoder", None), "layer", None)

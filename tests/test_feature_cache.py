@@ -15,6 +15,7 @@ from torch import nn
 
 from vlfuse.data.feature_cache import (INDEX, FeatureCache, cache_info, check_cacheable, ensure_features,
                                        read_index)
+from vlfuse.encoders.hf_text import PretrainedTextEncoder
 from vlfuse.errors import ConfigError, DataError
 from vlfuse.types import Features, grid_boxes
 
@@ -216,8 +217,10 @@ def test_training_reads_cached_features_and_never_runs_the_backbone(shapes_root,
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert not result.interrupted and (result.model_dir / "model.safetensors").is_file(), summary
     assert summary["steps"] == 4, summary
-    # 4 training steps and the validation, all from the cache
-    assert TinyFrozenEncoder.backbone_calls == 0, (TinyFrozenEncoder.backbone_calls, cache_info(cache_dir))
+    # 4 training steps and the validation, all from the cache; then the evaluation on val (no test split
+    # here) encodes its one image: VQA evaluation reads images, not the cache
+    assert TinyFrozenEncoder.backbone_calls == 1, (TinyFrozenEncoder.backbone_calls, cache_info(cache_dir))
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["overall"]["count"] == 4
     assert cache_info(cache_dir)[0]["images"] == 15, cache_info(cache_dir)
 
 
@@ -254,3 +257,147 @@ def test_the_cache_is_refused_where_it_would_be_ignored_or_stale(tmp_path):
         model.image_encoder.backbone.weight.mul_(2)
     with pytest.raises(ConfigError, match="stale"):
         check_cache_current(config, model)
+
+
+# --------------------------------------------------------------------------- text: frozen text states
+
+def tiny_text_encoder(folder, **kwargs):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return PretrainedTextEncoder(dim=8, path=str(folder), freeze=True, max_length=16, **kwargs)
+
+
+CAPTION_IDS = [[2, 5, 7, 3], [2, 9, 3], [2, 5, 7, 3], [2, 11, 12, 13, 14, 3], [2, 4, 3]]  # one caption twice
+
+
+def build_text(root: Path, encoder: nn.Module, ids=CAPTION_IDS, **kwargs):
+    from vlfuse.data.feature_cache import ensure_text_features
+
+    cache = FeatureCache.for_text_encoder(root, encoder)
+    return cache, *ensure_text_features(cache, encoder, ids, progress=False, **kwargs)
+
+
+def test_tuned_top_layers_split_the_text_encoder_and_only_they_train(tiny_bert_dir):
+    ids, mask = torch.randint(1, 32, (2, 5)), torch.tensor([[1] * 5, [1] * 3 + [0] * 2]).bool()
+    encoder = tiny_text_encoder(tiny_bert_dir, tune_layers=1)
+    assert encoder.pretrained.encoder.layer[1].training  # as built: Lightning never calls train()
+    whole = tiny_text_encoder(tiny_bert_dir).eval()
+    with torch.no_grad():  # nothing trained yet: split or whole, tuned or not, the same model
+        reference = whole(ids, mask)
+        encoder.eval()
+        split = encoder.from_frozen(encoder.frozen_features(ids, mask), mask)
+    assert torch.allclose(split.tokens[mask], reference.tokens[mask], atol=1e-5)
+    encoder.train()
+    assert encoder.pretrained.encoder.layer[1].training and not encoder.pretrained.encoder.layer[0].training
+    encoder(ids, mask).pooled.pow(2).sum().backward()
+    trained = {n for n, p in encoder.named_parameters() if p.grad is not None}
+    assert trained and all(n.startswith(("proj.", "pretrained.encoder.layer.1.")) for n in trained), trained
+    assert any(n.startswith("pretrained.encoder.layer.1.") for n in trained)
+    with pytest.raises(ConfigError, match="tune_layers' must be in 0..2"):
+        tiny_text_encoder(tiny_bert_dir, tune_layers=3)
+    with pytest.raises(ConfigError, match="freeze: true"):
+        PretrainedTextEncoder(dim=8, path=str(tiny_bert_dir), freeze=False, tune_layers=1)
+
+
+def test_cached_and_uncached_text_states_give_the_same_logits(tiny_bert_dir, tmp_path):
+    from vlfuse.data.tokenizer import pad_ids
+    from vlfuse.fusion.cross_attention import CrossAttentionFusion
+    from vlfuse.heads.retrieval import DualEncoderHead, ITMHead
+    from vlfuse.models.retrieval import RetrievalModel
+
+    torch.manual_seed(0)
+    model = RetrievalModel(TinyFrozenEncoder(), tiny_text_encoder(tiny_bert_dir, tune_layers=1),
+                           DualEncoderHead(8, 8), CrossAttentionFusion(8, 1, 2), ITMHead(8)).eval()
+    _, states, computed = build_text(tmp_path / "cache", model.text_encoder)
+    assert computed == 4 and len(states) == 5  # the repeated caption is computed once
+    assert [len(s) for s in states] == [len(i) for i in CAPTION_IDS]
+    ids, mask = pad_ids(CAPTION_IDS)
+    images = model.encode_images(torch.rand(5, 3, 32, 32))
+    with torch.no_grad():
+        outputs = []
+        for text_states in (None, torch.nn.utils.rnn.pad_sequence(states, batch_first=True)):
+            text = model.encode_texts(ids, mask, text_states)
+            image_emb, text_emb = model.head(images, text)
+            outputs.append((image_emb @ text_emb.T * model.head.scale, model.match(images, text)))
+    (itc, itm), (cached_itc, cached_itm) = outputs
+    assert torch.allclose(itc, cached_itc, atol=1e-5) and torch.allclose(itm, cached_itm, atol=1e-5)
+
+
+def test_another_text_encoder_or_tokenizer_never_reads_an_old_cache(tiny_bert_dir, tmp_path):
+    import shutil
+
+    encoder = tiny_text_encoder(tiny_bert_dir, tune_layers=1)
+    cache, _, _ = build_text(tmp_path / "cache", encoder)
+    with torch.no_grad():  # the tuned top layer is not part of the cached states: same cache
+        encoder.pretrained.encoder.layer[1].output.dense.weight.mul_(2)
+    assert build_text(tmp_path / "cache", encoder)[0].folder == cache.folder
+    with torch.no_grad():  # a frozen weight changed (as train.init would): another cache, all recomputed
+        encoder.pretrained.embeddings.word_embeddings.weight.mul_(2)
+    other, _, computed = build_text(tmp_path / "cache", encoder)
+    assert other.folder != cache.folder and computed == 4
+    below = tiny_text_encoder(tiny_bert_dir)  # the states of the last layer, not of the one below it
+    assert build_text(tmp_path / "cache", below)[0].folder not in (cache.folder, other.folder)
+    with_tokenizer = tmp_path / "bert"  # the same weights with another tokenizer file
+    shutil.copytree(tiny_bert_dir, with_tokenizer)
+    (with_tokenizer / "tokenizer.json").write_text('{"another": "tokenizer"}')
+    retokenized = build_text(tmp_path / "cache", tiny_text_encoder(with_tokenizer, tune_layers=1))
+    assert retokenized[0].folder != cache.folder and retokenized[2] == 4
+    assert {e["kind"] for e in cache_info(tmp_path / "cache")} == {"text"}
+
+
+def test_a_corrupt_text_chunk_is_named_and_rebuilt(tiny_bert_dir, tmp_path):
+    encoder = tiny_text_encoder(tiny_bert_dir)
+    cache, states, _ = build_text(tmp_path / "cache", encoder, chunk_size=2)
+    states = [s.clone() for s in states]  # the chunks may be memory-mapped: keep what they held
+    chunk = cache.folder / read_index(cache.folder)[0].file
+    data = bytearray(chunk.read_bytes())
+    data[-3] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="corrupt") as error:
+        build_text(tmp_path / "cache", encoder)
+    assert chunk.name in str(error.value)
+    _, repaired, computed = build_text(tmp_path / "cache", encoder, repair=True)
+    assert computed == 2 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(states, repaired))
+    assert cache_info(tmp_path / "cache", verify=True)[0]["corrupt"] == []
+
+
+def test_retrieval_on_two_frozen_encoders_trains_from_both_caches(shapes_root, tmp_path, cli_main, write_config,
+                                                                 tiny_frozen_in_factory, tiny_bert_dir, monkeypatch):
+    """`vlfuse cache build` fills both sides; training and evaluation then never run a frozen part, and
+    evaluating from the caches gives the numbers of evaluating without them."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    bert = tmp_path / "bert"  # the tiny BERT with a word-level tokenizer of its 32 ids: fast, offline
+    shutil.copytree(tiny_bert_dir, bert)
+    words = ["[PAD]", "[UNK]", "a", "the", "red", "green", "blue", "circle", "square", "is", "of", "and"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(bert / "tokenizer.json"))
+    sets = [tiny_frozen_in_factory, "task=retrieval", "data.format=coco_captions",
+            "data.train={annotations: captions/captions_train.json, images: images/train}",
+            "data.val=null", "data.test={annotations: captions/captions_train.json, images: images/train}",
+            f"data.feature_cache={tmp_path / 'f'}", "model.dim=16", "model.fusion={name: cross_attention, layers: 1}",
+            f"model.text_encoder={{name: pretrained, freeze: true, tune_layers: 1, path: {bert}}}",
+            "model.head={name: dual_encoder, embed_dim: 8}", "train.epochs=2", "train.batch_images=8"]
+    config = write_config(tmp_path / "c.yaml", shapes_root, tmp_path / "run", *sets)
+    result = cli_main("cache", "build", config)
+    assert result.returncode == 0, result.stderr
+    assert "28 captions cached (14 computed now" in result.stdout, result.stdout  # train and test: one file
+    assert "states of width 16" in result.stdout
+    calls = []
+    frozen_features = PretrainedTextEncoder.frozen_features
+    monkeypatch.setattr(PretrainedTextEncoder, "frozen_features", lambda *a: calls.append(1) or frozen_features(*a))
+    TinyFrozenEncoder.backbone_calls = 0
+    result = cli_main("train", config)
+    assert result.returncode == 0, result.stderr
+    assert calls == [] and TinyFrozenEncoder.backbone_calls == 0
+    cached = json.loads((tmp_path / "run" / "eval.json").read_text())
+    result = cli_main("eval", tmp_path / "run" / "model", "--set", "data.feature_cache=null",
+                      "--out", tmp_path / "plain.json")
+    assert result.returncode == 0, result.stderr
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert calls and cached["split"] == plain["split"] == "test"
+    for stage in ("first_stage", "reranked"):
+        assert cached[stage] == pytest.approx(plain[stage], abs=1e-6), stage

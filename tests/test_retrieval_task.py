@@ -178,6 +178,22 @@ def test_shipped_coco_mini_config_reads_real_coco_captions():
     assert all(len(s.captions) >= 5 and s.image_path.is_file() for s in train.samples + test.samples)
 
 
+FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
+
+
+@pytest.mark.skipif(not FLICKR8K.is_dir(), reason="../shared/data/flickr8k is not here (the CI data folder)")
+def test_shipped_flickr8k_config_reads_its_train_and_val_splits():
+    from vlfuse.config import load_config
+    from vlfuse.data.loading import read_split
+
+    config = load_config(REPO / "configs" / "retrieval_flickr8k.yaml", [f"data.root={FLICKR8K}"])
+    train, val = read_split(config.data, "train"), read_split(config.data, "val")
+    assert (len(train.samples), len(val.samples)) == (5997, 1000) and not train.skipped.count
+    assert sum(len(s.captions) for s in val.samples) == 5000
+    assert read_split(config.data, "test").samples == []  # the file holds no test split: nothing read
+    assert config.model.text_encoder["tune_layers"] == 2 and config.data.feature_cache == "cache/features"
+
+
 # --------------------------------------------------------------------------- re-ranking
 
 def test_reranking_with_a_perfect_matcher_fixes_the_order():
@@ -356,3 +372,31 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(shape
     assert list(ours) == list(theirs)
     assert all(torch.allclose(ours[k], theirs[k], atol=1e-6, rtol=0) for k in theirs)
     assert resumed.test_metrics["first_stage"] == reference.test_metrics["first_stage"]
+
+
+def test_eval_split_test_reads_the_test_images_of_a_karpathy_file(shapes_root, tmp_path, cli_main):
+    """Flickr8k's recipe trains on train and val; a Karpathy file that also has a test split is
+    evaluated with `vlfuse eval MODEL --split test`, no config edit needed (one file holds every split)."""
+    coco = read_json(shapes_root / "captions" / "captions_train.json")
+    captions: dict[int, list[str]] = {}
+    for annotation in coco["annotations"]:
+        captions.setdefault(annotation["image_id"], []).append(annotation["caption"])
+    split_of = ["train"] * 10 + ["val"] * 2 + ["test"] * 2
+    entries = [{"filename": image["file_name"], "split": split,
+                "sentences": [{"raw": c, "tokens": c.split()} for c in captions[image["id"]]]}
+               for image, split in zip(coco["images"], split_of)]
+    (tmp_path / "dataset_tiny.json").write_text(json.dumps({"dataset": "tiny", "images": entries}))
+    files = f"{{path: dataset_tiny.json, images: {shapes_root / 'images' / 'train'}}}"
+    config = retrieval_config(shapes_root, tmp_path / "run", "data.format=karpathy", f"data.root={tmp_path}",
+                              f"data.train={files}", f"data.val={files}", "data.test=null", "train.epochs=1")
+    result = cli_main("train", write_yaml(tmp_path / "c.yaml", config))
+    assert result.returncode == 0, result.stderr
+    assert read_json(tmp_path / "run" / "eval.json")["split"] == "val"  # no test split configured: val
+    result = cli_main("eval", tmp_path / "run" / "model", "--split", "test")
+    assert result.returncode == 0, result.stderr
+    metrics = read_json(tmp_path / "run" / "eval_test.json")
+    assert metrics["split"] == "test" and metrics["images"] == 2 and metrics["captions"] == len(
+        captions[coco["images"][12]["id"]]) + len(captions[coco["images"][13]["id"]])
+    ranked = {Path(line["image"]).name for line in map(json.loads, (tmp_path / "run" / "eval_test_rankings.jsonl")
+                                                     .read_text().splitlines())}
+    assert ranked == {coco["images"][12]["file_name"], coco["images"][13]["file_name"]}

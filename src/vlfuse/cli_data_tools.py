@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-cache_app = typer.Typer(help="Feature cache of a frozen image encoder: precompute, inspect.", no_args_is_help=True)
+cache_app = typer.Typer(help="Feature cache of frozen encoders (images; captions too): precompute, inspect.",
+                        no_args_is_help=True)
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key.sub=value")]
 SplitOption = Annotated[Optional[list[str]], typer.Option("--split", help="Split(s) to cache (default: every "
@@ -22,9 +23,10 @@ SplitOption = Annotated[Optional[list[str]], typer.Option("--split", help="Split
 def cache_build(config: Path, split: SplitOption = None, set_: SetOption = None,
                 chunk_size: int = typer.Option(64, help="Images per chunk file (the unit an interrupted build "
                                                         "resumes from).")) -> None:
-    """Compute the frozen image encoder's features of every image of the config's splits into data.feature_cache.
+    """Compute the frozen encoders' outputs for every image (and, task retrieval, caption) of the config's
+    splits into data.feature_cache.
 
-    Images already cached are skipped (an interrupted build resumes); corrupt chunks are rebuilt.
+    Items already cached are skipped (an interrupted build resumes); corrupt chunks are named and rebuilt.
     """
     from .config import load_config
     from .data.feature_cache import FeatureCache, ensure_features
@@ -40,13 +42,10 @@ def cache_build(config: Path, split: SplitOption = None, set_: SetOption = None,
     encoder = build_component(IMAGE_ENCODERS, cfg.model.image_encoder, "model.image_encoder", dim=cfg.model.dim,
                               image_size=cfg.data.image_size)
     cache = FeatureCache.for_encoder(cfg.data.feature_cache, encoder, cfg.data.image_size)
-    corrupt = cache.drop_corrupt()
-    for path in corrupt:
+    for path in cache.drop_corrupt():
         typer.echo(f"rebuilding corrupt chunk {path}", err=True)
-    paths = []
-    for name in splits:
-        read = read_split(cfg.data, name)
-        paths += [s.image_path for s in read.samples]
+    reads = [read_split(cfg.data, name) for name in splits]
+    paths = [s.image_path for read in reads for s in read.samples]
     cached = ensure_features(cache, encoder, paths, cfg.data.image_size, chunk_size=chunk_size)
     unique = len(set(cached.row_of.values()))
     typer.echo(f"{cache.folder}: {len(cached.row_of)} images of {', '.join(splits)} cached ({unique} distinct, "
@@ -55,6 +54,33 @@ def cache_build(config: Path, split: SplitOption = None, set_: SetOption = None,
         typer.echo(f"not cached: {error}", err=True)
     if len(cached.errors) > 5:
         typer.echo(f"... and {len(cached.errors) - 5} more images not cached", err=True)
+    if cfg.task == "retrieval" and cfg.data.cache_text:
+        _build_text_cache(cfg, [c for read in reads for s in read.samples for c in s.captions])
+
+
+def _build_text_cache(cfg, captions: list[str]) -> None:
+    """The frozen text encoder's states of `captions` into data.feature_cache (when it is frozen and pretrained)."""
+    from .data.feature_cache import FeatureCache, ensure_text_features, text_cacheable
+    from .data.tokenizer import encode_ids, load_tokenizer
+    from .models.factory import TEXT_ENCODERS, build_component, text_tokenizer_file
+
+    tokenizer_file = text_tokenizer_file(cfg)
+    if tokenizer_file is None:
+        typer.echo("text not cached: model.text_encoder is not a pretrained one (it learns its own vocabulary)")
+        return
+    tokenizer = load_tokenizer(tokenizer_file)
+    encoder = build_component(TEXT_ENCODERS, cfg.model.text_encoder, "model.text_encoder", dim=cfg.model.dim,
+                              vocab_size=tokenizer.get_vocab_size(), max_length=cfg.data.max_question_length)
+    if not text_cacheable(encoder):
+        typer.echo("text not cached: model.text_encoder trains whole (set freeze: true to cache it)")
+        return
+    cache = FeatureCache.for_text_encoder(cfg.data.feature_cache, encoder)
+    for path in cache.drop_corrupt():
+        typer.echo(f"rebuilding corrupt chunk {path}", err=True)
+    ids = encode_ids(tokenizer, captions, cfg.data.max_question_length) if captions else []
+    states, computed = ensure_text_features(cache, encoder, ids)
+    typer.echo(f"{cache.folder}: {len(states)} captions cached ({computed} computed now, the rest already there); "
+               f"states of width {encoder.hidden_size}")
 
 
 @cache_app.command("info")
@@ -71,8 +97,10 @@ def cache_info_(directory: Path,
     if not entries:
         typer.echo(f"{directory}: no cached encoders")
     for e in entries:
-        typer.echo(f"{e['folder']}: {e['encoder']} at {e['image_size']} px, {e['images']} images in {e['chunks']} "
-                   f"chunks, {e['bytes'] / 2**20:.1f} MiB, features {e.get('feature_shape')}, created {e['created']}")
+        what = (f"{e['images']} captions" if e["kind"] == "text"
+                else f"at {e['image_size']} px, {e['images']} images")
+        typer.echo(f"{e['folder']}: {e['encoder']} {what} in {e['chunks']} chunks, {e['bytes'] / 2**20:.1f} MiB, "
+                   f"features {e.get('feature_shape')}, created {e['created']}")
         if verify:
             typer.echo("  all chunks verified" if not e["corrupt"] else f"  CORRUPT: {', '.join(e['corrupt'])}")
 

@@ -48,6 +48,9 @@ class DataConfig:
     # A folder for a frozen image encoder's features (vlfuse.data.feature_cache): computed once per
     # image, reused by every epoch and run; only with model.image_encoder {name: efficientnet, freeze: true}.
     feature_cache: str | None = None
+    # With data.feature_cache, task retrieval: cache a frozen pretrained text encoder's states too (per
+    # caption, below model.text_encoder.tune_layers), so neither frozen encoder runs at training steps.
+    cache_text: bool = True
     # Share of the training images kept (with all their questions), drawn by the run's seed: e.g. 0.1
     # trains on 10% of the labels. 1.0 keeps every image.
     train_fraction: float = 1.0
@@ -139,6 +142,9 @@ class RetrievalConfig:
     hinge_max_violation: bool = True  # VSE++: only the hardest negative counts
     negatives_temperature: float = 1.0  # ITM negatives drawn by softmax(ITC logits / this); 0: hardest
     rerank_k: int = 16  # 0: report the first stage only
+    # Re-ranking score = ITC logit (cosine x learned scale) + rerank_weight * ITM log-odds; eval.json's
+    # rerank_sweep shows R@1 at other weights, to choose this one on val.
+    rerank_weight: float = 1.0
     eval_batch: int = 64
 
 

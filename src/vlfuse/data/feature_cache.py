@@ -1,4 +1,4 @@
-"""Feature cache for frozen image encoders: the frozen backbone runs once per image, ever.
+"""Feature cache for frozen encoders: the frozen backbone runs once per image (and caption), ever.
 
 A frozen encoder's backbone gives the same output for the same image at every epoch and in every
 run, so `data.feature_cache: DIR` computes it once and stores it on disk; training then feeds the
@@ -17,6 +17,13 @@ chunk: its file, sha256 and the image keys of its rows. A chunk is written to a 
 renamed when complete, then its index line is appended, so an interrupted build leaves only whole
 chunks behind and resumes where it stopped; a torn last index line is ignored. A chunk whose bytes
 no longer match its sha256 is reported by name (training) or rebuilt (`vlfuse cache build`).
+
+Text (task retrieval, a frozen pretrained text encoder, data.cache_text): the same folders hold the
+text encoder's frozen states, `DIR/<text fingerprint>/`. A caption's key is the sha256 of its token
+ids (the text as the encoder reads it, truncation included); the fingerprint hashes the encoder's
+class, its frozen weights, where the frozen part stops (`tune_layers`) and the tokenizer file, so
+another encoder or tokenizer never reads an old cache. Captions differ in length, so a text chunk
+stores its rows' real tokens end to end, `features [sum of lengths, H]`, with `lengths [n]`.
 """
 
 from __future__ import annotations
@@ -62,6 +69,10 @@ def check_cacheable(encoder: torch.nn.Module) -> None:
         raise ConfigError(f"config key 'data.feature_cache' is set but the image encoder ({name}) is trainable "
                           "(model.image_encoder.freeze: false): its features change at every step, so cached ones "
                           "would be stale; set model.image_encoder.freeze: true or remove data.feature_cache")
+
+
+def text_encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    return hashlib.sha256(f"vlfuse-text-cache-{CACHE_FORMAT}|{encoder.frozen_fingerprint()}".encode()).hexdigest()
 
 
 def encoder_fingerprint(encoder: torch.nn.Module, image_size: int) -> str:
@@ -134,16 +145,27 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._where)
 
-    def add(self, keys: list[str], features: torch.Tensor) -> Path:
-        """Store one chunk (rows = keys) atomically, then record it in the index."""
+    @classmethod
+    def for_text_encoder(cls, root: str | Path, encoder: torch.nn.Module) -> "FeatureCache":
+        description = {"kind": "text", "encoder": type(encoder).__name__,
+                       "tune_layers": getattr(encoder, "tune_layers", 0)}
+        return cls(root, text_encoder_fingerprint(encoder), description)
+
+    def add(self, keys: list[str], features: torch.Tensor, lengths: list[int] | None = None) -> Path:
+        """Store one chunk (rows = keys) atomically, then record it in the index. With `lengths`, row i
+        is `lengths[i]` consecutive rows of `features` (ragged rows: text)."""
         from safetensors.torch import save
 
-        if len(keys) != len(features):
-            raise ValueError(f"{len(keys)} keys for {len(features)} feature rows")
+        rows = len(features) if lengths is None else len(lengths)
+        if len(keys) != rows or (lengths is not None and sum(lengths) != len(features)):
+            raise ValueError(f"{len(keys)} keys for {rows} feature rows")
         # Named after its keys: two processes building the same chunk write the same file.
         name = f"chunk-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:20]}.safetensors"
         path = self.folder / name
-        data = save({"features": features.detach().cpu().contiguous()}, metadata={"keys": json.dumps(keys)})
+        tensors = {"features": features.detach().cpu().contiguous()}
+        if lengths is not None:
+            tensors["lengths"] = torch.tensor(lengths, dtype=torch.int64)
+        data = save(tensors, metadata={"keys": json.dumps(keys)})
         _write_atomic(path, lambda p: p.write_bytes(data))
         chunk = Chunk(name, hashlib.sha256(data).hexdigest(), list(keys))
         with (self.folder / INDEX).open("a", encoding="utf-8") as f:
@@ -155,7 +177,7 @@ class FeatureCache:
             self._where[key] = (len(self.chunks) - 1, row)
         return path
 
-    def _load_chunk(self, chunk: Chunk) -> torch.Tensor:
+    def _load_chunk(self, chunk: Chunk) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         path = self.folder / chunk.file
@@ -165,32 +187,47 @@ class FeatureCache:
         if _sha256_file(path) != chunk.sha256:
             raise DataError(f"feature cache chunk is corrupt (its sha256 differs from the index): {fix}", path=path)
         try:
-            features = load_file(str(path))["features"]
+            tensors = load_file(str(path))
+            features = tensors["features"]
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types on a bad file
             raise DataError(f"cannot read feature cache chunk ({type(exc).__name__}: {exc}): {fix}",
                             path=path) from None
-        if len(features) != len(chunk.keys):
-            raise DataError(f"feature cache chunk has {len(features)} rows for {len(chunk.keys)} keys: {fix}",
-                            path=path)
-        return features
+        rows = len(tensors["lengths"]) if "lengths" in tensors else len(features)
+        if rows != len(chunk.keys):
+            raise DataError(f"feature cache chunk has {rows} rows for {len(chunk.keys)} keys: {fix}", path=path)
+        return tensors
 
-    def get(self, keys: list[str]) -> torch.Tensor:
-        """Features [len(keys), ...] in the order of `keys` (each chunk read and checked once)."""
+    def _by_chunk(self, keys: list[str]):
+        """(the chunk's tensors, positions in `keys`, rows in the chunk) for each chunk `keys` reach."""
         missing = [k for k in keys if k not in self._where]
         if missing:
-            raise KeyError(f"{len(missing)} images are not in the feature cache {self.folder} (first: {missing[0]})")
+            raise KeyError(f"{len(missing)} items are not in the feature cache {self.folder} (first: {missing[0]})")
         wanted: dict[int, list[tuple[int, int]]] = {}
         for position, key in enumerate(keys):
             number, row = self._where[key]
             wanted.setdefault(number, []).append((position, row))
-        out: torch.Tensor | None = None
         for number, pairs in wanted.items():
-            features = self._load_chunk(self.chunks[number])
+            positions, rows = zip(*pairs)
+            yield self._load_chunk(self.chunks[number]), list(positions), list(rows)
+
+    def get(self, keys: list[str]) -> torch.Tensor:
+        """Features [len(keys), ...] in the order of `keys` (each chunk read and checked once)."""
+        out: torch.Tensor | None = None
+        for tensors, positions, rows in self._by_chunk(keys):
+            features = tensors["features"]
             if out is None:
                 out = features.new_empty((len(keys), *features.shape[1:]))
-            positions, rows = zip(*pairs)
-            out[list(positions)] = features[list(rows)]
+            out[positions] = features[rows]
         return out if out is not None else torch.empty(0)
+
+    def get_ragged(self, keys: list[str]) -> list[torch.Tensor]:
+        """Ragged rows (text: [length, H] each) in the order of `keys`."""
+        out: list[torch.Tensor | None] = [None] * len(keys)
+        for tensors, positions, rows in self._by_chunk(keys):
+            pieces = tensors["features"].split(tensors["lengths"].tolist())
+            for position, row in zip(positions, rows):
+                out[position] = pieces[row]
+        return out
 
     def drop_corrupt(self) -> list[Path]:
         """Verify every chunk; forget (and delete) the bad ones so a build recomputes their images."""
@@ -356,7 +393,8 @@ def cache_info(root: str | Path, verify: bool = False) -> list[dict]:
         meta = read_meta(folder)
         chunks = read_index(folder)
         size = sum((folder / c.file).stat().st_size for c in chunks if (folder / c.file).is_file())
-        entry = {"folder": str(folder), "encoder": meta.get("encoder"), "image_size": meta.get("image_size"),
+        entry = {"folder": str(folder), "kind": meta.get("kind", "image"), "encoder": meta.get("encoder"),
+                 "image_size": meta.get("image_size"),
                  "fingerprint": meta.get("fingerprint"), "created": meta.get("created"),
                  "images": len({k for c in chunks for k in c.keys}), "chunks": len(chunks), "bytes": size}
         if chunks and (folder / chunks[0].file).is_file():
@@ -391,6 +429,64 @@ def feature_collate(config, collate: Callable[[list], dict]) -> Callable[[list],
 CACHE_TASKS = ("vqa", "retrieval", "captioning", "matching", "classification")  # the tasks whose training reads cached features
 
 
+def text_key(ids: list[int]) -> str:
+    """sha256 of a caption's token ids: the cache key of a text (the folder pins the tokenizer)."""
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
+
+
+def text_cacheable(encoder: torch.nn.Module) -> bool:
+    """Whether `encoder` is a frozen text encoder that splits into a cached part and a trained rest."""
+    return all(hasattr(encoder, m) for m in ("frozen_features", "from_frozen", "frozen_fingerprint")) and \
+        bool(getattr(encoder, "frozen", False))
+
+
+@torch.no_grad()
+def ensure_text_features(cache: FeatureCache, encoder: torch.nn.Module, caption_ids: list[list[int]], *,
+                         chunk_size: int = 1024, batch_size: int = 128, progress: bool = True,
+                         repair: bool = False) -> tuple[list[torch.Tensor], int]:
+    """(the frozen states [length, H] of each caption, in order; how many captions this call computed)."""
+    from .tokenizer import pad_ids
+
+    if repair:
+        cache.drop_corrupt()
+    keys = [text_key(ids) for ids in caption_ids]
+    first: dict[str, list[int]] = {}
+    for key, ids in zip(keys, caption_ids):
+        if key not in cache:
+            first.setdefault(key, ids)
+    todo = sorted(first, key=lambda k: len(first[k]))  # similar lengths batch with little padding
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    try:
+        starts = range(0, len(todo), chunk_size)
+        for start in track(starts, f"Caching text features ({len(todo)} captions)", total=len(starts),
+                           enabled=progress and bool(todo)):
+            chunk_keys, rows = todo[start: start + chunk_size], []
+            for at in range(0, len(chunk_keys), batch_size):
+                ids, mask = pad_ids([first[k] for k in chunk_keys[at: at + batch_size]])
+                states = encoder.frozen_features(ids.to(device), mask.to(device)).float().cpu()
+                rows += [row[: int(m.sum())] for row, m in zip(states, mask)]
+            cache.add(chunk_keys, torch.cat(rows), [len(r) for r in rows])
+    finally:
+        encoder.train(was_training)
+    return cache.get_ragged(keys) if keys else [], len(todo)
+
+
+def text_feature_states(config, text_encoder: torch.nn.Module, caption_ids: list[list[int]],
+                        progress: bool = True) -> list[torch.Tensor] | None:
+    """A task's hook: the cached frozen text states of `caption_ids`, or None (no data.feature_cache, no
+    data.cache_text, or a text encoder that trains whole)."""
+    if not (config.data.feature_cache and config.data.cache_text and text_cacheable(text_encoder)):
+        return None
+    cache = FeatureCache.for_text_encoder(config.data.feature_cache, text_encoder)
+    text_encoder.feature_cache_fingerprint = cache.fingerprint  # for check_cache_current
+    return ensure_text_features(cache, text_encoder, caption_ids, progress=progress)[0]
+
+
+CACHE_TASKS = ("vqa", "retrieval")  # the tasks whose training reads cached features
+
+
 def check_cache_task(config) -> None:
     if config.data.feature_cache and config.task not in CACHE_TASKS:
         raise ConfigError(f"config key 'data.feature_cache' is read by task {', '.join(CACHE_TASKS)} only, not "
@@ -405,3 +501,9 @@ def check_cache_current(config, model: torch.nn.Module) -> None:
     if config.data.feature_cache and recorded and encoder_fingerprint(encoder, config.data.image_size) != recorded:
         raise ConfigError("train.init changed the frozen image encoder's weights after its features were read from "
                           "data.feature_cache, so they are stale: remove data.feature_cache for this run")
+    encoder = getattr(model, "text_encoder", None)
+    recorded = getattr(encoder, "feature_cache_fingerprint", None)
+    if config.data.feature_cache and recorded and \
+            text_encoder_fingerprint(encoder) != recorded:
+        raise ConfigError("train.init changed the frozen text encoder's weights after its states were read from "
+                          "data.feature_cache, so they are stale: set data.cache_text: false for this run")

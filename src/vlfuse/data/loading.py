@@ -82,6 +82,8 @@ def read_split(data: DataConfig, split: str) -> ReadResult:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     spec = getattr(data, split)
+    if spec is None and data.format == "karpathy" and data.train.path:
+        spec = data.train  # one Karpathy file holds every split: an unset one is read from train's file
     if spec is None:
         raise ConfigError(f"config key 'data.{split}' is not set")
     module, function, keys = READERS[data.format]

@@ -53,12 +53,16 @@ class PretrainedTextEncoder(nn.Module):
     sentence-transformers pooling of MiniLM), projected; mask = the attention mask.
 
     freeze=True keeps the pretrained weights fixed (and their dropout off); the projection still trains.
+    tune_layers=k (with freeze=True) lets the top k transformer layers train too, as LiT tunes the text
+    tower: the frozen part (embeddings and the lower layers) still gives the same states for the
+    same caption, so a feature cache (vlfuse.data.feature_cache) stores those and only the top k
+    layers and the projection run at every step.
     embeddings_only=True returns the word embeddings in the model's hidden size (`dim` is unused):
     the input of the MMBT fusion, which runs the rest of the model.
     """
 
     def __init__(self, dim: int = 128, path: str | None = None, freeze: bool = False,
-                 embeddings_only: bool = False, max_length: int = 32):
+                 embeddings_only: bool = False, max_length: int = 32, tune_layers: int = 0):
         super().__init__()
         self.path = resolve_model_path(path, "model.text_encoder.path")
         model = load_pretrained(self.path)
@@ -76,7 +80,33 @@ class PretrainedTextEncoder(nn.Module):
                 model.pooler = None  # unused: a dead parameter would stall DDP and waste memory
             self.pretrained = model
             self.proj = nn.Linear(config.hidden_size, dim)
+        self.tune_layers = tune_layers
+        if tune_layers:
+            self._check_tunable(tune_layers)
         self.pretrained.requires_grad_(not freeze)
+        for layer in self._top_layers():
+            layer.requires_grad_(True)
+        if tune_layers:  # the loaded model is in eval mode and Lightning does not call train(): the tuned
+            self.train()  # layers get their dropout whether or not a cache build ran train() first
+
+    def _check_tunable(self, k: int) -> None:
+        layers = getattr(getattr(self.pretrained, "encoder", None), "layer", None)
+        if self.embeddings_only or not self.freeze:
+            raise ConfigError("config key 'model.text_encoder.tune_layers' needs freeze: true and no embeddings_only "
+                              "(it names the top layers that train while the rest stays frozen)")
+        if not isinstance(layers, nn.ModuleList) or not hasattr(self.pretrained, "embeddings"):
+            raise ConfigError(f"config key 'model.text_encoder.tune_layers': {type(self.pretrained).__name__} has no "
+                              "BERT-style encoder.layer list to split; set tune_layers: 0")
+        if not 0 < k <= len(layers):
+            raise ConfigError(f"config key 'model.text_encoder.tune_layers' must be in 0..{len(layers)}, got {k}")
+
+    def _top_layers(self) -> list[nn.Module]:
+        return list(self.pretrained.encoder.layer[-self.tune_layers:]) if self.tune_layers else []
+
+    @property
+    def frozen(self) -> bool:
+        """Whether `frozen_features` gives the same output for the same caption at every step."""
+        return self.freeze and not self.embeddings_only
 
     @staticmethod
     def tokenizer_file(path: str | None = None) -> Path:
@@ -91,16 +121,61 @@ class PretrainedTextEncoder(nn.Module):
         super().train(mode)
         if self.freeze:
             self.pretrained.eval()
+            for layer in self._top_layers():
+                layer.train(mode)
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
+        if self.embeddings_only:
+            mask = attention_mask.bool()
+            x = self.pretrained(input_ids.masked_fill(~mask, self.pad_id))
+            return Features(x, mask, masked_mean(x, mask))
+        return self.from_frozen(self.frozen_features(input_ids, attention_mask), attention_mask)
+
+    # The split a text feature cache (vlfuse.data.feature_cache) uses: the frozen part's states are
+    # computed once per caption; only the tuned top layers and the projection run at every step.
+    def frozen_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] -> the hidden states [B, L, H] below the tuned layers (the last ones when none are)."""
         mask = attention_mask.bool()
         # Padding gets the model's own pad id, whatever the batch was padded with: models that derive
         # positions from the ids (RoBERTa) then see the layout they were trained on.
         input_ids = input_ids.masked_fill(~mask, self.pad_id)
-        if self.embeddings_only:
-            x = self.pretrained(input_ids)
-            return Features(x, mask, masked_mean(x, mask))
-        x = self.proj(self.pretrained(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state)
+        if not self.tune_layers:
+            return self.pretrained(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        states = self.pretrained.embeddings(input_ids=input_ids)
+        return _run_layers(self.pretrained.encoder.layer[:-self.tune_layers], states, mask)
+
+    def from_frozen(self, states: torch.Tensor, attention_mask: torch.Tensor) -> Features:
+        """The frozen part's states (computed now or read from a cache) -> Features."""
+        mask = attention_mask.bool()
+        x = self.proj(_run_layers(self._top_layers(), states, mask))
         # The projection is affine, so the mean of projected tokens is the projected mean.
         return Features(x, mask, masked_mean(x, mask))
+
+    def frozen_fingerprint(self) -> str:
+        """sha256 of what the frozen part's output depends on: the class, its weights, where it stops
+        and the tokenizer (another tokenizer gives other ids for the same caption)."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{type(self).__qualname__}|top {self.tune_layers}|pad {self.pad_id}".encode())
+        tokenizer = self.path / "tokenizer.json"
+        digest.update(hashlib.sha256(tokenizer.read_bytes()).digest() if tokenizer.is_file() else b"no tokenizer")
+        tuned = {id(p) for layer in self._top_layers() for p in layer.parameters()}
+        for name, tensor in sorted(self.pretrained.state_dict(keep_vars=True).items()):
+            if id(tensor) in tuned:
+                continue
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()
+
+
+def _run_layers(layers, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BERT-style layers over `states` [B, L, H]; padding (mask False) is never attended to."""
+    if len(layers) == 0:
+        return states
+    additive = (~mask[:, None, None, :]).to(states.dtype) * torch.finfo(states.dtype).min
+    for layer in layers:
+        out = layer(states, attention_mask=additive)
+        states = out[0] if isinstance(out, tuple) else out
+    return states

@@ -43,7 +43,12 @@ class RetrievalModel(nn.Module):
             images = images.float() / 255
         return self.image_encoder(images)
 
-    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
+    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     text_states: torch.Tensor | None = None) -> Features:
+        """Token ids -> the text encoder's Features; or, given text_states (a frozen text encoder's
+        cached states, data.feature_cache), from those."""
+        if text_states is not None:
+            return self.text_encoder.from_frozen(text_states, attention_mask)
         return self.text_encoder(input_ids, attention_mask)
 
     def match(self, image: Features, text: Features) -> torch.Tensor:

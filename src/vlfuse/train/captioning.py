@@ -246,8 +246,7 @@ def prepare_captioning(config: Config, model_dir: Path, resume: bool, progress: 
         save_model_dir(model_dir, model.cpu(), config, tokenizer, None)
 
     # Without a test split, the finished model is measured on val (a recipe that tunes on val reports it).
-    eval_split = "val" if config.data.test is None and val_set is not None else None
-    return Prepared(module, datamodule, save, summary, eval_split)
+    return Prepared(module, datamodule, save, summary)
 
 
 # --------------------------------------------------------------------------- decoding and evaluation

@@ -5,8 +5,11 @@ Loss = InfoNCE at a learnable temperature (+ hinge_weight * VSE++ hinge) + itm_w
 matching loss on hard negatives drawn from the batch similarities (when model.fusion is set).
 
 Evaluation: embed every image and caption of the split once, rank by cosine similarity (first
-stage), then re-rank each query's top k with the matching head, score = ITC + ITM (ITM = the
-head's log-odds of a match); candidates beyond the top k keep their first-stage order below them.
+stage), then re-rank each query's top k with the matching head, score = ITC + w * ITM (ITC = the
+contrastive logit, cosine x learned scale; ITM = the head's log-odds of a match; w =
+retrieval.rerank_weight); candidates beyond the top k keep their first-stage order below them.
+With data.feature_cache the frozen encoders' outputs (images, and a frozen text encoder's states)
+come from the cache, in training and evaluation alike.
 Recall@1/5/10 and median / mean rank are reported in both directions for both stages.
 """
 
@@ -20,13 +23,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import Dataset
 
 from ..config import Config, RetrievalConfig, TrainConfig
 from ..data.caption_dataset import CaptionDataset, PairSampler, collate_pairs
-from ..data.feature_cache import feature_collate, feature_loader
+from ..data.feature_cache import feature_collate, feature_loader, text_feature_states
 from ..data.formats.common import SkipLog
 from ..data.loading import read_split
 from ..data.records import CaptionSample
+from ..data.subsample import sample_images
 from ..data.tokenizer import build_tokenizer, load_tokenizer, pad_ids
 from ..errors import ConfigError, DataError
 from ..heads.retrieval import match_score
@@ -63,7 +69,7 @@ class RetrievalModule(L.LightningModule):
         """{"loss", "itc", ["hinge"], ["itm", "itm_acc"], "acc"} of one batch of row-aligned pairs."""
         model, task = self.model, self.task
         image = model.encode_images(batch.get("images"), batch.get("image_features"))  # features: data.feature_cache
-        text = model.encode_texts(batch["input_ids"], batch["attention_mask"])
+        text = model.encode_texts(batch["input_ids"], batch["attention_mask"], batch.get("text_states"))
         image_emb, text_emb = model.head(image, text)
         out = {"itc": model.head.loss(image_emb, text_emb)}
         loss = out["itc"]
@@ -113,6 +119,45 @@ class RetrievalModule(L.LightningModule):
         return configure_adamw(self.model, self.cfg, self.total_steps)
 
 
+class WithTextStates(Dataset):
+    """A CaptionDataset whose items also carry their caption's cached frozen text states [length, H]."""
+
+    def __init__(self, dataset: CaptionDataset, states: list[torch.Tensor]):
+        self.dataset, self.states = dataset, states
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        image, ids = self.dataset[key]
+        return image, ids, self.states[self.dataset.caption_for(i, epoch)]
+
+
+def collate_pairs_with_states(items: list) -> dict:
+    """collate_pairs, plus the captions' cached states padded like their ids (text_states [B, L, H])."""
+    batch = collate_pairs([item[:2] for item in items])
+    batch["text_states"] = pad_sequence([item[2] for item in items], batch_first=True)
+    return batch
+
+
+def _with_text_states(config: Config, model: RetrievalModel, sets: list[CaptionDataset | None], progress: bool):
+    """`sets` as they are, or (data.feature_cache over a frozen text encoder) carrying cached text states."""
+    present = [d for d in sets if d is not None]
+    states = text_feature_states(config, model.text_encoder, [ids for d in present for ids in d.caption_ids],
+                                 progress)
+    if states is None:
+        return sets, collate_pairs
+    out, start = [], 0
+    for dataset in sets:
+        if dataset is not None:
+            out.append(WithTextStates(dataset, states[start: start + len(dataset.caption_ids)]))
+            start += len(dataset.caption_ids)
+        else:
+            out.append(None)
+    return out, collate_pairs_with_states
+
+
 def _tokenizer(config: Config, samples: list[CaptionSample], model_dir: Path, resume: bool):
     if resume:  # a resumed run must keep the exact token ids of the interrupted one
         return load_tokenizer(model_dir / TOKENIZER)
@@ -131,6 +176,7 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
         raise ConfigError("config key 'train.batch_images' must be >= 2 for task retrieval: the other images of a "
                           "batch are each pair's negatives")
     train_read = read_split(config.data, "train")
+    train_read.samples = sample_images(train_read.samples, config.data.train_fraction, config.seed)
     val_read = read_split(config.data, "val") if config.data.val else None
     tokenizer = _tokenizer(config, train_read.samples, model_dir, resume)
     save_vocabularies(model_dir, config, tokenizer, None)
@@ -147,6 +193,7 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
     val_set = CaptionDataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images",
                              image_loader=loader) if val_read else None
     warn_skipped(train=train_read, val=val_read)
+    (train_items, val_items), collate = _with_text_states(config, model, [train_set, val_set], progress)
 
     module = RetrievalModule(model, config.retrieval, config.train,
                              steps_per_epoch(config, len(train_set)) * config.train.epochs, config.seed)
@@ -158,7 +205,7 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
-    datamodule = EpochDataModule(train_set, val_set, config, feature_collate(config, collate_pairs), PairSampler)
+    datamodule = EpochDataModule(train_items, val_items, config, feature_collate(config, collate), PairSampler)
     return Prepared(module, datamodule, lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, None),
                     summary)
 
@@ -195,22 +242,28 @@ def _to(f: Features, device: torch.device | str) -> Features:
 
 @torch.no_grad()
 def embed_dataset(model: RetrievalModel, dataset: CaptionDataset, batch: int = 64, progress: bool = True,
-                  keep_features: bool | None = None) -> Embedded:
-    """Every image and every caption of `dataset` through the encoders and the embedding head."""
+                  keep_features: bool | None = None, cached_images: bool = False,
+                  text_states: list[torch.Tensor] | None = None) -> Embedded:
+    """Every image and every caption of `dataset` through the encoders and the embedding head.
+
+    cached_images: dataset.images hold the frozen image encoder's cached output; text_states: the
+    frozen text encoder's cached states of each caption (data.feature_cache)."""
     model.eval()
     keep = model.can_rerank if keep_features is None else keep_features
     device = next(model.parameters()).device
     image_emb, text_emb, image_feats, text_feats = [], [], [], []
     starts = range(0, len(dataset), batch)
     for start in track(starts, "Embedding images", total=len(starts), enabled=progress):
-        features = model.encode_images(dataset.images[start: start + batch].to(device))
+        images = dataset.images[start: start + batch].to(device)
+        features = model.encode_images(None, images) if cached_images else model.encode_images(images)
         image_emb.append(model.head.embed_image(features).float().cpu())
         if keep:
             image_feats.append(_to(features, "cpu"))
     starts = range(0, len(dataset.caption_ids), batch)
     for start in track(starts, "Embedding captions", total=len(starts), enabled=progress):
         ids, mask = pad_ids(dataset.caption_ids[start: start + batch])
-        features = model.encode_texts(ids.to(device), mask.to(device))
+        states = None if text_states is None else pad_sequence(text_states[start: start + batch], batch_first=True)
+        features = model.encode_texts(ids.to(device), mask.to(device), None if states is None else states.to(device))
         text_emb.append(model.head.embed_text(features).float().cpu())
         if keep:
             text_feats.append(_to(features, "cpu"))
@@ -229,12 +282,12 @@ def _lift(similarity: torch.Tensor, top: torch.Tensor, scores: torch.Tensor) -> 
     return (similarity + shift[:, None]).scatter(1, top, scores)
 
 
-def rerank_top_k(similarity: torch.Tensor, k: int, score_pairs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def rerank_top_k(similarity: torch.Tensor, k: int, score_pairs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Two-stage scores from first-stage `similarity` [I, T]: (image->text [I, T], text->image [I, T]).
 
     Each image's top-k texts and each text's top-k images (k capped at the candidates there are)
-    are re-scored as similarity + score_pairs(image_index, text_index); a pair that is a candidate
+    are re-scored as similarity + weight * score_pairs(image_index, text_index); a pair that is a candidate
     in both directions is scored once. Rank image->text queries along rows of the first matrix,
     text->image queries down columns of the second.
     """
@@ -245,7 +298,7 @@ def rerank_top_k(similarity: torch.Tensor, k: int, score_pairs: Callable[[torch.
     pair_images = torch.cat([torch.arange(num_images).repeat_interleave(k_texts), top_images.flatten()])
     pair_texts = torch.cat([top_texts.flatten(), torch.arange(num_texts).repeat_interleave(k_images)])
     pairs, where = torch.unique(pair_images * num_texts + pair_texts, return_inverse=True)
-    matched = score_pairs(pairs // num_texts, pairs % num_texts).float()[where]
+    matched = weight * score_pairs(pairs // num_texts, pairs % num_texts).float()[where]
     i2t_itm, t2i_itm = matched[: num_images * k_texts], matched[num_images * k_texts:]
     i2t = _lift(similarity, top_texts, similarity.gather(1, top_texts) + i2t_itm.view(num_images, k_texts))
     t2i = _lift(similarity.T, top_images, similarity.T.gather(1, top_images) + t2i_itm.view(num_texts, k_images))
@@ -272,6 +325,21 @@ def itm_scorer(model: RetrievalModel, embedded: Embedded, batch: int = 256
     return score
 
 
+def _memo(score_pairs: Callable) -> Callable:
+    """score_pairs computed once: every re-ranking of the same first stage asks for the same pairs."""
+    memory: dict[str, torch.Tensor] = {}
+
+    def score(image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+        if "scores" not in memory:
+            memory["scores"] = score_pairs(image_index, text_index)
+        return memory["scores"]
+
+    return score
+
+
+RERANK_SWEEP = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # retrieval.rerank_weight values eval.json compares
+
+
 def _directions(i2t_scores: torch.Tensor, t2i_scores: torch.Tensor, owner: torch.Tensor, ks) -> dict:
     """Metrics with image->text read from one score matrix and text->image from another."""
     i2t = retrieval_metrics(i2t_scores, owner, ks)
@@ -284,32 +352,46 @@ def _directions(i2t_scores: torch.Tensor, t2i_scores: torch.Tensor, owner: torch
 
 
 def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log: SkipLog, rerank_k: int = 16,
-                       batch: int = 64, progress: bool = True) -> tuple[dict, list[dict]]:
-    """(metrics, one record per caption) of text <-> image retrieval over `samples`."""
+                       batch: int = 64, progress: bool = True, cache_config: Config | None = None,
+                       rerank_weight: float = 1.0) -> tuple[dict, list[dict]]:
+    """(metrics, one record per caption) of text <-> image retrieval over `samples`.
+
+    cache_config: a config whose data.feature_cache serves the frozen encoders' outputs (the same
+    numbers, without running the frozen parts again)."""
     cfg, model = saved.config.data, saved.model
+    cached = cache_config is not None and bool(cache_config.data.feature_cache)
+    loader = feature_loader(cache_config, model.image_encoder, samples, progress) if cached else None
     dataset = CaptionDataset(samples, saved.tokenizer, cfg.image_size, cfg.max_question_length, skip_log,
-                             progress=progress)
+                             progress=progress, image_loader=loader)
+    text_states = text_feature_states(cache_config, model.text_encoder, dataset.caption_ids, progress) \
+        if cached else None
     if len(dataset) == 0:
         raise DataError("no captioned images to evaluate retrieval on"
                         + (f" ({skip_log.summary()})" if skip_log.count else ""))
     ks = tuple(k for k in RECALL_AT if k <= len(dataset))  # R@K needs K candidate images
     rerank = rerank_k > 0 and model.can_rerank
     clock = time.perf_counter()
-    embedded = embed_dataset(model, dataset, batch, progress, keep_features=rerank)
+    embedded = embed_dataset(model, dataset, batch, progress, keep_features=rerank, cached_images=cached,
+                             text_states=text_states)
     similarity = embedded.images @ embedded.texts.T
     embed_seconds = time.perf_counter() - clock
     owner = dataset.text_to_image
     first = retrieval_metrics(similarity, owner, ks)
     i2t_scores = t2i_scores = similarity
-    reranked = None
+    reranked = sweep = None
     if rerank:
         clock = time.perf_counter()
-        i2t_scores, t2i_scores = rerank_top_k(similarity, rerank_k, itm_scorer(model, embedded))
+        # ITC as the contrastive logits (cosine x the learned scale), so ITC and ITM are both log-odds.
+        logits, score = similarity * float(model.head.scale), _memo(itm_scorer(model, embedded))
+        i2t_scores, t2i_scores = rerank_top_k(logits, rerank_k, score, rerank_weight)
         reranked = _directions(i2t_scores, t2i_scores, owner, ks)
+        sweep = {str(w): {k: v for k, v in _directions(*rerank_top_k(logits, rerank_k, score, w), owner, ks).items()
+                          if k in ("i2t_r1", "t2i_r1", "r_mean")} for w in RERANK_SWEEP}
     rerank_seconds = time.perf_counter() - clock if rerank else 0.0
     metrics = {
         "task": "retrieval", "images": len(dataset), "captions": len(dataset.captions), "ks": list(ks),
-        "rerank_k": rerank_k if rerank else 0, "first_stage": first, "reranked": reranked,
+        "rerank_k": rerank_k if rerank else 0, "rerank_weight": rerank_weight if rerank else None,
+        "first_stage": first, "reranked": reranked, "rerank_sweep": sweep,
         "logit_scale": float(model.head.scale), "seconds": {"embed": embed_seconds, "rerank": rerank_seconds},
         "uncaptioned": dataset.uncaptioned, "skipped": skip_log.as_dict(),
     }
@@ -333,7 +415,8 @@ def evaluate_retrieval_split(model_dir: Path, config: Config, split: str, out_js
     read = read_split(config.data, split)
     saved = load_model_dir(model_dir, task="retrieval")
     metrics, records = evaluate_retrieval(saved, read.samples, read.skipped, config.retrieval.rerank_k,
-                                          config.retrieval.eval_batch, progress)
+                                          config.retrieval.eval_batch, progress, config, config.retrieval.rerank_weight)
+    metrics = {"split": split, **metrics}
     if out_json is not None:
         out_json.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
         out_json.with_name(out_json.stem + "_rankings.jsonl").write_text(

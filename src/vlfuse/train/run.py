@@ -143,7 +143,6 @@ class Prepared:
     datamodule: L.LightningDataModule
     save: Callable[[], None]  # writes the finished model directory (weights and vocabularies)
     summary: dict  # the task's part of run.json
-    eval_split: str | None = None  # the split eval.json measures; None: test, where the config has one
 
 
 @dataclass
@@ -335,7 +334,8 @@ def task_function(task: str, which: str) -> Callable:
 
 
 def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split.
+    """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split
+    (val where the data has no test split, as Flickr8k's here).
 
     One run per out_dir at a time (a lock file). A run stopped before its planned steps (time cap,
     Ctrl-C) keeps checkpoints/last.ckpt for --resume; a finished one deletes it.
@@ -370,7 +370,7 @@ def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainR
         run.join_logs(previous_logs)
         if not interrupted:
             save_model(prepared, run)
-            test_metrics = evaluate_after_training(run, config, prepared.eval_split, progress, note and {
+            test_metrics = evaluate_after_training(run, config, progress, note and {
                 "stopped_by": stopped_by, "steps": steps, "planned_steps": planned, "note": note})
         if stopped_by in (None, EARLY):
             run.last.unlink(missing_ok=True)  # finished: nothing left to resume
@@ -415,11 +415,10 @@ def save_model(prepared: Prepared, run: RunDirs) -> None:
         raise DataError(f"could not write the model: {exc.strerror or exc}", path=run.model_dir) from None
 
 
-def evaluate_after_training(run: RunDirs, config: Config, split: str | None, progress: bool,
-                            stop: dict | None) -> dict | None:
-    """Metrics of `split` (the task's choice, else test) into OUT_DIR/eval.json, with what cut training
+def evaluate_after_training(run: RunDirs, config: Config, progress: bool, stop: dict | None) -> dict | None:
+    """Metrics of the held-out split (test, else val) into OUT_DIR/eval.json, with what cut training
     short (`stop`) when something did. An empty split is a warning, not an accuracy over 0 questions."""
-    split = split or ("test" if config.data.test is not None else None)
+    split = "test" if config.data.test is not None else "val" if config.data.val is not None else None
     if split is None:
         return None
     out_json = run.out / "eval.json"

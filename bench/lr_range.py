@@ -6,7 +6,7 @@ the learning rate. The rate where the loss falls fastest, and the one where it t
 (diverges), bracket a good peak: take about a third of the point where it turns. Uses the
 config's batch size, weight decay and precision; reads only the train split.
 
-    OMP_NUM_THREADS=1 nice python bench/lr_range.py src/vlfuse/configs/demo.yaml \\
+    OMP_NUM_THREADS=1 nice python -m bench.lr_range src/vlfuse/configs/demo.yaml \\
         --set data.root=data/shapes4k --steps 150
 """
 

@@ -10,7 +10,7 @@ time mostly measures the neighbours; run it with OMP_NUM_THREADS=1 so the two ag
   fp32 nocache  model.image_encoder.cache_regions=0: connected components searched every step
   bf16        bf16 autocast of forward and loss (train.precision=bf16-mixed), region cache on
 
-    OMP_NUM_THREADS=1 nice python bench/vqa_step.py src/vlfuse/configs/demo.yaml --set data.root=data/shapes4k
+    OMP_NUM_THREADS=1 nice python -m bench.vqa_step src/vlfuse/configs/demo.yaml --set data.root=data/shapes4k
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 
 from vlfuse.data.shapes import random_scene, render
 from vlfuse.data.vqa_dataset import image_to_tensor
-from vlfuse.encoders.regions import RegionImageEncoder, crop_regions, find_regions
+from vlfuse.encoders.regions import RegionCache, RegionImageEncoder, crop_regions, find_regions
 
 
 def _canvas(size: int = 32, background=(1.0, 1.0, 1.0)) -> torch.Tensor:
@@ -117,3 +117,53 @@ def test_geometry_bias_starts_neutral_and_learns_from_relative_position():
     assert torch.allclose(out.tokens, plain(images).tokens, atol=1e-6)
     (out.pooled * torch.randn_like(out.pooled)).sum().backward()
     assert biased.pair_bias[-1].weight.grad.abs().sum() > 0
+
+
+def _rendered_scenes(count: int, seed: int = 0) -> torch.Tensor:
+    rng = random.Random(seed)
+    return torch.stack([image_to_tensor(render(random_scene(rng, size=64)), 64).float() / 255 for _ in range(count)])
+
+
+def _assert_same_regions(a, b) -> None:
+    for field in ("boxes", "centroids", "colors", "areas", "mask"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_cached_region_proposals_equal_the_computed_ones_and_are_searched_once_per_image():
+    images = _rendered_scenes(6)
+    batch = images[[0, 1, 2, 0, 3]]  # image 0 twice in one batch
+    searched = []
+
+    def propose(x):
+        searched.append(len(x))
+        return find_regions(x, 10)
+
+    cache = RegionCache(capacity=100)
+    first = cache(batch, propose)
+    _assert_same_regions(first, find_regions(batch, 10))
+    assert searched == [4]  # the repeated image is searched once
+    again = cache(images[[3, 4, 0, 5]], propose)  # two seen, two new
+    _assert_same_regions(again, find_regions(images[[3, 4, 0, 5]], 10))
+    assert searched == [4, 2] and len(cache.rows) == 6
+
+
+def test_a_full_region_cache_stops_growing_but_still_answers_correctly():
+    images = _rendered_scenes(5, seed=1)
+    cache = RegionCache(capacity=2)
+    _assert_same_regions(cache(images, lambda x: find_regions(x, 10)), find_regions(images, 10))
+    assert len(cache.rows) == 2
+    _assert_same_regions(cache(images.flip(0), lambda x: find_regions(x, 10)), find_regions(images.flip(0), 10))
+
+
+def test_region_encoder_gives_the_same_tokens_with_and_without_its_cache():
+    images = _rendered_scenes(4, seed=2)
+    torch.manual_seed(0)
+    cached = RegionImageEncoder(dim=16, crop_size=8, channels=[4], layers=1, heads=2).eval()
+    torch.manual_seed(0)
+    plain = RegionImageEncoder(dim=16, crop_size=8, channels=[4], layers=1, heads=2, cache_regions=0).eval()
+    assert plain.region_cache is None
+    expected = plain(images).tokens
+    assert torch.equal(cached(images).tokens, expected)  # fills the cache
+    assert torch.equal(cached(images).tokens, expected)  # reads it
+    assert len(cached.region_cache.rows) == 4
+    assert "region_cache" not in " ".join(cached.state_dict())  # a cache, not part of the saved model

@@ -100,11 +100,7 @@ def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
     if is_exported(model_dir):  # written by vlfuse export: answered by onnxruntime
         from .export import load_exported
 
-        predictor = load_exported(model_dir)
-        if not isinstance(predictor, Predictor):
-            raise DataError(f"holds an exported {predictor.config.task} model, which answers no questions",
-                            path=model_dir)
-        return predictor
+        return load_exported(model_dir, Predictor, "which answers no questions")
     if saved_task(model_dir) == "captioning":  # a Captioner: .caption(image)
         return load_captioner(model_dir, device)
     saved = load_model_dir(model_dir)

@@ -426,9 +426,6 @@ def feature_collate(config, collate: Callable[[list], dict]) -> Callable[[list],
     return _RenameImages(collate) if config.data.feature_cache else collate
 
 
-CACHE_TASKS = ("vqa", "retrieval", "captioning", "matching", "classification")  # the tasks whose training reads cached features
-
-
 def text_key(ids: list[int]) -> str:
     """sha256 of a caption's token ids: the cache key of a text (the folder pins the tokenizer)."""
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
@@ -484,7 +481,7 @@ def text_feature_states(config, text_encoder: torch.nn.Module, caption_ids: list
     return ensure_text_features(cache, text_encoder, caption_ids, progress=progress)[0]
 
 
-CACHE_TASKS = ("vqa", "retrieval")  # the tasks whose training reads cached features
+CACHE_TASKS = ("vqa", "retrieval", "captioning", "matching", "classification")  # the tasks whose training reads cached features
 
 
 def check_cache_task(config) -> None:

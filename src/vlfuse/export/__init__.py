@@ -23,8 +23,13 @@ def export_model(model_dir, out_dir=None, *, int8: bool = False, fmt: str = "onn
     return run(model_dir, out_dir, int8=int8, fmt=fmt)
 
 
-def load_exported(folder):
-    """An exported folder as a Predictor (vlfuse.load does this for you)."""
+def load_exported(folder, expected: type | None = None, what: str = ""):
+    """An exported folder as a Predictor or RetrievalEncoder (vlfuse.load does this for you); with
+    `expected`, any other kind is a one-line DataError saying the folder holds no `what`."""
+    from ..errors import DataError
     from .runtime import load_exported as run
 
-    return run(folder)
+    loaded = run(folder)
+    if expected is not None and not isinstance(loaded, expected):
+        raise DataError(f"holds an exported {loaded.config.task} model, {what}", path=folder)
+    return loaded

@@ -43,11 +43,7 @@ class RetrievalEncoder:
 
         model_dir = Path(model_dir).resolve()
         if is_exported(model_dir):  # written by vlfuse export: embeddings from onnxruntime
-            encoder = load_exported(model_dir)
-            if not isinstance(encoder, RetrievalEncoder):
-                raise DataError(f"holds an exported {encoder.config.task} model, not a retrieval model",
-                                path=model_dir)
-            return encoder
+            return load_exported(model_dir, RetrievalEncoder, "not a retrieval model")
         saved = load_model_dir(model_dir, task="retrieval")
         saved.model.to(device)
         return cls(saved, model_fingerprint(model_dir), model_dir)

@@ -223,6 +223,9 @@ def test_early_stopping_stops_and_exports_the_best_epoch(shapes_root, tiny_confi
     best = load_checkpoint_file(tmp_path / "best.ckpt")
     assert best["epoch"] == stop["best_epoch"] < stop["stopped_epoch"]
     assert not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
+    # a deliberate finish: nothing left to resume, and no "undertrained" note
+    assert summary["stopped_by"] == "early stopping" and "undertrained" not in summary["note"]
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     exported = load_file(str(result.model_dir / "model.safetensors"))
     trained = [k for k, v in exported.items() if v.is_floating_point() and k in seen["last"]]
     assert trained and all(torch.equal(exported[k], best["state_dict"][f"model.{k}"]) for k in trained)

@@ -362,8 +362,8 @@ def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainR
 
     steps, planned = trainer.global_step, control.planned_steps
     # Short of the planned steps with no cap or Ctrl-C: a val-watching callback (train.early_stopping,
-    # captioning.patience) ended the run on purpose.
-    stopped_by = control.stopped_by or (None if steps >= planned else EARLY)
+    # captioning.patience) that asked the trainer to stop ended the run on purpose.
+    stopped_by = control.stopped_by or (None if steps >= planned else EARLY if trainer.should_stop else "an early stop")
     note, interrupted = stop_summary(stopped_by, steps, planned), stopped_by == INTERRUPTED
     test_metrics = None
     if trainer.global_rank == 0:

@@ -94,7 +94,8 @@ def test_per_class_accuracy_is_each_classes_recall():
 
 
 def test_labelled_metrics_report_per_class_accuracy_and_print_it():
-    from vlfuse.train.labelled import format_labelled_metrics, labelled_metrics
+    from vlfuse.tasks.labelled.evaluate import labelled_metrics
+    from vlfuse.tasks.labelled.report import format_labelled_metrics
 
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
     metrics = labelled_metrics(probs, torch.tensor([0, 1, 1, 2]), ["negative", "neutral", "positive"])
@@ -303,7 +304,7 @@ def test_vqa_real_recipe_runs_on_real_vqa_v2_samples(tmp_path):
     soft-score training, early stopping on val, official VQA accuracy in the evaluation."""
     pytest.importorskip("efficientnet_lite_pytorch")
     from vlfuse.config import load_config
-    from vlfuse.train.run import evaluate_split, train
+    from vlfuse.tasks import evaluate_split, train
 
     formats = shared_data("formats")
     split = {"questions": "vqav2/questions.json", "annotations": "vqav2/annotations.json", "images": "images/vqav2"}

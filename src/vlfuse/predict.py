@@ -94,14 +94,16 @@ class Predictor:
 def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
     """Rebuild a saved model directory (config.yaml + model.safetensors + vocabularies), or open an exported
     one (vlfuse export: the same Predictor, run by onnxruntime)."""
-    from .caption import load_captioner, saved_task
     from .export import is_exported
+    from .tasks import saved_task
 
     if is_exported(model_dir):  # written by vlfuse export: answered by onnxruntime
         from .export import load_exported
 
         return load_exported(model_dir, Predictor, "which answers no questions")
     if saved_task(model_dir) == "captioning":  # a Captioner: .caption(image)
+        from .tasks.captioning.predict import load_captioner
+
         return load_captioner(model_dir, device)
     saved = load_model_dir(model_dir)
     if saved.answers is None:  # a retrieval model answers no questions

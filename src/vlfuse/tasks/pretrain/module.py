@@ -14,7 +14,7 @@ from ...losses.adversarial import dann_lambda
 from ...models.pretrain import build_pretrain_model, objective_weights
 from ...models.saved import save_vocabularies
 from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
-from ..base import TaskModule, split_summary
+from ..base import TaskModule, run_summary, split_summary
 from .data import pretrain_tokenizer
 from .model import save_pretrained_dir
 
@@ -30,6 +30,10 @@ class PretrainModule(TaskModule):
         if "adversarial" in self.model.heads:  # DANN schedule: the reversed gradient grows with progress
             self.model.heads["adversarial"].reverse.lambd = dann_lambda(self.global_step / self.total_steps)
         return super().training_step(batch, batch_idx)
+
+
+def pairs_split(dataset: CaptionDataset, read) -> dict:
+    return split_summary(read, images=len(dataset), captions=len(dataset.captions))
 
 
 def _check(config: Config) -> None:
@@ -62,14 +66,9 @@ def prepare_pretrain(config: Config, model_dir: Path, resume: bool, progress: bo
     model = build_pretrain_model(config, tokenizer)
     module = PretrainModule(model, config.train, steps_per_epoch(config, len(train_set)) * config.train.epochs,
                             config.seed)
-    summary = {
-        "task": "pretrain",
-        "objectives": model.weights,
-        "train": split_summary(train_read, images=len(train_set), captions=len(train_set.captions)),
-        "val": None if val_set is None else {"images": len(val_set), "captions": len(val_set.captions)},
-        "vocab": tokenizer.get_vocab_size(),
-        "parameters": {"backbone": sum(p.numel() for p in model.backbone().parameters()),
-                       "heads": sum(p.numel() for p in model.heads.parameters())},
-    }
+    summary = run_summary("pretrain", model, tokenizer, pairs_split(train_set, train_read),
+                          None if val_set is None else pairs_split(val_set, val_read), objectives=model.weights)
+    summary["parameters"] = {"backbone": sum(p.numel() for p in model.backbone().parameters()),
+                             "heads": sum(p.numel() for p in model.heads.parameters())}
     datamodule = EpochDataModule(train_set, val_set, config, collate_pairs, PairSampler)
     return Prepared(module, datamodule, lambda: save_pretrained_dir(model_dir, model.cpu(), config, tokenizer), summary)

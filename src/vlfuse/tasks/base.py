@@ -124,9 +124,10 @@ def skipped_line(metrics: dict) -> str | None:
 
 
 def render(table) -> str:
-    """A rich table as the text a terminal of this width shows (plain, no colour codes)."""
+    """A rich table as the text this terminal shows it (its width; styled only where stdout is a terminal)."""
     from rich.console import Console
 
-    out = io.StringIO()
-    Console(file=out, width=Console().width).print(table)
+    out, terminal = io.StringIO(), Console()
+    Console(file=out, width=terminal.width, force_terminal=terminal.is_terminal,
+            color_system=terminal.color_system).print(table)
     return out.getvalue().rstrip("\n")

@@ -201,6 +201,7 @@ def test_coco_mini_questions_read_back_with_their_photos(tmp_path):
 def test_early_stopping_stops_and_exports_the_best_epoch(shapes_root, tiny_config, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
+    from vlfuse.tasks import train
     from vlfuse.train import run as run_module
     from vlfuse.train.checkpoint_io import load_checkpoint_file
 
@@ -217,7 +218,7 @@ def test_early_stopping_stops_and_exports_the_best_epoch(shapes_root, tiny_confi
     # run stops after `patience` epochs without a new best
     config = tiny_config(shapes_root, tmp_path / "run", "train.epochs=6", "data.test=null",
                          "train.early_stopping={patience: 1, monitor: val_loss, mode: max}")
-    result = run_module.train(config, progress=False)
+    result = train(config, progress=False)
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     stop = summary["early_stopping"]
     assert summary["epochs_completed"] < 6 and stop["stopped_epoch"] == summary["epochs_completed"] - 1, summary

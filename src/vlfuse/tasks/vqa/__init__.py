@@ -1,6 +1,6 @@
 """Task vqa: answer a question about an image, answers as classes (VQA v2, GQA, the built-in shapes).
 
-The Python face of a trained model is vlfuse.predict (`vlfuse.load(model_dir).predict(image, question)`),
+The Python face of a trained model is predict.py (`vlfuse.load(model_dir).predict(image, question)`),
 which export and explain build on too."""
 
 from ..base import Task

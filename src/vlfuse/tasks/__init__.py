@@ -66,8 +66,3 @@ def _evaluated_count(metrics: dict) -> int | None:
         return overall["count"]
     return next((metrics[k] for k in ("count", "questions", "images", "dialogues", "examples")
                  if isinstance(metrics.get(k), int)), None)
-
-
-def format_metrics(metrics: dict, task: str) -> str:
-    """The metrics of a `task` model as the terminal shows them."""
-    return TASKS[task].format_metrics(metrics)

@@ -20,6 +20,7 @@ from ..base import write_eval_json
 from .data import check_captioning_config
 from .predict import caption_images
 
+
 def evaluate_captioning(saved: SavedModel, samples: list[CaptionSample], skip_log: SkipLog, progress: bool = True
                         ) -> tuple[dict, list[dict]]:
     """(metrics, one record per image) of the model's captions for `samples` against their references.

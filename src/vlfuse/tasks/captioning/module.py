@@ -24,6 +24,7 @@ from .data import (IGNORE_INDEX, CaptioningDataset, caption_loss, caption_tokeni
                    collate_captions, teacher_forcing_targets)
 from .predict import decode_captions
 
+
 class CaptioningModule(TaskModule):
     """Teacher-forced training; with `val_captions` (captioning.select_on), each validation also
     captions the val images and the best-scoring weights are kept, restored when training ends."""

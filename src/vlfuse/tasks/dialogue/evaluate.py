@@ -21,6 +21,7 @@ from ...progress import track
 from ..base import write_eval_json
 from .data import MODEL_INPUTS, make_dataset, score_batch
 
+
 @torch.no_grad()
 def score_dataset(model: DialogueModel, dataset: DialogDataset, batch: int = 16, progress: bool = True
                   ) -> list[tuple[DialogSample, int, torch.Tensor]]:

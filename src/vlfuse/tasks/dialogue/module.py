@@ -19,6 +19,7 @@ from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skippe
 from ..base import TaskModule, run_summary, split_summary
 from .data import MODEL_INPUTS, make_dataset, score_batch, vocabularies
 
+
 class DialogueModule(TaskModule):
     """Discriminative: cross-entropy of the ground-truth candidate (and its R@1); generative: the decoder
     writes each labelled round's answer. Rounds without a ground truth are left out."""

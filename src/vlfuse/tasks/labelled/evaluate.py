@@ -22,6 +22,7 @@ from .data import check_known_labels, read_labelled, split_source
 
 POSITIVE_NAMES = ("true", "1", "yes", "positive")  # the class whose score a binary AUROC ranks by
 
+
 @torch.no_grad()
 def class_probabilities(saved: SavedModel, dataset: GroupedVQADataset, batch_images: int = 32,
                         progress: bool = True) -> tuple[torch.Tensor, list[VQASample]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def format_labelled_metrics(metrics: dict) -> str:
     """The metrics as a few lines for the terminal."""
     def pct(x: float | None) -> str:

@@ -15,6 +15,7 @@ from ...progress import track
 from ..base import write_eval_json
 from .model import load_pretrained_dir
 
+
 @torch.no_grad()
 def evaluate_pretrain(model: PretrainModel, dataset: CaptionDataset, batch: int = 64, seed: int = 0,
                       progress: bool = True) -> dict:

@@ -18,6 +18,7 @@ from ..base import TaskModule, run_summary, split_summary
 from .data import pretrain_tokenizer
 from .model import save_pretrained_dir
 
+
 class PretrainModule(TaskModule):
     """Every objective of the PretrainModel on each batch; the DANN schedule grows the reversed gradient."""
 

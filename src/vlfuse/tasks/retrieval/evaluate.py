@@ -29,6 +29,7 @@ from ..base import write_eval_json
 
 RECALL_AT = (1, 5, 10)
 
+
 @dataclass
 class Embedded:
     """A split encoded once: unit embeddings, and (for re-ranking) the encoders' Features on the CPU."""

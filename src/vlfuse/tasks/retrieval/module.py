@@ -22,6 +22,7 @@ from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skippe
 from ..base import TaskModule, captioned_split, run_summary, run_tokenizer
 from .data import with_text_states
 
+
 def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, B] bool: rows i and j hold the same caption (never a negative for each other); diagonal False."""
     ids = input_ids.masked_fill(~attention_mask.bool(), -1)

@@ -31,7 +31,7 @@ from pathlib import Path
 import lightning as L
 
 from vlfuse.config import load_config
-from vlfuse.train.retrieval import prepare_retrieval
+from vlfuse.tasks.retrieval.module import prepare_retrieval
 from vlfuse.train.run import RunDirs, fit, make_trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "retrieval_coco_mini.yaml"

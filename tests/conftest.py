@@ -124,7 +124,7 @@ def trained_run(shapes_root, tiny_config, tmp_path_factory) -> TrainedRun:
 
     Tests must not write into it; copy it (shutil.copytree) to change anything.
     """
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
     config = tiny_config(shapes_root, out)
@@ -138,7 +138,7 @@ def trained_retrieval(shapes_root, tmp_path_factory) -> TrainedRun:
     embeddings), shared by the index and server tests. Tests must not write into it."""
     from test_retrieval_task import retrieval_config
 
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     out = tmp_path_factory.mktemp("trained_retrieval") / "run"
     config = retrieval_config(shapes_root, out)

@@ -279,7 +279,7 @@ def test_a_tokenizer_without_start_and_end_tokens_is_refused():
 
 def test_teacher_forcing_shifts_by_one_and_ignores_padding():
     from vlfuse.data.tokenizer import pad_ids
-    from vlfuse.train.captioning import IGNORE_INDEX, caption_loss, teacher_forcing_targets
+    from vlfuse.tasks.captioning.data import IGNORE_INDEX, caption_loss, teacher_forcing_targets
 
     ids, mask = pad_ids([[BOS, 5, 6, EOS], [BOS, 7, EOS]])
     inputs, targets = teacher_forcing_targets(ids, mask)
@@ -298,8 +298,8 @@ def test_teacher_forcing_shifts_by_one_and_ignores_padding():
 def test_gradients_reach_the_image_encoder_and_every_decoder_part(shapes_root, tmp_path):
     from vlfuse.config import load_config
     from vlfuse.data.tokenizer import pad_ids
-    from vlfuse.models.captioning import build_captioning_model
-    from vlfuse.train.captioning import caption_loss, teacher_forcing_targets
+    from vlfuse.models.factory import build_captioning_model
+    from vlfuse.tasks.captioning.data import caption_loss, teacher_forcing_targets
 
     for decoder in ("{name: transformer, layers: 1, heads: 2, dropout: 0.0}", "{name: lstm, dropout: 0.0}"):
         config = load_config(CAPTIONING_CONFIG, [f"data.root={shapes_root}", *TINY, f"model.decoder={decoder}"])
@@ -372,7 +372,7 @@ def test_training_through_the_cli_writes_a_model_directory_and_caption_scores(ca
 
 def test_saved_model_gives_the_same_captions_through_eval_predict_and_python(captioning_run, cli_main, tmp_path):
     import vlfuse
-    from vlfuse.caption import Captioner
+    from vlfuse.tasks.captioning.predict import Captioner
 
     out, _ = captioning_run
     record = json.loads((out / "eval_captions.jsonl").read_text().splitlines()[0])
@@ -406,9 +406,9 @@ def test_saved_model_gives_the_same_captions_through_eval_predict_and_python(cap
 @pytest.mark.parametrize("kind", ["transformer", "lstm"])
 def test_save_then_load_gives_the_same_captions(kind, shapes_root, tmp_path):
     from vlfuse.data.caption_tokens import build_caption_tokenizer
-    from vlfuse.models.captioning import build_captioning_model
+    from vlfuse.models.factory import build_captioning_model
     from vlfuse.models.saved import SavedModel, load_model_dir, save_model_dir
-    from vlfuse.train.captioning import caption_images
+    from vlfuse.tasks.captioning.predict import caption_images
 
     decoder = ("{name: transformer, layers: 1, heads: 2, dropout: 0.0}" if kind == "transformer"
                else "{name: lstm, hidden: 24, dropout: 0.0}")
@@ -498,7 +498,7 @@ def test_cached_features_train_select_the_best_val_epoch_and_caption_as_images_d
 
     from test_feature_cache import TinyFrozenEncoder
     from vlfuse.models.factory import IMAGE_ENCODERS
-    from vlfuse.train.run import evaluate_split, train
+    from vlfuse.tasks import evaluate_split, train
 
     monkeypatch.setitem(IMAGE_ENCODERS, "tiny_frozen", TinyFrozenEncoder)
     config = captioning_config(
@@ -530,7 +530,7 @@ def test_cached_features_train_select_the_best_val_epoch_and_caption_as_images_d
                                               ("captioning.select_on=cider_d", "val split")])
 def test_bad_selection_settings_are_refused(setting, message, shapes_root, tmp_path):
     from vlfuse.errors import ConfigError
-    from vlfuse.train.captioning import check_captioning_config
+    from vlfuse.tasks.captioning.data import check_captioning_config
 
     with pytest.raises(ConfigError, match=message):
         check_captioning_config(captioning_config(shapes_root, tmp_path, setting))
@@ -542,7 +542,7 @@ def test_steps_after_the_last_validation_are_scored_before_the_best_weights_are_
     from types import SimpleNamespace
 
     from vlfuse.config import CaptioningConfig, TrainConfig
-    from vlfuse.train.captioning import CaptioningModule
+    from vlfuse.tasks.captioning.module import CaptioningModule
 
     class Scores:  # stands for ValCaptions: hands out the next score in turn
         def __init__(self, *values):

@@ -92,7 +92,7 @@ def test_shapes_table_labels_follow_the_scene(table_root):
 # --------------------------------------------------------------------------- metrics
 
 def test_multiclass_metrics_on_a_hand_worked_example():
-    from vlfuse.train.labelled import labelled_metrics
+    from vlfuse.tasks.labelled.evaluate import labelled_metrics
 
     classes = ["a", "b", "c"]
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
@@ -111,7 +111,7 @@ def test_multiclass_metrics_on_a_hand_worked_example():
 
 
 def test_binary_auroc_ranks_by_the_positive_class():
-    from vlfuse.train.labelled import labelled_metrics, positive_class
+    from vlfuse.tasks.labelled.evaluate import labelled_metrics, positive_class
 
     assert positive_class(["0", "1"]) == 1 and positive_class(["true", "zz"]) == 0 and positive_class(["n", "p"]) == 1
     probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2]])

@@ -313,7 +313,7 @@ def tiny_model(shapes_root: Path, tmp_path: Path, generative: bool = False):
     from vlfuse.data.formats.common import SkipLog
     from vlfuse.data.loading import read_split
     from vlfuse.data.tokenizer import build_tokenizer
-    from vlfuse.models.dialogue import build_dialogue_model
+    from vlfuse.models.factory import build_dialogue_model
 
     config = dialogue_config(shapes_root, tmp_path / "run", *(GENERATIVE if generative else []))
     samples = read_split(config.data, "train").samples[:3]
@@ -329,7 +329,7 @@ def tiny_model(shapes_root: Path, tmp_path: Path, generative: bool = False):
 @pytest.mark.parametrize("generative", [False, True])
 def test_history_padding_does_not_change_scores(shapes_root, tmp_path, generative):
     from vlfuse.data.dialog_dataset import collate_dialogs
-    from vlfuse.train.dialogue import score_batch
+    from vlfuse.tasks.dialogue.data import score_batch
 
     _, _, model, dataset = tiny_model(shapes_root, tmp_path, generative)
     with torch.no_grad():
@@ -374,7 +374,7 @@ def test_gradients_reach_every_part(shapes_root, tmp_path):
     import torch.nn.functional as F
 
     from vlfuse.data.dialog_dataset import collate_dialogs
-    from vlfuse.train.dialogue import score_batch
+    from vlfuse.tasks.dialogue.data import score_batch
 
     _, _, model, dataset = tiny_model(shapes_root, tmp_path)
     model.train()
@@ -391,7 +391,7 @@ def test_save_load_gives_the_same_scores(shapes_root, tmp_path):
     from vlfuse.data.answers import AnswerVocab
     from vlfuse.data.dialog_dataset import collate_dialogs
     from vlfuse.models.saved import load_model_dir, save_model_dir
-    from vlfuse.train.dialogue import score_batch
+    from vlfuse.tasks.dialogue.data import score_batch
 
     config, tokenizer, model, dataset = tiny_model(shapes_root, tmp_path)
     save_model_dir(tmp_path / "model", model, config, tokenizer, AnswerVocab(["a circle"]))
@@ -404,7 +404,7 @@ def test_save_load_gives_the_same_scores(shapes_root, tmp_path):
 
 def test_ranking_metrics_on_a_hand_example():
     from vlfuse.metrics.ranking import ranking_metrics
-    from vlfuse.train.dialogue import _ranking
+    from vlfuse.tasks.dialogue.evaluate import _ranking
 
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.2, 0.0, 0.3],   # truth 0: rank 1
                            [0.9, 0.1, 0.5, 0.2, 0.0, 0.3],   # truth 2: rank 2
@@ -458,7 +458,7 @@ def test_train_eval_predict_through_the_cli(shapes_root, tmp_path, cli_main):
     lines = predicted.stdout.splitlines()
     assert lines[0] in ("yes, on the left", "no, on the right") and len(lines) == 3
 
-    from vlfuse.dialogue import load_dialogue
+    from vlfuse.tasks.dialogue.predict import load_dialogue
 
     model = load_dialogue(out / "model")
     ranking = model.rank(image, "is it on the left?", history=["six shapes", ("what shape is the red object?",
@@ -486,7 +486,7 @@ def test_generative_dialogue_through_the_cli(shapes_root, tmp_path, cli_main):
 @pytest.mark.parametrize("name", ["dialogue_shapes.yaml", "dialogue_shapes_generative.yaml"])
 def test_shipped_configs_build(name):
     from vlfuse.config import load_config
-    from vlfuse.models.dialogue import build_dialogue_model
+    from vlfuse.models.factory import build_dialogue_model
 
     config = load_config(REPO / "configs" / name)
     model = build_dialogue_model(config, vocab_size=64)
@@ -494,7 +494,7 @@ def test_shipped_configs_build(name):
 
 
 def test_bad_configs_name_the_key(shapes_root, tmp_path):
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     with pytest.raises(ConfigError, match="data.format.*visdial"):
         train(dialogue_config(shapes_root, tmp_path / "a", "data.format=vqa_v2"), progress=False)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlfuse.evaluate import official_vqa_accuracy
+from vlfuse.tasks.vqa.evaluate import official_vqa_accuracy
 
 
 def _record(prediction, answers, answer_type):
@@ -29,7 +29,7 @@ def test_single_answer_data_has_no_official_accuracy():
 def test_evaluation_in_chunks_of_images_gives_the_same_records_and_metrics(trained_run):
     from vlfuse.data.formats.common import SkipLog
     from vlfuse.data.loading import read_split
-    from vlfuse.evaluate import evaluate_samples
+    from vlfuse.tasks.vqa.evaluate import evaluate_samples
     from vlfuse.models.saved import load_model_dir
 
     saved = load_model_dir(trained_run.model_dir)

@@ -204,7 +204,7 @@ def tiny_frozen_in_factory(monkeypatch):
 def test_training_reads_cached_features_and_never_runs_the_backbone(shapes_root, tiny_config, tmp_path,
                                                                    tiny_frozen_in_factory):
     from vlfuse.data.loading import read_split
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     cache_dir = tmp_path / "features"
     config = tiny_config(shapes_root, tmp_path / "run", tiny_frozen_in_factory, f"data.feature_cache={cache_dir}",

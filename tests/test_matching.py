@@ -142,7 +142,7 @@ def test_sentence_split_of_the_real_nlvr_dev_set():
         pytest.skip(f"NLVR dev set not found at {NLVR_DEV}")
     from vlfuse.config import load_config
     from vlfuse.data.matching import sentence_id
-    from vlfuse.train.labelled import read_labelled
+    from vlfuse.tasks.labelled.data import read_labelled
 
     config = load_config(REPO / "configs" / "matching_nlvr.yaml", [f"data.root={NLVR_DEV}"])
     train, test = (read_labelled(config, split).samples for split in ("train", "test"))
@@ -153,7 +153,7 @@ def test_sentence_split_of_the_real_nlvr_dev_set():
 
 
 def test_consistency_and_metrics_on_a_hand_worked_example():
-    from vlfuse.train.labelled import labelled_metrics
+    from vlfuse.tasks.labelled.evaluate import labelled_metrics
 
     # Sentence A: 3 images, all right. B: 2 images, one wrong. C: 1 image, right. D: 2 images, both wrong.
     sentences = ["A", "A", "A", "B", "B", "C", "D", "D"]
@@ -258,7 +258,8 @@ def test_frozen_image_features_cached_once_give_the_same_loss(shapes_root):
     from vlfuse.data.tokenizer import build_tokenizer
     from vlfuse.data.vqa_dataset import GroupedVQADataset, collate_groups
     from vlfuse.models.factory import build_model
-    from vlfuse.train.labelled import LabelledModule, cache_frozen_images, read_labelled
+    from vlfuse.tasks.labelled.data import cache_frozen_images, read_labelled
+    from vlfuse.tasks.labelled.module import LabelledModule
 
     config = load_config(REPO / "configs" / "matching_shapes.yaml",
                          [f"data.root={shapes_root}", *TINY, "model.image_encoder={name: efficientnet, freeze: true}"])
@@ -267,11 +268,11 @@ def test_frozen_image_features_cached_once_give_the_same_loss(shapes_root):
     dataset = GroupedVQADataset(samples, tokenizer, AnswerVocab(list(LABELS)), 32, 64, SkipLog("error"), False)
     model = build_model(config, tokenizer.get_vocab_size(), 2).eval()
     batch = collate_groups([dataset[i] for i in range(len(dataset))], with_samples=False)
-    plain, *_ = LabelledModule(model, config.train, 1)._step(batch)
+    plain = LabelledModule(model, config.train, 1).losses(batch)["loss"]
     assert cache_frozen_images(model.image_encoder, dataset, progress=False)
     assert dataset.images.dtype == torch.float16 and dataset.images.shape[1:] == (1280, 7, 7)
-    cached, *_ = LabelledModule(model, config.train, 1, cached_images=True)._step(
-        collate_groups([dataset[i] for i in range(len(dataset))], with_samples=False))
+    cached = LabelledModule(model, config.train, 1, cached_images=True).losses(
+        collate_groups([dataset[i] for i in range(len(dataset))], with_samples=False))["loss"]
     assert cached.item() == pytest.approx(plain.item(), abs=1e-3)
     model.image_encoder.unfreeze()  # a trainable encoder must see the images at every step
     assert not cache_frozen_images(model.image_encoder, dataset, progress=False)
@@ -301,7 +302,7 @@ def test_nlvr2_statements_group_by_sentence():
         pytest.skip(f"NLVR2 sample not found under {folder}")
     from vlfuse.config import load_config
     from vlfuse.data.matching import sentence_id
-    from vlfuse.train.labelled import read_labelled
+    from vlfuse.tasks.labelled.data import read_labelled
 
     config = load_config(overrides=["task=matching", "data.format=nlvr2", f"data.root={folder}",
                                     "data.train={path: nlvr2/tiny-dev.json, images: images/nlvr2}"])

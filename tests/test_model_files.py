@@ -73,8 +73,8 @@ class Stop(Exception):
 
 
 def test_resume_without_the_tokenizer_names_the_file(write_config, shapes_root, tmp_path, cli_main, monkeypatch):
-    from vlfuse.train import module
-    from vlfuse.train.run import train
+    from vlfuse.tasks.vqa import module
+    from vlfuse.tasks import train
 
     step = module.VQAModule.training_step
 

@@ -47,7 +47,7 @@ def tiny_pretrain_model(root: Path, *extra: str):
     from vlfuse.data.caption_dataset import CaptionDataset, collate_pairs
     from vlfuse.data.loading import read_split
     from vlfuse.models.pretrain import build_pretrain_model
-    from vlfuse.train.pretrain import pretrain_tokenizer
+    from vlfuse.tasks.pretrain.data import pretrain_tokenizer
 
     config = pretrain_config(root, Path("unused"), *extra)
     read = read_split(config.data, "train")
@@ -61,7 +61,7 @@ def tiny_pretrain_model(root: Path, *extra: str):
 @pytest.fixture(scope="module")
 def pretrained_dir(shapes_root, tmp_path_factory) -> Path:
     """One tiny pre-training run through the Python API (all seven objectives), shared read-only."""
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     out = tmp_path_factory.mktemp("pretrained") / "run"
     train(pretrain_config(shapes_root, out, ALL_ON, "task=pretrain"), progress=False)
@@ -152,8 +152,8 @@ def test_pretrain_cli_writes_a_directory_to_fine_tune_from(shapes_root, tmp_path
 def test_pretrain_resumes_to_the_weights_of_an_uninterrupted_run(shapes_root, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from vlfuse.train.pretrain import PretrainModule
-    from vlfuse.train.run import train
+    from vlfuse.tasks.pretrain.module import PretrainModule
+    from vlfuse.tasks import train
 
     settings = ("task=pretrain", "train.epochs=2", "data.test=null")  # 2 epochs of 4 steps
     whole = tmp_path / "whole"
@@ -186,7 +186,7 @@ def test_init_loads_the_pretrained_encoders_and_fusion(shapes_root, pretrained_d
     from vlfuse.data.tokenizer import encode_ids, load_tokenizer, pad_ids
     from vlfuse.models.factory import build_model
     from vlfuse.models.init_weights import init_tokenizer, load_init_weights
-    from vlfuse.train.pretrain import load_pretrained_dir
+    from vlfuse.tasks.pretrain.model import load_pretrained_dir
 
     config = tiny_config(shapes_root, tmp_path / "ft", *TINY_MODEL)
     questions = ["What is the shape of the red object?", "Is the blue square zorblike?"]  # one new word
@@ -242,7 +242,7 @@ def test_init_parts_starts_another_fusion_from_the_pretrained_encoders(shapes_ro
     from vlfuse.errors import ConfigError
     from vlfuse.models.factory import build_model
     from vlfuse.models.init_weights import init_tokenizer, load_init_weights
-    from vlfuse.train.pretrain import load_pretrained_dir
+    from vlfuse.tasks.pretrain.model import load_pretrained_dir
 
     config = tiny_config(shapes_root, tmp_path / "ft", *TINY_MODEL, "model.fusion={name: single_stream, layers: 1, "
                          "heads: 2}", "train.init_parts=[image_encoder, text_encoder]")

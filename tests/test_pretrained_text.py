@@ -109,7 +109,7 @@ def test_missing_weights_are_clear_errors_before_transformers(tmp_path, monkeypa
 def test_vqa_with_minilm_trains_and_round_trips(shapes_root, tiny_config, tmp_path, tokenizer):
     import vlfuse
     from vlfuse.models.saved import load_model_dir, save_model_dir
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     config = tiny_config(shapes_root, tmp_path / "run", "train.epochs=1", "train.batch_images=7",
                          "model.text_encoder={name: pretrained}", "data.max_question_length=12",

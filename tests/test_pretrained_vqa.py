@@ -19,7 +19,7 @@ def test_efficientnet_and_minilm_vqa_offline(no_network, shapes_root, tmp_path):
     from vlfuse.encoders.hf_text import PretrainedTextEncoder
     from vlfuse.encoders.pretrained import EfficientNetImageEncoder
     from vlfuse.models.saved import load_model_dir
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     config = load_config(CONFIG, [f"data.root={shapes_root}", f"out_dir={tmp_path / 'run'}", "data.image_size=32",
                                   "train.epochs=1", "train.batch_images=7", "train.progress_bar=false",

@@ -94,7 +94,8 @@ def test_per_class_accuracy_is_each_classes_recall():
 
 
 def test_labelled_metrics_report_per_class_accuracy_and_print_it():
-    from vlfuse.train.labelled import format_labelled_metrics, labelled_metrics
+    from vlfuse.tasks.labelled.evaluate import labelled_metrics
+    from vlfuse.tasks.labelled.report import format_labelled_metrics
 
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
     metrics = labelled_metrics(probs, torch.tensor([0, 1, 1, 2]), ["negative", "neutral", "positive"])
@@ -200,6 +201,7 @@ def test_coco_mini_questions_read_back_with_their_photos(tmp_path):
 def test_early_stopping_stops_and_exports_the_best_epoch(shapes_root, tiny_config, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
+    from vlfuse.tasks import train
     from vlfuse.train import run as run_module
     from vlfuse.train.checkpoint_io import load_checkpoint_file
 
@@ -216,7 +218,7 @@ def test_early_stopping_stops_and_exports_the_best_epoch(shapes_root, tiny_confi
     # run stops after `patience` epochs without a new best
     config = tiny_config(shapes_root, tmp_path / "run", "train.epochs=6", "data.test=null",
                          "train.early_stopping={patience: 1, monitor: val_loss, mode: max}")
-    result = run_module.train(config, progress=False)
+    result = train(config, progress=False)
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     stop = summary["early_stopping"]
     assert summary["epochs_completed"] < 6 and stop["stopped_epoch"] == summary["epochs_completed"] - 1, summary
@@ -303,7 +305,7 @@ def test_vqa_real_recipe_runs_on_real_vqa_v2_samples(tmp_path):
     soft-score training, early stopping on val, official VQA accuracy in the evaluation."""
     pytest.importorskip("efficientnet_lite_pytorch")
     from vlfuse.config import load_config
-    from vlfuse.train.run import evaluate_split, train
+    from vlfuse.tasks import evaluate_split, train
 
     formats = shared_data("formats")
     split = {"questions": "vqav2/questions.json", "annotations": "vqav2/annotations.json", "images": "images/vqav2"}

@@ -198,7 +198,7 @@ def test_shipped_flickr8k_config_reads_its_train_and_val_splits():
 
 def test_reranking_with_a_perfect_matcher_fixes_the_order():
     from vlfuse.metrics.retrieval import retrieval_metrics
-    from vlfuse.train.retrieval import rerank_top_k
+    from vlfuse.tasks.retrieval.evaluate import rerank_top_k
 
     owner = torch.tensor([0, 0, 1, 1, 2, 2])  # two captions per image
     # A first stage that prefers the wrong items: every image likes the captions of image (i + 1) % 3.
@@ -282,7 +282,7 @@ def test_eval_reloads_the_model_with_identical_embeddings(retrieval_run, cli_mai
     from vlfuse.data.formats.common import SkipLog
     from vlfuse.data.loading import read_split
     from vlfuse.models.saved import load_model_dir
-    from vlfuse.train.retrieval import embed_dataset
+    from vlfuse.tasks.retrieval.evaluate import embed_dataset
 
     out, _ = retrieval_run
     result = cli_main("eval", out / "model", "--out", tmp_path / "again.json")
@@ -301,7 +301,7 @@ def test_eval_reloads_the_model_with_identical_embeddings(retrieval_run, cli_mai
 
 
 def test_dual_encoder_without_fusion_reports_the_first_stage_only(shapes_root, tmp_path):
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     result = train(retrieval_config(shapes_root, tmp_path / "run", "model.fusion=null", "train.epochs=1"),
                    progress=False)
@@ -345,8 +345,8 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(shape
     from safetensors.torch import load_file
 
     from vlfuse.errors import ConfigError
-    from vlfuse.train import retrieval
-    from vlfuse.train.run import train
+    from vlfuse.tasks.retrieval import module as retrieval
+    from vlfuse.tasks import train
 
     extra = ("train.checkpoint_every_n_steps=1",)
     reference = train(retrieval_config(shapes_root, tmp_path / "reference", *extra), progress=False)

@@ -334,7 +334,7 @@ def captioning_dir(shapes_root, tmp_path_factory) -> Path:
     """A tiny captioning model (test_captioning's tiny settings), trained here."""
     from test_captioning import captioning_config
 
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     out = tmp_path_factory.mktemp("serve_captioning") / "run"
     return train(captioning_config(shapes_root, out), progress=False).model_dir

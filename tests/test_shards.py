@@ -158,7 +158,7 @@ def test_a_truncated_shard_is_named(vqa_shards, tmp_path):
 
 
 def test_data_shard_cli_then_train_vqa_on_shards(shapes_root, tmp_path, cli_main, write_config, tiny_config):
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     config = write_config(tmp_path / "c.yaml", shapes_root, tmp_path / "run")
     for split in ("train", "val", "test"):

@@ -277,7 +277,7 @@ def _damage_train_split(root: Path, corrupt: bool = True, missing: bool = True) 
 
 
 def test_training_skips_bad_images_and_counts_them(copy_shapes, tiny_config, tmp_path):
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     root = copy_shapes()
     damaged = _damage_train_split(root)
@@ -339,7 +339,7 @@ def test_answer_outside_the_answer_list_counts_as_wrong(trained_run, copy_shapes
 # step VLFUSE_TEST_SLOW_FROM on, so the test can kill it mid-epoch. Sleeping changes no arithmetic.
 DRIVER = r"""
 import hashlib, json, os, sys, time
-from vlfuse.train import module
+from vlfuse.tasks.vqa import module
 _step = module.VQAModule.training_step
 def training_step(self, batch, batch_idx):
     with open(os.environ["VLFUSE_TEST_STEP_LOG"], "a") as f:
@@ -372,7 +372,7 @@ def interrupted(shapes_root, write_config, cli_environment, tmp_path_factory):
     from vlfuse.config import load_config
     from vlfuse.errors import ConfigError
     from vlfuse.train.checkpoint_io import load_checkpoint_file
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     root = tmp_path_factory.mktemp("resume")
     out = root / "run"
@@ -534,7 +534,7 @@ def test_shipped_configs_train_and_reload_exactly(config_path, shapes_root, tmp_
     """The configs we publish (region encoder, cross-attention) go through the whole pipeline."""
     from vlfuse.config import load_config
     from vlfuse.models.saved import load_model_dir
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     config = load_config(config_path, [f"data.root={shapes_root}", f"out_dir={tmp_path / 'run'}", "data.image_size=32",
                                        "train.epochs=1", "train.batch_images=8", "train.progress_bar=false",

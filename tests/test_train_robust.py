@@ -52,7 +52,7 @@ def reference(shapes_root, tmp_path_factory):
     """The uninterrupted run, with dropout, that cut and resumed runs must equal bit for bit."""
     from vlfuse.config import load_config
     from conftest import BASE_CONFIG, tiny_overrides
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     out = tmp_path_factory.mktemp("reference") / "run"
     train(load_config(BASE_CONFIG, tiny_overrides(shapes_root, out, *DROPOUT)), progress=False)
@@ -142,8 +142,8 @@ def test_cli_says_the_time_cap_cut_training(shapes_root, write_config, cli_main,
 
 def test_ctrl_c_stops_after_the_step_and_resume_is_bit_identical(shapes_root, tiny_config, reference, tmp_path,
                                                                    monkeypatch):
-    from vlfuse.train import module
-    from vlfuse.train.run import train
+    from vlfuse.tasks.vqa import module
+    from vlfuse.tasks import train
 
     step = module.VQAModule.training_step
 
@@ -171,7 +171,7 @@ def test_ctrl_c_stops_after_the_step_and_resume_is_bit_identical(shapes_root, ti
 
 def test_a_lowered_lr_applies_on_resume(shapes_root, tiny_config, tmp_path):
     from vlfuse.train.checkpoint_io import load_checkpoint_file
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     out = tmp_path / "run"
     train(tiny_config(shapes_root, out, TINY_CAP), progress=False)
@@ -201,10 +201,10 @@ def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(shapes_root
 
 def test_resume_after_divergence_continues_from_the_last_finite_checkpoint(shapes_root, tiny_config, tmp_path,
                                                                           monkeypatch):
-    from vlfuse.train import module
+    from vlfuse.tasks.vqa import module
     from vlfuse.train.checkpoint_io import load_checkpoint_file
     from vlfuse.train.control import TrainingDiverged
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     step = module.VQAModule.training_step
 
@@ -228,7 +228,7 @@ def test_resume_after_divergence_continues_from_the_last_finite_checkpoint(shape
 
 def test_weights_that_turn_non_finite_are_never_checkpointed(shapes_root, write_config, cli_main, tmp_path,
                                                               monkeypatch):
-    from vlfuse.train import module
+    from vlfuse.tasks.vqa import module
     from vlfuse.train.checkpoint_io import load_checkpoint_file
 
     step = module.VQAModule.training_step
@@ -270,7 +270,7 @@ def test_a_second_run_on_a_locked_out_dir_is_refused(shapes_root, write_config, 
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(shapes_root, tiny_config, tmp_path):
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     out = tmp_path / "run"
@@ -382,14 +382,14 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_previous(shapes
 
 def test_disk_full_while_exporting_the_model_is_one_line(shapes_root, write_config, cli_main, tmp_path,
                                                          monkeypatch):
-    import vlfuse.train.run
+    import vlfuse.tasks.vqa.module
 
     def save_model_dir(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     out = tmp_path / "run"
     config = write_config(tmp_path / "tiny.yaml", shapes_root, out, "train.epochs=1")
-    monkeypatch.setattr(vlfuse.train.run, "save_model_dir", save_model_dir)
+    monkeypatch.setattr(vlfuse.tasks.vqa.module, "save_model_dir", save_model_dir)
     assert_one_line_error(cli_main("train", config), str(out / "model"), "No space left on device")
 
 

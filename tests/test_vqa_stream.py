@@ -111,7 +111,7 @@ def test_images_left_out_of_training_are_not_streamed(tiny_config, shard_root, t
 
 
 def test_training_streams_from_shards_and_evaluates(tiny_config, shard_root, tmp_path):
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     result = train(stream_config(tiny_config, shard_root, tmp_path / "run"), progress=False)
     summary = read_json(tmp_path / "run" / "run.json")
@@ -125,8 +125,8 @@ def test_an_interrupted_streamed_run_resumes_to_the_weights_of_an_uninterrupted_
                                                                                    tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from vlfuse.train.module import VQAModule
-    from vlfuse.train.run import train
+    from vlfuse.tasks.vqa.module import VQAModule
+    from vlfuse.tasks import train
 
     extra = ("train.num_workers=2",)  # the tiny config: 2 epochs of 4 batches, a checkpoint every step
     reference = train(stream_config(tiny_config, shard_root, tmp_path / "reference", *extra), progress=False)
@@ -154,7 +154,7 @@ def test_an_interrupted_streamed_run_resumes_to_the_weights_of_an_uninterrupted_
     (("data.shuffle_buffer=-1",), "shuffle_buffer' must be >= 0"),
 ])
 def test_stream_config_mistakes_are_named(tiny_config, shard_root, tmp_path, extra, message):
-    from vlfuse.train.run import train
+    from vlfuse.tasks import train
 
     with pytest.raises(ConfigError, match=message):
         train(stream_config(tiny_config, shard_root, tmp_path / "run", *extra), progress=False)

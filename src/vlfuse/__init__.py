@@ -14,6 +14,6 @@ def load(model_dir, device: str = "cpu"):
 
 def load_captioner(model_dir, device: str = "cpu"):
     """Load a saved captioning model and return a Captioner (`.caption(image)`); `load` does too."""
-    from .caption import load_captioner as _load
+    from .tasks.captioning.predict import load_captioner as _load
 
     return _load(model_dir, device)

@@ -89,7 +89,7 @@ def train(
 ) -> None:
     """Train a model from a YAML config; writes OUT_DIR/model (safetensors) and OUT_DIR/eval.json."""
     from .config import load_config
-    from .train.run import train as run_training
+    from .tasks import train as run_training
 
     loaded = load_config(config, set_ or [])
     if init is not None:
@@ -100,7 +100,7 @@ def train(
         raise typer.Exit(130)
     typer.echo(f"Model saved to {result.model_dir} ({result.wall_seconds:.0f} s)")
     if result.test_metrics:
-        _print_metrics(result.test_metrics)
+        _print_metrics(result.test_metrics, loaded.task)
     if result.note:  # the last line: a time cap cut the run short
         more = " --set train.max_minutes=MORE" if result.stopped_by == "time cap" else ""
         typer.echo(f"{result.note}; continue it with: vlfuse train {config} --resume{more}")
@@ -116,7 +116,7 @@ def pretrain(
     `pretrain.objectives` weighs them); fine-tune from OUT_DIR/model with `vlfuse train CFG --init`."""
     from .config import load_config
     from .errors import ConfigError
-    from .train.run import train as run_training
+    from .tasks import train as run_training
 
     loaded = load_config(config, set_ or [])
     if loaded.task not in ("vqa", "pretrain"):  # vqa is the default: a VQA config's model section is the point
@@ -129,97 +129,19 @@ def pretrain(
     typer.echo(f"Pre-trained encoders + fusion saved to {result.model_dir} ({result.wall_seconds:.0f} s); "
                f"fine-tune with: vlfuse train CONFIG --init {result.model_dir}")
     if result.test_metrics:
-        _print_metrics(result.test_metrics)
+        _print_metrics(result.test_metrics, loaded.task)
 
 
-def _print_metrics(metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _print_metrics(metrics: dict, task: str) -> None:
+    """The task's own table on stdout; what evaluation skipped, on stderr."""
+    from .tasks import TASKS
+    from .tasks.base import skipped_line
 
-    if metrics.get("task") == "pretrain":
-        table = Table(title=f"Pre-training objectives ({metrics['split']}, {metrics['images']} images)")
-        table.add_column("")
-        table.add_column("value")
-        for name, value in metrics.items():
-            if isinstance(value, float):
-                table.add_row(name, f"{value:.4f}")
-        Console().print(table)
-        return
-    if metrics.get("task") == "retrieval":
-        _print_recall(metrics)
-        return
-    if metrics.get("task") == "dialogue":
-        from .dialogue import print_dialogue_metrics
-
-        print_dialogue_metrics(metrics)
-        return
-    if metrics.get("task") == "captioning":
-        _print_caption_scores(metrics)
-        return
-    if metrics.get("task") in ("matching", "classification"):
-        from .train.labelled import format_labelled_metrics
-
-        typer.echo(format_labelled_metrics(metrics))
-        return
-    table = Table(title="Accuracy")
-    for col in ("", "accuracy %", "questions"):
-        table.add_column(col)
-    rows = [("overall", metrics["overall"])] + list(metrics.get("groups", {}).items()) + \
-        [(f"  {k}", v) for k, v in metrics["families"].items()]
-    for name, m in rows:
-        table.add_row(name, f"{100 * m['accuracy']:.2f}", str(m["count"]))
-    Console().print(table)
-    if metrics.get("vqa_accuracy"):
-        official = metrics["vqa_accuracy"]
-        typer.echo(f"VQA accuracy (official, {official['count']} questions with human answers): "
-                   f"{100 * official['accuracy']:.2f}% — " + ", ".join(
-                       f"{t} {100 * a:.2f}%" for t, a in official["per_answer_type"].items()))
-    if metrics.get("unanswerable"):
-        typer.echo(f"{metrics['unanswerable']} questions have an answer that is not among the model's answers "
-                   "(counted wrong)")
-    if metrics.get("skipped", {}).get("count"):
-        typer.echo(f"skipped {metrics['skipped']['count']} bad samples: " + "; ".join(metrics["skipped"]["reasons"]),
-                   err=True)
-
-
-def _print_recall(metrics: dict) -> None:
-    """Recall@K (%) and median / mean rank, each direction, first stage and re-ranked."""
-    from rich.console import Console
-    from rich.table import Table
-
-    ks = metrics["ks"]
-    table = Table(title=f"Retrieval: {metrics['images']} images, {metrics['captions']} captions")
-    for col in ("stage", "direction", *(f"R@{k} %" for k in ks), "median rank", "mean rank"):
-        table.add_column(col, no_wrap=True)
-    stages = [("embeddings", metrics["first_stage"])]
-    if metrics.get("reranked"):
-        stages.append((f"re-ranked@{metrics['rerank_k']}", metrics["reranked"]))
-    for stage, m in stages:
-        for d, name in (("i2t", "image→text"), ("t2i", "text→image")):
-            table.add_row(stage, name, *(f"{100 * m[f'{d}_r{k}']:.1f}" for k in ks), f"{m[f'{d}_median_rank']:g}",
-                          f"{m[f'{d}_mean_rank']:.1f}")
-    Console().print(table)
-    if metrics.get("skipped", {}).get("count"):
-        typer.echo(f"skipped {metrics['skipped']['count']} bad samples: " + "; ".join(metrics["skipped"]["reasons"]),
-                   err=True)
-
-
-def _print_caption_scores(metrics: dict) -> None:
-    """BLEU-1..4, ROUGE-L and CIDEr-D (x100, as papers report them) of the generated captions."""
-    from rich.console import Console
-    from rich.table import Table
-
-    d = metrics["decoding"]
-    table = Table(title=f"Captioning ({metrics.get('split', 'test')}): {metrics['images']} images, {metrics['references']} reference captions "
-                        f"(beam {d['beam_size']}, length penalty {d['length_penalty']:g})")
-    names = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
-    for header in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"):
-        table.add_column(header)
-    table.add_row(*(f"{100 * metrics[name]:.1f}" for name in names))
-    Console().print(table)
-    if metrics.get("skipped", {}).get("count"):
-        typer.echo(f"skipped {metrics['skipped']['count']} bad samples: " + "; ".join(metrics["skipped"]["reasons"]),
-                   err=True)
+    text = TASKS[task].format_metrics(metrics)
+    typer.echo(text)
+    skipped = skipped_line(metrics)
+    if skipped and skipped not in text:
+        typer.echo(skipped, err=True)
 
 
 @app.command("eval")
@@ -234,7 +156,7 @@ def eval_(
     """Evaluate a saved model: VQA accuracy per question family, retrieval Recall@K both ways, or captions
     (BLEU-1..4, ROUGE-L, CIDEr-D against every reference; decoding from --set captioning.beam_size=...)."""
     from .config import load_config
-    from .train.run import evaluate_split
+    from .tasks import evaluate_split
 
     config = load_config(model_dir / "config.yaml", set_ or [])
     if data is not None and data.suffix.lower() in (".jsonl", ".csv"):
@@ -244,7 +166,7 @@ def eval_(
     elif data is not None:
         config.data = load_config(data, set_ or []).data
     metrics = evaluate_split(model_dir, config, split, out or model_dir.parent / f"eval_{split}.json")
-    _print_metrics(metrics)
+    _print_metrics(metrics, config.task)
     run_json = model_dir.parent / "run.json"  # the training run that wrote this model, when beside it
     note = json.loads(run_json.read_text(encoding="utf-8")).get("note") if run_json.is_file() else None
     if note:
@@ -267,12 +189,12 @@ def predict(
                                                     "structured_rep, or {boxes, categories})."),
 ) -> None:
     """Answer a question about an image (top-k probabilities too), or caption it (a captioning model)."""
-    from .dialogue import is_dialogue_model
     from .errors import ConfigError
     from .predict import load
+    from .tasks import saved_task
 
-    if is_dialogue_model(model_dir):  # ranks candidate answers; prints the scores (logits), best first
-        from .dialogue import load_dialogue
+    if saved_task(model_dir) == "dialogue":  # ranks candidate answers; prints the scores (logits), best first
+        from .tasks.dialogue.predict import load_dialogue
 
         if question is None:
             raise ConfigError(f"--question is required: {model_dir} holds a dialogue model")

@@ -64,7 +64,7 @@ def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | 
 
 def run_one(config: Config, progress: bool = True) -> RunSummary:
     """Train (or resume, or read back) one run; its accuracy and inference speed come from its eval.json."""
-    from .train.run import train
+    from .tasks import train
 
     out = Path(config.out_dir)
     finished = (out / "run.json").is_file() and (out / "eval.json").is_file()

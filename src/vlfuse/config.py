@@ -213,7 +213,7 @@ class MatchingConfig:
 
 @dataclass
 class DialogueConfig:
-    """Settings of task dialogue (read by no other task; see vlfuse.train.dialogue).
+    """Settings of task dialogue (read by no other task; see vlfuse.tasks.dialogue).
 
     Each round's context is the image, the question and the history (caption, then the earlier
     rounds' questions and answers, the most recent kept when it is longer than max_history_length

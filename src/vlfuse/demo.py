@@ -32,7 +32,7 @@ def run_demo(out: Path, images: int = 4000, seed: int = 0, overrides: list[str] 
     safety cap), evaluate it and write report.md. `overrides`: `key=value` settings on top."""
     from .data.shapes import generate
     from .report import write_report
-    from .train.run import train
+    from .tasks import train
 
     start = time.time()
     out = Path(out)

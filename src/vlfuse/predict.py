@@ -1,100 +1,21 @@
-"""The Python face of a trained model: `vlfuse.load(MODEL_DIR)` returns a Predictor."""
+"""`vlfuse.load(MODEL_DIR)`: the Python face of any saved or exported model, by its task: a Predictor
+(vqa, matching, classification: vlfuse.tasks.vqa.predict) or a Captioner (vlfuse.tasks.captioning.predict)."""
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from .errors import DataError
+from .models.saved import load_model_dir
+from .tasks import saved_task
+from .tasks.vqa.predict import Prediction, Predictor
 
-from .data.formats.common import check_question
-from .data.tokenizer import encode_ids, pad_ids
-from .data.vqa_dataset import image_tensor
-from .errors import ConfigError, DataError
-from .models.saved import SavedModel, load_model_dir
-
-
-@dataclass
-class Prediction:
-    answer: str
-    confidence: float
-    top: list[tuple[str, float]]  # (answer, probability), most likely first
-
-
-class Predictor:
-    def __init__(self, saved: SavedModel):
-        self.saved = saved
-        self.model, self.config, self.tokenizer, self.answers = saved.model, saved.config, saved.tokenizer, saved.answers
-        self._warned_no_scene = False
-
-    def _scene_graph(self, scene):
-        """The batch of one scene graph, or None (with a one-time warning when the model expects one)."""
-        from .data import scene_graph as sg
-
-        trained_with = self.config.data.scene_graphs
-        if scene is None:
-            if trained_with and not self._warned_no_scene:
-                self._warned_no_scene = True
-                warnings.warn(f"this model was trained with scene graphs (data.scene_graphs: {trained_with}); "
-                              "none was given, so it answers from the image alone (pass scene=... / --scene)",
-                              stacklevel=3)
-            return None
-        if not trained_with:
-            raise ConfigError("this model was trained without scene graphs: it cannot read a scene (leave it out)")
-        if not isinstance(scene, sg.SceneGraph):
-            if isinstance(scene, (str, Path)):
-                from .data.formats.common import read_json
-                from .data.formats.fields import Where
-
-                scene = sg.scene_from_json(read_json(scene), Where(Path(scene)))
-            else:
-                scene = sg.scene_from_json(scene)
-        encoded = sg.encode_scene_graphs({Path("scene"): scene}, self.tokenizer)[Path("scene")]
-        return sg.batch_scene_graphs([encoded])
-
-    @torch.no_grad()
-    def logits(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               image_index: torch.Tensor | None = None, graph=None) -> torch.Tensor:
-        """Answer logits [B_q, answers] (float, on the CPU) of a prepared batch: uint8 images [B_img, 3, S, S],
-        token ids and mask [B_q, L], image_index [B_q] (None: question i is about image i)."""
-        device = next(self.model.parameters()).device
-        logits, _ = self.model.eval()(images.to(device), input_ids.to(device), attention_mask.to(device),
-                                      None if image_index is None else image_index.to(device),
-                                      graph=None if graph is None else graph.to(device))
-        return logits.float().cpu()
-
-    @torch.no_grad()
-    def predict(self, image, question: str, top_k: int = 5, scene=None) -> Prediction:
-        """Answer one question about one image (a path, raw bytes or a PIL image). scene: the image's
-        scene graph, for a model trained with them (see `predict_many`)."""
-        return self.predict_many(image, [question], top_k, scene)[0]
-
-    @torch.no_grad()
-    def predict_many(self, image, questions: list[str], top_k: int = 5, scene=None) -> list[Prediction]:
-        """Several questions about the same image, encoding the image once.
-
-        scene (models trained with data.scene_graphs only): a SceneGraph, a path to a JSON scene, or
-        the scene itself (vlfuse.data.scene_graph.scene_from_json: built-in, NLVR or COCO-style).
-        Without one such a model answers from the image alone, and says so once (a warning).
-        """
-        questions = [check_question(q) for q in questions]
-        ids, mask = pad_ids(encode_ids(self.tokenizer, questions, self.config.data.max_question_length))
-        images = image_tensor(image, self.config.data.image_size).unsqueeze(0)
-        index = torch.zeros(len(questions), dtype=torch.long)
-        probs = self.logits(images, ids, mask, index, self._scene_graph(scene)).softmax(-1)
-        values, indices = probs.topk(min(top_k, probs.shape[-1]), -1)
-        results = []
-        for row_values, row_indices in zip(values.tolist(), indices.tolist()):
-            top = [(self.answers[i], p) for i, p in zip(row_indices, row_values)]
-            results.append(Prediction(top[0][0], top[0][1], top))
-        return results
+__all__ = ["Prediction", "Predictor", "load"]
 
 
 def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
     """Rebuild a saved model directory (config.yaml + model.safetensors + vocabularies), or open an exported
     one (vlfuse export: the same Predictor, run by onnxruntime)."""
-    from .caption import load_captioner, saved_task
     from .export import is_exported
 
     if is_exported(model_dir):  # written by vlfuse export: answered by onnxruntime
@@ -102,6 +23,8 @@ def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
 
         return load_exported(model_dir, Predictor, "which answers no questions")
     if saved_task(model_dir) == "captioning":  # a Captioner: .caption(image)
+        from .tasks.captioning.predict import load_captioner
+
         return load_captioner(model_dir, device)
     saved = load_model_dir(model_dir)
     if saved.answers is None:  # a retrieval model answers no questions

@@ -15,7 +15,7 @@ from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError, DataError
 from ..index.encoder import RetrievalEncoder
 from ..models.saved import ANSWERS, CONFIG, TOKENIZER, SavedModel
-from ..predict import Predictor
+from ..tasks.vqa.predict import Predictor
 from . import EXPORT_INFO
 from .graphs import graph_inputs
 

@@ -6,8 +6,6 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..errors import ConfigError
-from ..heads.caption_decoders import DECODERS
 from ..heads.generation import Generated, beam_search, greedy_search
 from ..types import Features
 
@@ -60,18 +58,3 @@ def generation_length(config: Config) -> int:
 def decoder_positions(config: Config) -> int:
     """Token positions the decoder reads: a training caption's, or BOS + all but the last generated token."""
     return max(config.data.max_question_length, generation_length(config))
-
-
-def build_captioning_model(config: Config, vocab_size: int) -> CaptioningModel:
-    """model.image_encoder + model.decoder; the decoder works at the model width model.dim."""
-    from .factory import IMAGE_ENCODERS, build_component
-
-    m = config.model
-    if m.decoder is None:
-        raise ConfigError("config key 'model.decoder' is required for task captioning, e.g. "
-                          "{name: transformer, layers: 2, heads: 4} or {name: lstm}")
-    image_encoder = build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
-                                    image_size=config.data.image_size)
-    decoder = build_component(DECODERS, m.decoder, "model.decoder", dim=m.dim, vocab_size=vocab_size,
-                              max_length=decoder_positions(config))
-    return CaptioningModel(image_encoder, decoder)

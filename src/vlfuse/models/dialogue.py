@@ -16,7 +16,6 @@ Two decoders (Das et al. 2017):
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -127,28 +126,3 @@ def text_length(config: Config) -> int:
     """Positions the text encoder needs: the longest of question, history and answer."""
     d = config.dialogue
     return max(config.data.max_question_length, d.max_history_length, d.max_answer_length)
-
-
-def build_dialogue_model(config: Config, vocab_size: int) -> DialogueModel:
-    from ..heads.caption_decoders import DECODERS
-    from .factory import FUSIONS, IMAGE_ENCODERS, TEXT_ENCODERS, build_component
-
-    m, generative = config.model, config.dialogue.decoder == "generative"
-    if m.fusion is None:
-        raise ConfigError("config key 'model.fusion' is required for task dialogue")
-    image_encoder = build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
-                                    image_size=config.data.image_size)
-    text_encoder = build_component(TEXT_ENCODERS, m.text_encoder, "model.text_encoder", dim=m.dim,
-                                   vocab_size=vocab_size, max_length=text_length(config))
-    fusion = build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim)
-    answer_encoder = None
-    if generative:
-        if m.decoder is None:
-            raise ConfigError("config key 'model.decoder' is required for dialogue.decoder generative, e.g. "
-                              "{name: transformer, layers: 2, heads: 4} or {name: lstm}")
-        decoder = build_component(DECODERS, m.decoder, "model.decoder", dim=m.dim, vocab_size=vocab_size,
-                                  max_length=config.dialogue.max_answer_length)
-    else:
-        decoder = build_component(DIALOGUE_HEADS, m.head, "model.head", dim=m.dim)
-        answer_encoder = None if config.dialogue.share_text_encoder else copy.deepcopy(text_encoder)
-    return DialogueModel(image_encoder, text_encoder, fusion, decoder, m.dim, answer_encoder, generative)

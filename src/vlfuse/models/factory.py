@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import typing
 from pathlib import Path
@@ -27,8 +28,11 @@ from ..fusion.mmbt import MMBTFusion
 from ..fusion.pointwise import ProductFusion, SumFusion
 from ..fusion.similarity import SimilarityAttentionFusion
 from ..fusion.single_stream import SingleStreamFusion
+from ..heads.caption_decoders import DECODERS
 from ..heads.classifier import ClassifierHead
 from ..heads.retrieval import DualEncoderHead, ITMHead
+from .captioning import CaptioningModel, decoder_positions
+from .dialogue import DIALOGUE_HEADS, DialogueModel, text_length
 from .retrieval import RetrievalModel
 from .vlm import VisionLanguageModel
 
@@ -88,7 +92,8 @@ def build_component(table: dict[str, type[nn.Module]], spec: dict, key: str, **i
         raise ConfigError(f"config key '{key}' ({name}): {exc}") from None
 
 
-def _encoders(config: Config, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+def build_encoders(config: Config, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+    """The image and text encoders of model.image_encoder / model.text_encoder, at width model.dim."""
     m = config.model
     return (build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
                             image_size=config.data.image_size),
@@ -101,7 +106,7 @@ def build_model(config: Config, vocab_size: int, num_answers: int) -> VisionLang
     if m.fusion is None:
         raise ConfigError("config key 'model.fusion' is required for task vqa (null is for task retrieval only)")
     return VisionLanguageModel(
-        *_encoders(config, vocab_size),
+        *build_encoders(config, vocab_size),
         build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim),
         build_component(HEADS, m.head, "model.head", dim=m.dim, num_classes=num_answers),
     )
@@ -113,7 +118,7 @@ def build_retrieval_model(config: Config, vocab_size: int) -> RetrievalModel:
     if m.head.get("name") not in RETRIEVAL_HEADS:
         raise ConfigError(f"config key 'model.head.name' must be one of {', '.join(RETRIEVAL_HEADS)} for task "
                           f"retrieval, got {m.head.get('name')!r}")
-    image_encoder, text_encoder = _encoders(config, vocab_size)
+    image_encoder, text_encoder = build_encoders(config, vocab_size)
     head = build_component(RETRIEVAL_HEADS, m.head, "model.head", dim=m.dim)
     fusion = itm_head = None
     if m.fusion is not None:
@@ -122,17 +127,49 @@ def build_retrieval_model(config: Config, vocab_size: int) -> RetrievalModel:
     return RetrievalModel(image_encoder, text_encoder, head, fusion, itm_head)
 
 
+def build_captioning_model(config: Config, vocab_size: int) -> CaptioningModel:
+    """model.image_encoder + model.decoder; the decoder works at the model width model.dim."""
+    m = config.model
+    if m.decoder is None:
+        raise ConfigError("config key 'model.decoder' is required for task captioning, e.g. "
+                          "{name: transformer, layers: 2, heads: 4} or {name: lstm}")
+    image_encoder = build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
+                                    image_size=config.data.image_size)
+    decoder = build_component(DECODERS, m.decoder, "model.decoder", dim=m.dim, vocab_size=vocab_size,
+                              max_length=decoder_positions(config))
+    return CaptioningModel(image_encoder, decoder)
+
+
+def build_dialogue_model(config: Config, vocab_size: int) -> DialogueModel:
+    """Encoders + fusion + a discriminative head (model.head) or, dialogue.decoder generative, model.decoder."""
+    m, generative = config.model, config.dialogue.decoder == "generative"
+    if m.fusion is None:
+        raise ConfigError("config key 'model.fusion' is required for task dialogue")
+    image_encoder = build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
+                                    image_size=config.data.image_size)
+    text_encoder = build_component(TEXT_ENCODERS, m.text_encoder, "model.text_encoder", dim=m.dim,
+                                   vocab_size=vocab_size, max_length=text_length(config))
+    fusion = build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim)
+    answer_encoder = None
+    if generative:
+        if m.decoder is None:
+            raise ConfigError("config key 'model.decoder' is required for dialogue.decoder generative, e.g. "
+                              "{name: transformer, layers: 2, heads: 4} or {name: lstm}")
+        decoder = build_component(DECODERS, m.decoder, "model.decoder", dim=m.dim, vocab_size=vocab_size,
+                                  max_length=config.dialogue.max_answer_length)
+    else:
+        decoder = build_component(DIALOGUE_HEADS, m.head, "model.head", dim=m.dim)
+        answer_encoder = None if config.dialogue.share_text_encoder else copy.deepcopy(text_encoder)
+    return DialogueModel(image_encoder, text_encoder, fusion, decoder, m.dim, answer_encoder, generative)
+
+
 def build_task_model(config: Config, vocab_size: int, num_answers: int | None = None) -> nn.Module:
     """The model of `config.task`: a VisionLanguageModel (vqa) or a RetrievalModel (retrieval)."""
     if config.task == "retrieval":
         return build_retrieval_model(config, vocab_size)
     if config.task == "dialogue":
-        from .dialogue import build_dialogue_model
-
         return build_dialogue_model(config, vocab_size)
     if config.task == "captioning":
-        from .captioning import build_captioning_model
-
         return build_captioning_model(config, vocab_size)
     return build_model(config, vocab_size, num_answers)
 

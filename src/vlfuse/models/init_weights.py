@@ -170,3 +170,14 @@ def load_init_weights(model: nn.Module, path: str | Path, config: Config, run_to
         shown = "; ".join(mismatched[:8]) + (f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
         raise ConfigError(f"--init {path}: its weights do not fit this model: {shown}")
     return report
+
+
+def init_from_dir(model: nn.Module, config: Config, model_dir: Path) -> dict:
+    """`--init`: load config.train.init's encoders and fusion into `model` (the run's tokenizer is the one
+    saved in `model_dir`); print and return what loaded. Every task's run calls it."""
+    from ..data.tokenizer import load_tokenizer
+    from .saved import TOKENIZER
+
+    report = load_init_weights(model, config.train.init, config, load_tokenizer(model_dir / TOKENIZER))
+    print(report.summary(), flush=True)
+    return report.as_dict()

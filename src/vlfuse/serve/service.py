@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import load_config
 from ..data.images import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
 from ..data.tokenizer import encode_ids, pad_ids
 from ..data.vqa_dataset import image_to_tensor
 from ..errors import ConfigError, ImageError, VLFuseError
-from ..models.saved import CONFIG
 from .batching import MicroBatcher
 from .guard import DEFAULT_HOSTS
 from .images import Decoder, fit_within
@@ -88,19 +86,12 @@ class ImageQuery:
     k: int = 10
 
 
-def model_task(model_dir: Path) -> str:
-    """The task of a saved model directory (read from its config, nothing built)."""
-    if not (Path(model_dir) / CONFIG).is_file():
-        raise ConfigError(f"{model_dir}: not a vlfuse model directory ({CONFIG} is missing)")
-    return load_config(Path(model_dir) / CONFIG).task
-
-
 @dataclass
 class Service:
     vqa: object | None = None  # vlfuse.predict.Predictor
     retrieval: object | None = None  # vlfuse.index.RetrievalEncoder
     index: object | None = None  # vlfuse.index.ImageIndex, attached to `retrieval`
-    captioner: object | None = None  # vlfuse.caption.Captioner
+    captioner: object | None = None  # vlfuse.tasks.captioning.predict.Captioner
     settings: ServeSettings = field(default_factory=ServeSettings)
     model_dirs: dict[str, str] = field(default_factory=dict)  # task -> directory, for /health
 
@@ -127,10 +118,11 @@ class Service:
         """Models by their config's task (one per task); the index checked against the retrieval model."""
         from ..index import RetrievalEncoder, open_index
         from ..predict import load
+        from ..tasks import saved_task
 
         found: dict[str, Path] = {}
         for model_dir in model_dirs:
-            task = model_task(model_dir)
+            task = saved_task(model_dir)
             if task not in SERVED_TASKS:
                 raise ConfigError(f"{model_dir}: serve answers with {', '.join(SERVED_TASKS)} models; this one is "
                                   f"task {task}")
@@ -145,7 +137,7 @@ class Service:
         index = open_index(index_dir, retrieval) if index_dir is not None else None
         captioner = None
         if "captioning" in found:
-            from ..caption import load_captioner
+            from ..tasks.captioning.predict import load_captioner
 
             captioner = load_captioner(found["captioning"])
         return cls(vqa, retrieval, index, captioner, settings or ServeSettings(), {t: str(d) for t, d in found.items()})
@@ -263,7 +255,7 @@ class Service:
 
     def caption_batch(self, requests: list[CaptionRequest]) -> list[dict]:
         """Several images captioned by one decoding pass (the model's own beam size and length penalty)."""
-        from ..train.captioning import caption_images
+        from ..tasks.captioning.predict import caption_images
 
         images = torch.stack([r.image for r in requests])
         return [{"caption": caption, "log_prob": float(score)}

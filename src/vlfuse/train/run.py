@@ -1,9 +1,9 @@
-"""`vlfuse train`: read data, build vocabularies and model, fit with Lightning, export, evaluate."""
+"""The training loop every task shares: a task's `prepare` gives model and data; fit with Lightning, export,
+evaluate with the task's `evaluate`. No task is named here (vlfuse.tasks picks them)."""
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import logging
 import math
@@ -20,23 +20,16 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
-from ..data.answers import AnswerVocab
-from ..data.feature_cache import check_cache_current, check_cache_task, feature_collate, feature_loader
-from ..data.loading import check_task_format, read_split
-from ..data.scene_graph import (SceneGraphCollate, encode_scene_graphs, entity_names, read_scene_graphs,
-                                scene_graph_summary, training_scene_graphs)
-from ..data.subsample import sample_images
-from ..data.tokenizer import build_tokenizer, load_tokenizer
-from ..data.vqa_dataset import EpochSampler, GroupedVQADataset, collate_groups
+from ..data.feature_cache import check_cache_current, check_cache_task
+from ..data.loading import check_task_format
+from ..data.vqa_dataset import EpochSampler, collate_groups
 from ..data.vqa_stream import StreamedVQADataset, check_stream
 from ..errors import ConfigError, DataError
-from ..models.factory import build_model, text_tokenizer_file
-from ..models.saved import ANSWERS, TOKENIZER, save_model_dir, save_vocabularies
+from ..models.init_weights import init_from_dir
 from .checkpoint_io import CheckpointWriteError, SafetensorsCheckpointIO
 from .control import EARLY, INTERRUPTED, RunControl, TrainingDiverged, check_finite, stop_summary
 from .freeze import KeepFrozenInEval, freeze
 from .lock import out_dir_lock
-from .module import VQAModule
 
 
 class _NoAdverts(logging.Filter):
@@ -314,28 +307,15 @@ def warn_skipped(**reads) -> None:
             print(f"warning: {name}: {read.skipped.summary()}", file=sys.stderr)
 
 
-# task -> module with its prepare (model + data for the shared loop) and evaluate functions; imported on
-# use, so one task's code never loads for another. Task vqa's live below.
-TASKS = {
-    "vqa": (__name__, "prepare_vqa", "evaluate_vqa_split"),
-    "retrieval": ("vlfuse.train.retrieval", "prepare_retrieval", "evaluate_retrieval_split"),
-    "captioning": ("vlfuse.train.captioning", "prepare_captioning", "evaluate_captioning_split"),
-    "matching": ("vlfuse.train.labelled", "prepare_labelled", "evaluate_labelled_split"),
-    "classification": ("vlfuse.train.labelled", "prepare_labelled", "evaluate_labelled_split"),
-    "dialogue": ("vlfuse.train.dialogue", "prepare_dialogue", "evaluate_dialogue_split"),
-    "pretrain": ("vlfuse.train.pretrain", "prepare_pretrain", "evaluate_pretrain_split"),
-}
+Prepare = Callable[[Config, Path, bool, bool], Prepared]  # (config, model_dir, resume, progress)
+Evaluate = Callable[[Path, Config, str, "Path | None", bool], dict]  # (model_dir, config, split, out_json, progress)
 
 
-def task_function(task: str, which: str) -> Callable:
-    """The `which` ("prepare" or "evaluate") function of `task`."""
-    module, prepare, evaluate = TASKS[task]
-    return getattr(importlib.import_module(module), prepare if which == "prepare" else evaluate)
-
-
-def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train the model of `config.task`, export it to OUT_DIR/model, evaluate it on the test split
-    (val where the data has no test split, as Flickr8k's here).
+def run_task(config: Config, prepare: Prepare, evaluate: Evaluate, *, resume: bool = False,
+             progress: bool = True) -> TrainResult:
+    """Train what `prepare` builds for `config`, export it to OUT_DIR/model, `evaluate` it on the test
+    split (val where the data has no test split, as Flickr8k's here). `vlfuse.tasks.train` picks the
+    two functions of config.task; this loop knows no task.
 
     One run per out_dir at a time (a lock file). A run stopped before its planned steps (time cap,
     Ctrl-C) keeps checkpoints/last.ckpt for --resume; a finished one deletes it.
@@ -345,14 +325,15 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
     check_cache_task(config)
     run = RunDirs(Path(config.out_dir))
     with out_dir_lock(run.out):
-        return _train(config, run, resume, progress)
+        return _train(config, run, prepare, evaluate, resume, progress)
 
 
-def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainResult:
+def _train(config: Config, run: RunDirs, prepare: Prepare, evaluate: Evaluate, resume: bool,
+           progress: bool) -> TrainResult:
     start = time.time()
     L.seed_everything(config.seed, workers=True, verbose=False)
     run.check(resume)
-    prepared = prepare_run(config, run, resume, progress)
+    prepared = prepare_run(config, run, prepare, resume, progress)
     previous_logs = run.set_logs_aside(resume)
     control = RunControl(config, run.last, progress)
     trainer = make_trainer(config, run, progress, control)
@@ -370,7 +351,7 @@ def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainR
         run.join_logs(previous_logs)
         if not interrupted:
             save_model(prepared, run)
-            test_metrics = evaluate_after_training(run, config, progress, note and {
+            test_metrics = evaluate_after_training(run, config, evaluate, progress, note and {
                 "stopped_by": stopped_by, "steps": steps, "planned_steps": planned, "note": note})
         if stopped_by in (None, EARLY):
             run.last.unlink(missing_ok=True)  # finished: nothing left to resume
@@ -386,9 +367,9 @@ def _train(config: Config, run: RunDirs, resume: bool, progress: bool) -> TrainR
     return TrainResult(run.model_dir, run.out, test_metrics, time.time() - start, interrupted, stopped_by, note)
 
 
-def prepare_run(config: Config, run: RunDirs, resume: bool, progress: bool) -> Prepared:
+def prepare_run(config: Config, run: RunDirs, prepare: Prepare, resume: bool, progress: bool) -> Prepared:
     """The task's model and data, with --init weights and frozen parts applied; refuses empty data."""
-    prepared = task_function(config.task, "prepare")(config, run.model_dir, resume, progress)
+    prepared = prepare(config, run.model_dir, resume, progress)
     datamodule = prepared.datamodule
     train_set, val_set = getattr(datamodule, "train_set", None), getattr(datamodule, "val_set", None)
     if train_set is not None and not isinstance(train_set, StreamedVQADataset) and len(train_set) == 0:
@@ -397,8 +378,6 @@ def prepare_run(config: Config, run: RunDirs, resume: bool, progress: bool) -> P
         print("warning: the val split (data.val) has no usable samples: training without validation",
               file=sys.stderr)
     if config.train.init and not resume:  # a resumed run takes every weight from its checkpoint
-        from .pretrain import init_from_dir
-
         prepared.summary["init"] = init_from_dir(prepared.module.model, config, run.model_dir)
         check_cache_current(config, prepared.module.model)
     if config.train.freeze:  # before the optimiser is built, on a resumed run too
@@ -415,7 +394,8 @@ def save_model(prepared: Prepared, run: RunDirs) -> None:
         raise DataError(f"could not write the model: {exc.strerror or exc}", path=run.model_dir) from None
 
 
-def evaluate_after_training(run: RunDirs, config: Config, progress: bool, stop: dict | None) -> dict | None:
+def evaluate_after_training(run: RunDirs, config: Config, evaluate: Evaluate, progress: bool,
+                            stop: dict | None) -> dict | None:
     """Metrics of the held-out split (test, else val) into OUT_DIR/eval.json, with what cut training
     short (`stop`) when something did. An empty split is a warning, not an accuracy over 0 questions."""
     split = "test" if config.data.test is not None else "val" if config.data.val is not None else None
@@ -423,7 +403,7 @@ def evaluate_after_training(run: RunDirs, config: Config, progress: bool, stop: 
         return None
     out_json = run.out / "eval.json"
     try:
-        metrics = evaluate_split(run.model_dir, config, split, out_json, progress)
+        metrics = evaluate(run.model_dir, config, split, out_json, progress)
     except EmptySplitError as exc:
         print(f"warning: not evaluated: {exc}", file=sys.stderr)
         return None
@@ -433,116 +413,5 @@ def evaluate_after_training(run: RunDirs, config: Config, progress: bool, stop: 
     return metrics
 
 
-def _vocabularies(config: Config, samples, model_dir: Path, resume: bool, extra_texts: list[str] = ()):
-    """extra_texts: more words for a word tokenizer (scene-graph entity names) besides the questions."""
-    if resume:  # a resumed run must keep the exact token and answer ids of the interrupted one
-        return load_tokenizer(model_dir / TOKENIZER), AnswerVocab.load(model_dir / ANSWERS)
-    pretrained = text_tokenizer_file(config)  # a pretrained text encoder reads only its own vocabulary
-    if config.train.init and not pretrained:  # keep the ids of the words the --init model learnt
-        from ..models.init_weights import init_tokenizer
-
-        tokenizer = init_tokenizer(config.train.init, [s.question for s in samples] + list(extra_texts))
-    else:
-        tokenizer = load_tokenizer(pretrained) if pretrained else build_tokenizer(
-            [s.question for s in samples] + list(extra_texts))
-    answers = AnswerVocab.build((s.answer for s in samples if s.answer is not None), config.data.max_answers)
-    return tokenizer, answers
-
-
-def no_training_samples(skipped) -> ConfigError:
-    """One line: the training split is empty, or every sample in it was skipped (and the first why)."""
-    why = f": all {skipped.count} were skipped as bad, e.g. {skipped.skipped[0]}" if skipped.skipped else ""
-    return ConfigError(f"no usable training samples (questions with answers) in data.train{why}")
-
-
-def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -> Prepared:
-    """Task vqa: questions grouped by image, answers as classes."""
-    train_read = read_split(config.data, "train")
-    train_read.samples = sample_images(train_read.samples, config.data.train_fraction, config.seed)
-    if not any(s.answer is not None for s in train_read.samples):
-        raise no_training_samples(train_read.skipped)
-    val_read = read_split(config.data, "val") if config.data.val else None
-    graphs = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
-    tokenizer, answers = _vocabularies(config, train_read.samples, model_dir, resume, entity_names(graphs))
-    save_vocabularies(model_dir, config, tokenizer, answers)
-    model = build_model(config, tokenizer.get_vocab_size(), len(answers))
-    # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
-    loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
-                            progress)
-    data_args = (tokenizer, answers, config.data.image_size, config.data.max_question_length)
-    if config.data.stream:  # images decoded as they stream by; only the questions are held
-        train_set = StreamedVQADataset(train_read.samples, *data_args, batch_size=config.train.batch_images,
-                                       world_size=world_size(config), workers=config.train.num_workers,
-                                       shuffle_buffer=config.data.shuffle_buffer, seed=config.seed,
-                                       on_bad_sample=config.data.on_bad_sample)
-    else:
-        train_set = GroupedVQADataset(train_read.samples, *data_args, train_read.skipped, progress,
-                                      "Loading train images", image_loader=loader)
-    if train_set.num_images == 0:
-        raise no_training_samples(train_read.skipped)
-    val_set = (GroupedVQADataset(val_read.samples, *data_args, val_read.skipped, progress, "Loading val images",
-                                 image_loader=loader) if val_read else None)
-    warn_skipped(train=train_read, val=val_read)
-
-    steps = train_set.batches_per_rank if config.data.stream else steps_per_epoch(config, len(train_set))
-    module = VQAModule(model, config.train, steps * config.train.epochs)
-    summary = {
-        "train": {"images": train_set.num_images, "questions": train_set.num_questions,
-                  "unanswerable": train_set.unanswerable, "skipped": train_read.skipped.as_dict(),
-                  **({"stream": train_set.summary()} if config.data.stream else {})},
-        "val": None if val_set is None else {"images": len(val_set), "questions": val_set.num_questions,
-                                             "skipped": val_read.skipped.as_dict()},
-        "answers": len(answers), "vocab": tokenizer.get_vocab_size(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    collate = partial(collate_groups, with_samples=False)
-    if graphs:  # each batch also carries its images' scene graphs
-        collate = SceneGraphCollate(collate, encode_scene_graphs(graphs, tokenizer))
-        summary["scene_graphs"] = scene_graph_summary(graphs)
-    collate = feature_collate(config, collate)
-    return Prepared(module, EpochDataModule(train_set, val_set, config, collate),
-                    lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, answers), summary)
-
-
 class EmptySplitError(DataError):
     """A split to evaluate holds no usable sample: there is no score to report."""
-
-
-def evaluate_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool = True) -> dict:
-    """Evaluate a saved model on one split of `config.data`; write metrics (+ predictions) as JSON.
-    An empty split is an EmptySplitError, never an accuracy over 0 samples."""
-    check_task_format(config.task, config.data)
-    metrics = task_function(config.task, "evaluate")(model_dir, config, split, out_json, progress)
-    if _evaluated_count(metrics) == 0:
-        if out_json is not None:  # no file may show a score over nothing
-            out_json.unlink(missing_ok=True)
-            out_json.with_name(out_json.stem + "_predictions.jsonl").unlink(missing_ok=True)
-        skipped = (metrics.get("skipped") or {}).get("count")
-        raise EmptySplitError(f"the {split} split (data.{split} under {config.data.root}) has no usable samples "
-                              "to evaluate" + (f" ({skipped} skipped as bad)" if skipped else ""))
-    return metrics
-
-
-def _evaluated_count(metrics: dict) -> int | None:
-    """How many samples a task's metrics are over (questions, statements, images, dialogues)."""
-    overall = metrics.get("overall")
-    if isinstance(overall, dict) and "count" in overall:
-        return overall["count"]
-    return next((metrics[k] for k in ("count", "questions", "images", "dialogues", "examples")
-                 if isinstance(metrics.get(k), int)), None)
-
-
-def evaluate_vqa_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool) -> dict:
-    """Task vqa: accuracy overall, per group and per question family, plus each prediction."""
-    from ..evaluate import evaluate_samples
-    from ..models.saved import load_model_dir
-
-    read = read_split(config.data, split)
-    graphs = read_scene_graphs(config.data, split, read.samples) if config.data.scene_graphs else None
-    metrics, records = evaluate_samples(load_model_dir(model_dir), read.samples, read.skipped, progress=progress,
-                                        scene_graphs=graphs)
-    if out_json is not None:
-        out_json.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-        out_json.with_name(out_json.stem + "_predictions.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return metrics

@@ -1,23 +1,29 @@
-"""Accuracy overall, per question family and per family group, with every prediction kept."""
+"""Task vqa's evaluation: accuracy overall, per question family and per family group (and the official
+VQA accuracy where samples carry human answers), with every prediction kept."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
-from .data.answers import normalize_answer
-from .data.formats.common import SkipLog
-from .data.records import VQASample
-from .data.vqa_dataset import GroupedVQADataset, collate_groups, group_by_image
-from .models.saved import SavedModel
-from .progress import track
+from ...config import Config
+from ...data.answers import normalize_answer
+from ...data.formats.common import SkipLog
+from ...data.loading import read_split
+from ...data.records import VQASample
+from ...data.scene_graph import read_scene_graphs
+from ...data.vqa_dataset import GroupedVQADataset, collate_groups, group_by_image
+from ...models.saved import SavedModel, load_model_dir
+from ...progress import track
+from ..base import write_eval_json
 
 
 def family_groups() -> dict[str, str]:
-    from .data.shapes import FAMILY_GROUP
+    from ...data.shapes import FAMILY_GROUP
 
     return dict(FAMILY_GROUP)
 
@@ -80,7 +86,7 @@ def scene_graph_collate(saved: SavedModel, scene_graphs: dict | None):
         print("warning: this model was trained without scene graphs: the evaluation data's are ignored",
               file=sys.stderr)
         return collate_groups
-    from .data.scene_graph import SceneGraphCollate, encode_scene_graphs
+    from ...data.scene_graph import SceneGraphCollate, encode_scene_graphs
 
     return SceneGraphCollate(collate_groups, encode_scene_graphs(scene_graphs, saved.tokenizer))
 
@@ -89,7 +95,7 @@ def official_vqa_accuracy(records: list[dict]) -> dict | None:
     """The VQA v2 accuracy (min(#humans who gave the answer / 3, 1), averaged over the leave-one-out
     annotator subsets, official answer normalisation), overall and per answer type, over the questions
     that have several human answers; None when none has (then exact match, "overall", is the metric)."""
-    from .metrics.vqa import vqa_evaluate
+    from ...metrics.vqa import vqa_evaluate
 
     scored = [r for r in records if len(r["answers"]) >= 2]
     if not scored:
@@ -128,3 +134,12 @@ def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: Skip
     metrics["unanswerable"] = unanswerable  # truth not among the model's answers: always wrong
     metrics["skipped"] = skip_log.as_dict()
     return metrics, records
+
+
+def evaluate_vqa_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool) -> dict:
+    """Task vqa: accuracy overall, per group and per question family, plus each prediction."""
+    read = read_split(config.data, split)
+    graphs = read_scene_graphs(config.data, split, read.samples) if config.data.scene_graphs else None
+    metrics, records = evaluate_samples(load_model_dir(model_dir), read.samples, read.skipped, progress=progress,
+                                        scene_graphs=graphs)
+    return write_eval_json(out_json, metrics, records)

@@ -1,216 +1,34 @@
-"""Task retrieval: image-text contrastive training and two-stage (LAVIS) retrieval evaluation.
-
-Training: each batch pairs B images with one caption each, so the other images are the negatives.
-Loss = InfoNCE at a learnable temperature (+ hinge_weight * VSE++ hinge) + itm_weight * the
-matching loss on hard negatives drawn from the batch similarities (when model.fusion is set).
-
-Evaluation: embed every image and caption of the split once, rank by cosine similarity (first
-stage), then re-rank each query's top k with the matching head, score = ITC + w * ITM (ITC = the
-contrastive logit, cosine x learned scale; ITM = the head's log-odds of a match; w =
-retrieval.rerank_weight); candidates beyond the top k keep their first-stage order below them.
-With data.feature_cache the frozen encoders' outputs (images, and a frozen text encoder's states)
-come from the cache, in training and evaluation alike.
-Recall@1/5/10 and median / mean rank are reported in both directions for both stages.
-"""
+"""Task retrieval's evaluation: embedding similarity ranks every caption and image (first stage), the
+matching head re-ranks each query's top k (LAVIS); Recall@K both ways, for both stages."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset
 
-from ..config import Config, RetrievalConfig, TrainConfig
-from ..data.caption_dataset import CaptionDataset, PairSampler, collate_pairs
-from ..data.feature_cache import feature_collate, feature_loader, text_feature_states
-from ..data.formats.common import SkipLog
-from ..data.loading import read_split
-from ..data.records import CaptionSample
-from ..data.subsample import sample_images
-from ..data.tokenizer import build_tokenizer, load_tokenizer, pad_ids
-from ..errors import ConfigError, DataError
-from ..heads.retrieval import match_score
-from ..losses.hinge import vse_hinge_loss
-from ..losses.itm import itm_loss, itm_pairs, sample_hard_negatives
-from ..metrics.retrieval import retrieval_metrics, retrieval_ranks
-from ..models.factory import build_retrieval_model, text_tokenizer_file
-from ..models.retrieval import RetrievalModel
-from ..models.saved import TOKENIZER, SavedModel, save_model_dir, save_vocabularies
-from ..progress import track
-from ..types import Features
-from .module import configure_adamw
-from .run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
+from ...config import Config
+from ...data.caption_dataset import CaptionDataset
+from ...data.feature_cache import feature_loader, text_feature_states
+from ...data.formats.common import SkipLog
+from ...data.loading import read_split
+from ...data.records import CaptionSample
+from ...data.tokenizer import pad_ids
+from ...errors import DataError
+from ...heads.retrieval import match_score
+from ...metrics.retrieval import retrieval_metrics, retrieval_ranks
+from ...models.retrieval import RetrievalModel
+from ...models.saved import SavedModel, load_model_dir
+from ...progress import track
+from ...types import Features
+from ..base import write_eval_json
 
 RECALL_AT = (1, 5, 10)
 
-
-# --------------------------------------------------------------------------- training
-
-def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, B] bool: rows i and j hold the same caption (never a negative for each other); diagonal False."""
-    ids = input_ids.masked_fill(~attention_mask.bool(), -1)
-    same = (ids[:, None, :] == ids[None, :, :]).all(-1)
-    return same & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
-
-
-class RetrievalModule(L.LightningModule):
-    def __init__(self, model: RetrievalModel, task: RetrievalConfig, train_config: TrainConfig, total_steps: int,
-                 seed: int = 0):
-        super().__init__()
-        self.model, self.task, self.cfg, self.total_steps, self.seed = model, task, train_config, total_steps, seed
-
-    def losses(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """{"loss", "itc", ["hinge"], ["itm", "itm_acc"], "acc"} of one batch of row-aligned pairs."""
-        model, task = self.model, self.task
-        image = model.encode_images(batch.get("images"), batch.get("image_features"))  # features: data.feature_cache
-        text = model.encode_texts(batch["input_ids"], batch["attention_mask"], batch.get("text_states"))
-        image_emb, text_emb = model.head(image, text)
-        out = {"itc": model.head.loss(image_emb, text_emb)}
-        loss = out["itc"]
-        similarity = image_emb @ text_emb.T
-        positives = same_text(batch["input_ids"], batch["attention_mask"])
-        batch_size = len(similarity)
-        target = torch.arange(batch_size, device=similarity.device)
-        out["acc"] = (similarity.argmax(1) == target).float().mean()  # in-batch image -> text top-1
-        if task.hinge_weight:
-            out["hinge"] = vse_hinge_loss(similarity, task.hinge_margin, task.hinge_max_violation, positives)
-            loss = loss + task.hinge_weight * out["hinge"]
-        if model.can_rerank and task.itm_weight:
-            negatives = ~(positives | torch.eye(batch_size, dtype=torch.bool, device=similarity.device))
-            if negatives.any(1).all() and negatives.any(0).all():
-                drawn = sample_hard_negatives(similarity * model.head.scale, positives, task.negatives_temperature,
-                                              generator)
-                image_index, text_index, labels = itm_pairs(*drawn)
-            else:  # a batch of one (or of one caption): positives only, so every parameter still trains
-                image_index = text_index = target
-                labels = torch.ones_like(target)
-            logits = model.match(image.index_select(image_index), text.index_select(text_index))
-            out["itm"] = itm_loss(logits, labels)
-            out["itm_acc"] = (logits.argmax(-1) == labels).float().mean()
-            loss = loss + task.itm_weight * out["itm"]
-        out["loss"] = loss
-        return out
-
-    def _generator(self, step: int) -> torch.Generator:
-        # Negatives drawn from (seed, step) alone: a resumed run draws the ones the interrupted run would have.
-        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + step)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.losses(batch, self._generator(self.global_step))
-        n = len(batch["input_ids"])
-        for name, value in out.items():
-            self.log(f"train_{name}", value, prog_bar=name in ("loss", "acc"), batch_size=n)
-        self.log("logit_scale", self.model.head.scale, batch_size=n)
-        return out["loss"]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.losses(batch, self._generator(batch_idx))
-        n = len(batch["input_ids"])
-        for name, value in out.items():
-            self.log(f"val_{name}", value, prog_bar=name in ("loss", "acc"), batch_size=n, sync_dist=True)
-
-    def configure_optimizers(self):
-        return configure_adamw(self.model, self.cfg, self.total_steps)
-
-
-class WithTextStates(Dataset):
-    """A CaptionDataset whose items also carry their caption's cached frozen text states [length, H]."""
-
-    def __init__(self, dataset: CaptionDataset, states: list[torch.Tensor]):
-        self.dataset, self.states = dataset, states
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
-        i, epoch = key if isinstance(key, tuple) else (key, 0)
-        image, ids = self.dataset[key]
-        return image, ids, self.states[self.dataset.caption_for(i, epoch)]
-
-
-def collate_pairs_with_states(items: list) -> dict:
-    """collate_pairs, plus the captions' cached states padded like their ids (text_states [B, L, H])."""
-    batch = collate_pairs([item[:2] for item in items])
-    batch["text_states"] = pad_sequence([item[2] for item in items], batch_first=True)
-    return batch
-
-
-def _with_text_states(config: Config, model: RetrievalModel, sets: list[CaptionDataset | None], progress: bool):
-    """`sets` as they are, or (data.feature_cache over a frozen text encoder) carrying cached text states."""
-    present = [d for d in sets if d is not None]
-    states = text_feature_states(config, model.text_encoder, [ids for d in present for ids in d.caption_ids],
-                                 progress)
-    if states is None:
-        return sets, collate_pairs
-    out, start = [], 0
-    for dataset in sets:
-        if dataset is not None:
-            out.append(WithTextStates(dataset, states[start: start + len(dataset.caption_ids)]))
-            start += len(dataset.caption_ids)
-        else:
-            out.append(None)
-    return out, collate_pairs_with_states
-
-
-def _tokenizer(config: Config, samples: list[CaptionSample], model_dir: Path, resume: bool):
-    if resume:  # a resumed run must keep the exact token ids of the interrupted one
-        return load_tokenizer(model_dir / TOKENIZER)
-    pretrained = text_tokenizer_file(config)
-    return load_tokenizer(pretrained) if pretrained else build_tokenizer(c for s in samples for c in s.captions)
-
-
-def _split_summary(dataset: CaptionDataset, read) -> dict:
-    return {"images": len(dataset), "captions": len(dataset.captions), "uncaptioned": dataset.uncaptioned,
-            "skipped": read.skipped.as_dict()}
-
-
-def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: bool) -> Prepared:
-    """Task retrieval: captioned images, one caption per image in each batch."""
-    if config.train.batch_images < 2:
-        raise ConfigError("config key 'train.batch_images' must be >= 2 for task retrieval: the other images of a "
-                          "batch are each pair's negatives")
-    train_read = read_split(config.data, "train")
-    train_read.samples = sample_images(train_read.samples, config.data.train_fraction, config.seed)
-    val_read = read_split(config.data, "val") if config.data.val else None
-    tokenizer = _tokenizer(config, train_read.samples, model_dir, resume)
-    save_vocabularies(model_dir, config, tokenizer, None)
-    model = build_retrieval_model(config, tokenizer.get_vocab_size())
-    # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
-    loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
-                            progress)
-    args = (tokenizer, config.data.image_size, config.data.max_question_length)
-    train_set = CaptionDataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images",
-                               image_loader=loader)
-    if len(train_set) < 2:
-        raise ConfigError(f"task retrieval needs at least 2 captioned training images, found {len(train_set)}"
-                          + (f"; {train_read.skipped.summary()}" if train_read.skipped.count else ""))
-    val_set = CaptionDataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images",
-                             image_loader=loader) if val_read else None
-    warn_skipped(train=train_read, val=val_read)
-    (train_items, val_items), collate = _with_text_states(config, model, [train_set, val_set], progress)
-
-    module = RetrievalModule(model, config.retrieval, config.train,
-                             steps_per_epoch(config, len(train_set)) * config.train.epochs, config.seed)
-    summary = {
-        "task": "retrieval",
-        "train": _split_summary(train_set, train_read),
-        "val": None if val_set is None else _split_summary(val_set, val_read),
-        "vocab": tokenizer.get_vocab_size(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-    }
-    datamodule = EpochDataModule(train_items, val_items, config, feature_collate(config, collate), PairSampler)
-    return Prepared(module, datamodule, lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, None),
-                    summary)
-
-
-# --------------------------------------------------------------------------- evaluation
 
 @dataclass
 class Embedded:
@@ -410,15 +228,8 @@ def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log
 def evaluate_retrieval_split(model_dir: Path, config: Config, split: str, out_json: Path | None,
                              progress: bool = True) -> dict:
     """Evaluate the retrieval model in `model_dir` on one split of `config.data`; write metrics (+ rankings)."""
-    from ..models.saved import load_model_dir
-
     read = read_split(config.data, split)
     saved = load_model_dir(model_dir, task="retrieval")
     metrics, records = evaluate_retrieval(saved, read.samples, read.skipped, config.retrieval.rerank_k,
                                           config.retrieval.eval_batch, progress, config, config.retrieval.rerank_weight)
-    metrics = {"split": split, **metrics}
-    if out_json is not None:
-        out_json.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-        out_json.with_name(out_json.stem + "_rankings.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return metrics
+    return write_eval_json(out_json, {"split": split, **metrics}, records, "rankings")

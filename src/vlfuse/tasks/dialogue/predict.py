@@ -1,6 +1,6 @@
 """The Python face of a trained dialogue model: rank candidate answers to a question in context.
 
-    from vlfuse.dialogue import load_dialogue
+    from vlfuse.tasks.dialogue.predict import load_dialogue
 
     model = load_dialogue("runs/dialogue_shapes/model")
     ranked = model.rank("image.png", "is it on the left?",
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from .data.answers import AnswerVocab
-from .data.dialog_dataset import encode_history, join_history
-from .data.formats.common import check_question
-from .data.tokenizer import encode_ids, pad_ids
-from .data.vqa_dataset import image_tensor
-from .errors import ConfigError, DataError
-from .models.saved import ANSWERS, CONFIG, SavedModel, load_model_dir
+from ...data.answers import AnswerVocab
+from ...data.dialog_dataset import encode_history, join_history
+from ...data.formats.common import check_question
+from ...data.tokenizer import encode_ids, pad_ids
+from ...data.vqa_dataset import image_tensor
+from ...errors import ConfigError, DataError
+from ...models.saved import ANSWERS, SavedModel, load_model_dir
 
 
 @dataclass
@@ -34,14 +34,6 @@ class Ranking:
     answer: str  # the best-scoring candidate
     top: list[tuple[str, float]]  # (candidate, score), best first: logits, or log-likelihoods (generative)
     written: str | None = None  # generative models: the answer the decoder writes itself (beam search)
-
-
-def is_dialogue_model(model_dir: str | Path) -> bool:
-    """Whether `model_dir` holds a task dialogue model (read from its config, nothing else loaded)."""
-    from .config import load_config
-
-    path = Path(model_dir) / CONFIG
-    return path.is_file() and load_config(path).task == "dialogue"
 
 
 def _history_entries(history: Sequence[str | tuple[str, str]]) -> list[str]:
@@ -92,8 +84,8 @@ class DialoguePredictor:
     def write(self, image, question: str, history: Sequence[str | tuple[str, str]] = (),
               beam_size: int | None = None) -> str:
         """Generative models: the decoder's own answer (beam search; beam_size 1 is greedy)."""
-        from .data.caption_tokens import CaptionSpecials, decode_caption
-        from .heads.generation import beam_search, greedy_search
+        from ...data.caption_tokens import CaptionSpecials, decode_caption
+        from ...heads.generation import beam_search, greedy_search
 
         if not self.model.generative:
             raise ConfigError("this dialogue model is discriminative: it ranks candidates but writes no answers "
@@ -122,19 +114,3 @@ def load_dialogue(model_dir: str | Path, device: str = "cpu") -> DialoguePredict
     saved.model.to(device)
     path = Path(model_dir) / ANSWERS
     return DialoguePredictor(saved, AnswerVocab.load(path).answers if path.is_file() else None)
-
-
-def print_dialogue_metrics(metrics: dict) -> None:
-    """MRR, R@K and mean rank, overall and per question family (the CLI's table)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    ks = [k for k in (1, 5, 10) if f"r{k}" in metrics]
-    table = Table(title=f"Dialogue: {metrics['dialogs']} dialogues, {metrics['rounds']} rounds, "
-                        f"{'/'.join(map(str, metrics['candidates']))} candidates each")
-    for col in ("", "MRR", *(f"R@{k} %" for k in ks), "mean rank", "rounds"):
-        table.add_column(col, no_wrap=True)
-    for name, m in [("overall", metrics), *((f"  {f}", m) for f, m in metrics["families"].items())]:
-        table.add_row(name, f"{m['mrr']:.4f}", *(f"{100 * m.get(f'r{k}', float('nan')):.2f}" for k in ks),
-                      f"{m['mean_rank']:.2f}", str(m["rounds"]))
-    Console().print(table)

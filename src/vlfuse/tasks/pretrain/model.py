@@ -1,0 +1,44 @@
+"""A pre-trained model directory: the backbone (what `--init` loads) in model.safetensors, the objectives'
+heads beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...config import Config, load_config
+from ...data.tokenizer import load_tokenizer
+from ...errors import DataError
+from ...models.pretrain import PretrainModel, build_pretrain_model
+from ...models.saved import CONFIG, TOKENIZER, WEIGHTS, save_vocabularies
+
+HEADS = "pretrain_heads.safetensors"
+
+
+def save_pretrained_dir(path: Path, model: PretrainModel, config: Config, tokenizer) -> Path:
+    from safetensors.torch import save_model
+
+    path = save_vocabularies(path, config, tokenizer, None)
+    save_model(model.backbone(), str(path / WEIGHTS))
+    save_model(model.heads, str(path / HEADS))
+    return path
+
+
+def load_pretrained_dir(path: str | Path) -> tuple[PretrainModel, Config, object]:
+    """(model with its heads, config, tokenizer) of a directory `vlfuse pretrain` wrote."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    for name in (CONFIG, TOKENIZER, WEIGHTS, HEADS):
+        if not (path / name).is_file():
+            raise DataError(f"not a pre-trained model directory: {name} is missing", path=path)
+    config = load_config(path / CONFIG)
+    if config.task != "pretrain":
+        raise DataError(f"holds a {config.task} model, not a pretrain one", path=path)
+    tokenizer = load_tokenizer(path / TOKENIZER)
+    model = build_pretrain_model(config, tokenizer)
+    for part, name in ((model.backbone(), WEIGHTS), (model.heads, HEADS)):
+        try:
+            load_model(part, str(path / name))
+        except Exception as exc:  # wrong shapes or a damaged file: say which file
+            raise DataError(f"weights do not fit the config ({exc})", path=path / name) from None
+    return model.eval(), config, tokenizer

@@ -1,0 +1,110 @@
+"""Task retrieval's LightningModule (ITC + optional VSE++ hinge + ITM on hard negatives) and
+`prepare_retrieval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...config import Config, RetrievalConfig, TrainConfig
+from ...data.caption_dataset import CaptionDataset, PairSampler
+from ...data.feature_cache import feature_collate, feature_loader
+from ...data.loading import read_split
+from ...data.subsample import sample_images
+from ...errors import ConfigError
+from ...losses.hinge import vse_hinge_loss
+from ...losses.itm import itm_loss, itm_pairs, sample_hard_negatives
+from ...models.factory import build_retrieval_model
+from ...models.retrieval import RetrievalModel
+from ...models.saved import save_model_dir, save_vocabularies
+from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
+from ..base import TaskModule, captioned_split, run_summary, run_tokenizer
+from .data import with_text_states
+
+
+def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, B] bool: rows i and j hold the same caption (never a negative for each other); diagonal False."""
+    ids = input_ids.masked_fill(~attention_mask.bool(), -1)
+    same = (ids[:, None, :] == ids[None, :, :]).all(-1)
+    return same & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
+
+
+class RetrievalModule(TaskModule):
+    shown = ("loss", "acc")
+
+    def __init__(self, model: RetrievalModel, task: RetrievalConfig, train_config: TrainConfig, total_steps: int,
+                 seed: int = 0):
+        super().__init__(model, train_config, total_steps, seed)
+        self.task = task
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """{"itc", "acc", ["hinge"], ["itm", "itm_acc"], "loss"} of one batch of row-aligned pairs."""
+        model, task = self.model, self.task
+        image = model.encode_images(batch.get("images"), batch.get("image_features"))  # features: data.feature_cache
+        text = model.encode_texts(batch["input_ids"], batch["attention_mask"], batch.get("text_states"))
+        image_emb, text_emb = model.head(image, text)
+        out = {"itc": model.head.loss(image_emb, text_emb)}
+        loss = out["itc"]
+        similarity = image_emb @ text_emb.T
+        positives = same_text(batch["input_ids"], batch["attention_mask"])
+        batch_size = len(similarity)
+        target = torch.arange(batch_size, device=similarity.device)
+        out["acc"] = (similarity.argmax(1) == target).float().mean()  # in-batch image -> text top-1
+        if task.hinge_weight:
+            out["hinge"] = vse_hinge_loss(similarity, task.hinge_margin, task.hinge_max_violation, positives)
+            loss = loss + task.hinge_weight * out["hinge"]
+        if model.can_rerank and task.itm_weight:
+            negatives = ~(positives | torch.eye(batch_size, dtype=torch.bool, device=similarity.device))
+            if negatives.any(1).all() and negatives.any(0).all():
+                drawn = sample_hard_negatives(similarity * model.head.scale, positives, task.negatives_temperature,
+                                              self.generator())
+                image_index, text_index, labels = itm_pairs(*drawn)
+            else:  # a batch of one (or of one caption): positives only, so every parameter still trains
+                image_index = text_index = target
+                labels = torch.ones_like(target)
+            logits = model.match(image.index_select(image_index), text.index_select(text_index))
+            out["itm"] = itm_loss(logits, labels)
+            out["itm_acc"] = (logits.argmax(-1) == labels).float().mean()
+            loss = loss + task.itm_weight * out["itm"]
+        out["loss"] = loss
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("logit_scale", self.model.head.scale, batch_size=self.batch_size(batch))
+        return loss
+
+
+def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: bool) -> Prepared:
+    """Task retrieval: captioned images, one caption per image in each batch."""
+    if config.train.batch_images < 2:
+        raise ConfigError("config key 'train.batch_images' must be >= 2 for task retrieval: the other images of a "
+                          "batch are each pair's negatives")
+    train_read = read_split(config.data, "train")
+    train_read.samples = sample_images(train_read.samples, config.data.train_fraction, config.seed)
+    val_read = read_split(config.data, "val") if config.data.val else None
+    tokenizer = run_tokenizer(config, model_dir, resume, lambda: (c for s in train_read.samples for c in s.captions))
+    save_vocabularies(model_dir, config, tokenizer, None)
+    model = build_retrieval_model(config, tokenizer.get_vocab_size())
+    # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
+    loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
+                            progress)
+    args = (tokenizer, config.data.image_size, config.data.max_question_length)
+    train_set = CaptionDataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images",
+                               image_loader=loader)
+    if len(train_set) < 2:
+        raise ConfigError(f"task retrieval needs at least 2 captioned training images, found {len(train_set)}"
+                          + (f"; {train_read.skipped.summary()}" if train_read.skipped.count else ""))
+    val_set = CaptionDataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images",
+                             image_loader=loader) if val_read else None
+    warn_skipped(train=train_read, val=val_read)
+    (train_items, val_items), collate = with_text_states(config, model, [train_set, val_set], progress)
+
+    module = RetrievalModule(model, config.retrieval, config.train,
+                             steps_per_epoch(config, len(train_set)) * config.train.epochs, config.seed)
+    summary = run_summary("retrieval", model, tokenizer, captioned_split(train_set, train_read),
+                          None if val_set is None else captioned_split(val_set, val_read))
+    datamodule = EpochDataModule(train_items, val_items, config, feature_collate(config, collate), PairSampler)
+    return Prepared(module, datamodule, lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, None),
+                    summary)

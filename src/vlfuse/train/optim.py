@@ -1,0 +1,29 @@
+"""The optimiser every task shares."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+
+
+def configure_adamw(model: nn.Module, cfg: TrainConfig, total_steps: int) -> dict:
+    """AdamW with linear warm-up then cosine decay to 0, stepped per batch; what every task trains with."""
+    # No weight decay on biases, norms and embeddings (the usual transformer recipe).
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "embed" in name else decay).append(param)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    warmup, total = cfg.warmup_steps, max(1, total_steps)
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -41,7 +41,7 @@ def exported(trained_run, tmp_path_factory):
 def split_batches(shapes_root, predictor):
     """The tiny data's images with every question, as batches of 1, 2 and all images."""
     from vlfuse.data.tokenizer import encode_ids, pad_ids
-    from vlfuse.data.vqa_dataset import image_tensor
+    from vlfuse.data.images import image_tensor
 
     files = sorted((shapes_root / "images" / "train").iterdir())[:5]
     images = torch.stack([image_tensor(f, predictor.config.data.image_size) for f in files])
@@ -122,7 +122,7 @@ def test_server_answers_from_the_exported_folder_like_pytorch(exported, trained_
 
 
 def test_numpy_region_proposal_matches_find_regions(shapes_root):
-    from vlfuse.data.vqa_dataset import image_tensor
+    from vlfuse.data.images import image_tensor
     from vlfuse.encoders.regions import find_regions
     from vlfuse.export.proposal import find_regions as find_regions_numpy
 

@@ -136,8 +136,7 @@ def test_efficientnet_unfrozen_backbone_trains(weights_file, how):
 
 
 def _coco_image(name: str) -> torch.Tensor:
-    from vlfuse.data.images import load_image
-    from vlfuse.data.vqa_dataset import image_to_tensor
+    from vlfuse.data.images import image_to_tensor, load_image
 
     path = COCO / "val2017" / name
     if not path.is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .data.vqa_dataset import image_tensor
+from .data.images import image_tensor
 from .models.saved import SavedModel, load_model_dir
 
 

@@ -10,7 +10,7 @@ import torch
 
 from .data.formats.common import check_question
 from .data.tokenizer import encode_ids, pad_ids
-from .data.vqa_dataset import image_tensor
+from .data.images import image_tensor
 from .errors import ConfigError, DataError
 from .models.saved import SavedModel, load_model_dir
 

@@ -18,10 +18,10 @@ from ..errors import DataError
 from ..heads.dialogue import PAD_OPTION
 from ..progress import track
 from .formats.common import SkipLog
-from .images import load_image
+from .images import image_to_tensor, load_image
 from .records import DialogSample
 from .tokenizer import encode_ids, pad_ids
-from .vqa_dataset import IGNORE_INDEX, image_to_tensor
+from .vqa_dataset import IGNORE_INDEX
 
 SEPARATOR = "|"  # between history entries; in the tokenizer's vocabulary (see dialogue_texts)
 

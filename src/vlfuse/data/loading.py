@@ -62,7 +62,7 @@ def _resolve(root: str, value: str | None) -> Path | None:
 def check_task_format(task: str, data: DataConfig) -> None:
     """A format holds questions (task vqa) or captions (task retrieval); refuse the other pairing."""
     if data.format == "webdataset":  # shards hold questions or captions: they say which
-        from .shards import check_shard_task
+        from .shard_read import check_shard_task
 
         return check_shard_task(task, data)
     if (task == "dialogue") != (data.format in DIALOG_FORMATS):  # dialogues serve task dialogue alone

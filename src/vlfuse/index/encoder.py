@@ -13,7 +13,7 @@ import torch
 
 from ..data.formats.common import MAX_QUESTION_CHARS
 from ..data.tokenizer import encode_ids, pad_ids
-from ..data.vqa_dataset import image_tensor
+from ..data.images import image_tensor
 from ..errors import DataError
 from ..heads.retrieval import match_score
 from ..models.saved import SavedModel, load_model_dir

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from ..config import load_config
-from ..data.images import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
+from ..data.images import DEFAULT_MAX_PIXELS, image_to_tensor, load_image, load_image_bytes
 from ..data.tokenizer import encode_ids, pad_ids
-from ..data.vqa_dataset import image_to_tensor
 from ..errors import ConfigError, ImageError, VLFuseError
 from ..models.saved import CONFIG
 from .batching import MicroBatcher

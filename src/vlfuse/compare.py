@@ -162,10 +162,10 @@ def _per_class_lines(rows: list[dict]) -> list[str]:
 
 def plot_leaderboard(rows: list[dict], out_png: Path) -> Path:
     """Grouped bars: accuracy per question group for each fusion, error bars = std over seeds."""
-    from .report import _plotting, _save
+    from .plotting import pyplot, save_figure
 
     groups = list(dict.fromkeys(g for row in rows for g in row["groups"])) or ["overall"]
-    with _plotting() as plt:
+    with pyplot() as plt:
         fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
         width = 0.8 / len(groups)
         for j, g in enumerate(groups):
@@ -181,7 +181,7 @@ def plot_leaderboard(rows: list[dict], out_png: Path) -> Path:
         ax.set_axisbelow(True)
         ax.legend(fontsize=8, ncol=len(groups), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
         fig.tight_layout()
-        return _save(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def compare(base: Config, fusions: list[str], out: Path, budget_minutes: float | None = None, seeds: int = 1,

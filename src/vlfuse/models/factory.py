@@ -88,7 +88,7 @@ def build_component(table: dict[str, type[nn.Module]], spec: dict, key: str, **i
         raise ConfigError(f"config key '{key}' ({name}): {exc}") from None
 
 
-def _encoders(config: Config, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+def build_encoders(config: Config, vocab_size: int) -> tuple[nn.Module, nn.Module]:
     m = config.model
     return (build_component(IMAGE_ENCODERS, m.image_encoder, "model.image_encoder", dim=m.dim,
                             image_size=config.data.image_size),
@@ -101,7 +101,7 @@ def build_model(config: Config, vocab_size: int, num_answers: int) -> VisionLang
     if m.fusion is None:
         raise ConfigError("config key 'model.fusion' is required for task vqa (null is for task retrieval only)")
     return VisionLanguageModel(
-        *_encoders(config, vocab_size),
+        *build_encoders(config, vocab_size),
         build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim),
         build_component(HEADS, m.head, "model.head", dim=m.dim, num_classes=num_answers),
     )
@@ -113,7 +113,7 @@ def build_retrieval_model(config: Config, vocab_size: int) -> RetrievalModel:
     if m.head.get("name") not in RETRIEVAL_HEADS:
         raise ConfigError(f"config key 'model.head.name' must be one of {', '.join(RETRIEVAL_HEADS)} for task "
                           f"retrieval, got {m.head.get('name')!r}")
-    image_encoder, text_encoder = _encoders(config, vocab_size)
+    image_encoder, text_encoder = build_encoders(config, vocab_size)
     head = build_component(RETRIEVAL_HEADS, m.head, "model.head", dim=m.dim)
     fusion = itm_head = None
     if m.fusion is not None:

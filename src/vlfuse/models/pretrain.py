@@ -302,10 +302,10 @@ def _image_states(fusion: nn.Module, fused: FusionOutput, text: Features, image:
 
 def build_pretrain_model(config, tokenizer) -> PretrainModel:
     """The PretrainModel of `config` (its `model:` section, head aside, and `pretrain:` section)."""
-    from .factory import FUSIONS, _encoders, build_component
+    from .factory import FUSIONS, build_component, build_encoders
 
     weights = objective_weights(config.pretrain)
     masking = Masking.from_tokenizer(tokenizer) if weights["mlm"] else None
-    image_encoder, text_encoder = _encoders(config, tokenizer.get_vocab_size())
+    image_encoder, text_encoder = build_encoders(config, tokenizer.get_vocab_size())
     fusion = build_component(FUSIONS, config.model.fusion, "model.fusion", dim=config.model.dim)
     return PretrainModel(image_encoder, text_encoder, fusion, config.model.dim, config.pretrain, masking, config.seed)

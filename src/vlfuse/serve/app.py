@@ -37,8 +37,8 @@ from ..errors import VLFuseError
 from ..explain.api import METHODS, check_method
 from ..index.encoder import check_text
 from .guard import RequestGuard
-from .limits import BodyLimit, InProgress, WorkLimit, error_body, status_of
-from .service import CaptionRequest, ImageQuery, NotServed, Question, Service, TextQuery
+from .limits import BodyLimit, InProgress, NotServed, WorkLimit, error_body, status_of
+from .service import CaptionRequest, ImageQuery, Question, Service, TextQuery
 
 MAX_EXAMPLES = 24
 

@@ -19,21 +19,14 @@ import torch
 from ..config import load_config
 from ..data.images import DEFAULT_MAX_PIXELS, image_to_tensor, load_image, load_image_bytes
 from ..data.tokenizer import encode_ids, pad_ids
-from ..errors import ConfigError, ImageError, VLFuseError
+from ..errors import ConfigError, ImageError
 from ..models.saved import CONFIG
 from .batching import MicroBatcher
 from .guard import DEFAULT_HOSTS
 from .images import Decoder, fit_within
+from .limits import NotFound, NotServed
 
 SERVED_TASKS = ("vqa", "captioning", "retrieval")
-
-
-class NotServed(VLFuseError):
-    """The request needs a model (or an index) this server was not started with."""
-
-
-class NotFound(VLFuseError):
-    """No such thing to serve (an indexed image out of range, gone, outside the indexed folders, not an image)."""
 
 
 @dataclass

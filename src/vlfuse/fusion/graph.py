@@ -159,6 +159,11 @@ class GraphFusion(nn.Module):
     tokens: node states [B, Nt + Nv (+ M), D] in node order; see the module docstring.
     """
 
+    token_layout = ("text", "image")  # the words, then the image tokens
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = True  # forward(..., graph=ExternalGraph)
+
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, spatial_k: int = 4, text_window: int = 1, cross_k: int = 3,
                  relations: int = 16, readout: Literal["mean", "question"] = "mean"):

@@ -43,6 +43,29 @@ class FusionOutput:
     attentions: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class ExternalGraph:
+    """Extra nodes and labelled edges joined to a graph fusion's graph: a scene graph (objects, their
+    attributes and relations) or a knowledge graph, supplied per text row by the data side
+    (models/scene_graph_input.py builds one from scene graphs); a fusion that reads it says
+    accepts_graph and takes it as forward(..., graph=...) (fusion/graph.py).
+
+    edges: [B, E, 3] long (src, dst, relation): indices into the joint node list [text tokens
+        (0 .. Nt-1), image tokens (Nt .. Nt+Nv-1), entity nodes (Nt+Nv ..)], with Nt, Nv the padded
+        lengths of the batch; relation in [0, relations). dst reads src, src reads dst (inverse).
+    edge_mask: [B, E] bool, True on real edges (lists padded to the batch's longest); None = all real.
+    nodes: [B, M, D] entity features (e.g. attribute or entity names embedded by the text encoder),
+        or None when the edges only join existing nodes (relations between detected objects).
+    node_mask: [B, M] bool, True on real entities; None = all real.
+    An edge touching a padded node is dropped.
+    """
+
+    edges: torch.Tensor
+    edge_mask: torch.Tensor | None = None
+    nodes: torch.Tensor | None = None
+    node_mask: torch.Tensor | None = None
+
+
 # The parts of a fused token sequence: "cls" and "sep" are one token each, "text" the Nt words and
 # "image" the Nv image tokens of the fusion's inputs.
 TokenPart = Literal["cls", "sep", "text", "image"]

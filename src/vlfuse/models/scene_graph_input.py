@@ -19,8 +19,7 @@ from torch import nn
 
 from ..data.scene_graph import RELATION_ID, SceneGraphBatch
 from ..errors import ConfigError
-from ..fusion.graph import ExternalGraph
-from ..types import Features, fusion_trait
+from ..types import ExternalGraph, Features, fusion_trait
 
 
 def reads_graph(fusion: nn.Module) -> bool:

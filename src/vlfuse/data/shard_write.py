@@ -17,7 +17,7 @@ from .tar import MANIFEST, read_member, tar_member
 _PIL_EXTENSION = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 
 
-# --------------------------------------------------------------------------- samples <-> records
+# --------------------------------------------------------------------------- a tar sample's record
 
 def _vqa_record(samples: list[VQASample]) -> dict:
     first = samples[0]

@@ -23,7 +23,8 @@ from bench.measure import latency_percentiles
 from vlfuse.data.answers import normalize_answer
 from vlfuse.data.loading import read_split
 from vlfuse.data.tokenizer import encode_ids, pad_ids
-from vlfuse.data.vqa_dataset import group_by_image, image_tensor
+from vlfuse.data.vqa_dataset import group_by_image
+from vlfuse.data.images import image_tensor
 from vlfuse.export.proposal import find_regions
 
 

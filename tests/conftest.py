@@ -34,17 +34,26 @@ TINY_TRAIN = [
     "train.accelerator=cpu",
 ]
 
-# The tiny model: every dropout 0, so two runs of one config do the same arithmetic.
-TINY_OVERRIDES = [
-    "model.dim=16",
-    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
-    "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-    "model.fusion={name: co_attention, layers: 1, heads: 2, dropout: 0.0}",
-    "model.head={name: classifier, hidden: 16, dropout: 0.0}",
-    "data.image_size=32",
-    *TINY_TRAIN,
-    "train.checkpoint_every_n_steps=1",
-]
+TINY_FUSION = "{name: co_attention, layers: 1, heads: 2, dropout: 0.0}"
+TINY_HEAD = "{name: classifier, hidden: 16, dropout: 0.0}"
+
+
+def tiny_model(fusion: str | None = TINY_FUSION, head: str | None = TINY_HEAD, text: bool = True) -> list[str]:
+    """The tiny model, every dropout 0 so that two runs of one config do the same arithmetic: width 16,
+    32 px images, a one-layer CNN and text Transformer; `fusion` and `head` (YAML flow maps) are the
+    parts a task swaps, None (or text=False) leaves that part to the task's own config."""
+    return ["model.dim=16",
+            "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
+            *(["model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}"] if text else []),
+            *([f"model.fusion={fusion}"] if fusion else []),
+            *([f"model.head={head}"] if head else []),
+            "data.image_size=32"]
+
+
+CROSS_ATTENTION = "{name: cross_attention, layers: 1, heads: 2, dropout: 0.0}"  # the shipped configs' fusion
+
+# The tiny VQA run: the tiny model on the short schedule, a checkpoint every step.
+TINY_OVERRIDES = [*tiny_model(), *TINY_TRAIN, "train.checkpoint_every_n_steps=1"]
 
 DATA_IMAGES, DATA_QUESTIONS_PER_IMAGE = 16, 4
 

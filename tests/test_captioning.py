@@ -18,7 +18,7 @@ from vlfuse.heads.caption_decoders import LSTMAttentionDecoder, TransformerCapti
 from vlfuse.heads.generation import beam_search, greedy_search, length_penalty
 from vlfuse.types import Features
 from helpers import read_json, assert_one_line_error
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONING_CONFIG = REPO / "configs" / "captioning_shapes.yaml"
@@ -26,10 +26,8 @@ VOCAB, DIM, BOS, EOS = 12, 16, 1, 2
 BLOCKED = (0, BOS)
 
 TINY = [
-    "model.dim=16",
-    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
+    *tiny_model(fusion=None, head=None, text=False),
     "model.decoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-    "data.image_size=32",
     "data.val=null",
     *TINY_TRAIN,
     "train.max_minutes=null",

@@ -11,18 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_one_line_error
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "classification_shapes.yaml"
 
 TINY = [
-    "model.dim=16",
-    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
-    "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-    "model.fusion={name: gated}",
-    "model.head={name: classifier, hidden: 16, dropout: 0.0}",
-    "data.image_size=32",
+    *tiny_model(fusion="{name: gated}"),
     "data.val=null",
     "data.test={path: classification_train.jsonl}",
     *TINY_TRAIN,

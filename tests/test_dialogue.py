@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import CROSS_ATTENTION, tiny_model
 from vlfuse.data.shapes import Scene, ShapeObject, generate
 from vlfuse.data.shapes_dialog import (ANSWERS, NUM_OPTIONS, _ask_property, _State, dialog_caption, fact,
                                        make_dialog)
@@ -25,12 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DIALOGUE_CONFIG = REPO / "configs" / "dialogue_shapes.yaml"
 
 TINY = [
-    "model.dim=16",
-    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
-    "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-    "model.fusion={name: cross_attention, layers: 1, heads: 2, dropout: 0.0}",
-    "model.head={name: discriminative, dropout: 0.0}",
-    "data.image_size=32",
+    *tiny_model(fusion=CROSS_ATTENTION, head="{name: discriminative, dropout: 0.0}"),
     "dialogue.max_history_length=40",
     "train.progress_bar=false",
     "train.epochs=1",

@@ -41,7 +41,7 @@ def exported(trained_run, tmp_path_factory):
 def split_batches(shapes_root, predictor):
     """The tiny data's images with every question, as batches of 1, 2 and all images."""
     from vlfuse.data.tokenizer import encode_ids, pad_ids
-    from vlfuse.data.vqa_dataset import image_tensor
+    from vlfuse.data.images import image_tensor
 
     files = sorted((shapes_root / "images" / "train").iterdir())[:5]
     images = torch.stack([image_tensor(f, predictor.config.data.image_size) for f in files])
@@ -122,7 +122,7 @@ def test_server_answers_from_the_exported_folder_like_pytorch(exported, trained_
 
 
 def test_numpy_region_proposal_matches_find_regions(shapes_root):
-    from vlfuse.data.vqa_dataset import image_tensor
+    from vlfuse.data.images import image_tensor
     from vlfuse.encoders.regions import find_regions
     from vlfuse.export.proposal import find_regions as find_regions_numpy
 
@@ -207,11 +207,12 @@ def test_retrieval_model_exports_as_embedding_and_matching_graphs(trained_retrie
     """image.onnx, text.onnx and match.onnx give the PyTorch embeddings and ITM scores; an index the
     PyTorch model built opens and searches with the export; serve takes it as the retrieval model."""
     from vlfuse.export import export_model
-    from vlfuse.index import RetrievalEncoder, build_index, open_index
+    from vlfuse.index import build_index, open_index
+    from vlfuse.predict import load_encoder
 
     info = export_model(trained_retrieval.model_dir, tmp_path / "retrieval_onnx")
     assert set(info["graphs"]) == {"image.onnx", "text.onnx", "match.onnx"}
-    torch_encoder, onnx_encoder = (RetrievalEncoder.load(d) for d in (trained_retrieval.model_dir, info["out_dir"]))
+    torch_encoder, onnx_encoder = (load_encoder(d) for d in (trained_retrieval.model_dir, info["out_dir"]))
     assert type(onnx_encoder).__name__ == "ExportedRetrievalEncoder" and onnx_encoder.dim == torch_encoder.dim
     files = sorted((shapes_root / "images" / "train").iterdir())[:5]
     texts = ["a red circle", "a blue square at the top left and a green triangle", "gray"]

@@ -66,8 +66,7 @@ def make_images(folder: Path, count: int, size: int = 32, seed: int = 0) -> list
 
 
 def as_batch(paths: list[Path], size: int = 32) -> torch.Tensor:
-    from vlfuse.data.images import load_image
-    from vlfuse.data.vqa_dataset import image_to_tensor
+    from vlfuse.data.images import image_to_tensor, load_image
 
     return torch.stack([image_to_tensor(load_image(p), size) for p in paths]).float() / 255
 

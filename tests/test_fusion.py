@@ -206,7 +206,7 @@ def test_image_index_equals_expanded_features(name, need_weights):
 def _model_config(name: str):
     fusion = ", ".join(f"{k}: {v}" for k, v in _small_kwargs(FUSIONS[name]).items())
     text = "{name: transformer, layers: 1, heads: 2}"
-    if getattr(FUSIONS[name], "reads_text_embeddings", False):  # MMBT: the text stops at its embeddings
+    if FUSIONS[name].reads_text_embeddings:  # MMBT: the text stops at its embeddings
         text = f"{{name: pretrained, path: {SMALL['path']}, embeddings_only: true}}"
     return load_config(None, [
         "model.dim=16",

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlfuse.fusion.graph import CROSS, SELF, SEQUENCE, SPATIAL, ExternalGraph, GraphFusion, build_edges
+from vlfuse.fusion.graph import GraphFusion
+from vlfuse.layers.graph import CROSS, SELF, SEQUENCE, SPATIAL, build_edges
 from vlfuse.fusion.single_stream import SingleStreamFusion
-from vlfuse.types import Features, masked_mean
+from vlfuse.types import ExternalGraph, Features, masked_mean
 
 DIM = 16
 

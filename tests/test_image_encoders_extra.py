@@ -136,8 +136,7 @@ def test_efficientnet_unfrozen_backbone_trains(weights_file, how):
 
 
 def _coco_image(name: str) -> torch.Tensor:
-    from vlfuse.data.images import load_image
-    from vlfuse.data.vqa_dataset import image_to_tensor
+    from vlfuse.data.images import image_to_tensor, load_image
 
     path = COCO / "val2017" / name
     if not path.is_file():
@@ -312,9 +311,18 @@ def test_hf_vision_corrupt_weights_are_a_clear_error(tmp_path):
 # ---------------------------------------------------------------- offline, light imports, factory
 
 def test_pretrained_encoders_build_and_run_without_network(no_network, tiny_vit, weights_file):
-    with torch.no_grad():
-        EfficientNetImageEncoder(dim=8, image_size=32)(torch.rand(1, 3, 32, 32))
-        HFVisionEncoder(dim=8, image_size=32, path=str(tiny_vit))(torch.rand(1, 3, 32, 32))
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for encoder in (EfficientNetImageEncoder(dim=8, image_size=32),
+                    HFVisionEncoder(dim=8, image_size=32, path=str(tiny_vit))):
+        encoder.eval()
+        with torch.no_grad():
+            out, again = encoder(images), encoder(images)
+        n = out.tokens.shape[1]
+        assert out.tokens.shape == (2, n, 8) and n > 0 and out.pooled.shape == (2, 8)
+        assert out.mask.shape == (2, n) and out.mask.all()  # every image token is real
+        assert torch.isfinite(out.tokens).all() and torch.isfinite(out.pooled).all()
+        torch.testing.assert_close(again.tokens, out.tokens)  # eval mode: the same image, the same features
+        assert not torch.allclose(out.pooled[0], out.pooled[1])  # it reads the image: two images differ
 
 
 def test_importing_the_encoders_does_not_import_heavy_packages():

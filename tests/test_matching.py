@@ -14,18 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_one_line_error
-from conftest import TINY_TRAIN
+from conftest import CROSS_ATTENTION, TINY_TRAIN, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 NLVR_DEV = REPO.parent / "shared" / "data" / "nlvr-dev"
 
 TINY = [
-    "model.dim=16",
-    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
-    "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-    "model.fusion={name: cross_attention, layers: 1, heads: 2, dropout: 0.0}",
-    "model.head={name: classifier, hidden: 16, dropout: 0.0}",
-    "data.image_size=32",
+    *tiny_model(fusion=CROSS_ATTENTION),
     "data.val=null",
     "data.test={annotations: captions/captions_train.json, images: images/train}",
     *TINY_TRAIN,

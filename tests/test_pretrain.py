@@ -13,19 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CROSS_ATTENTION, tiny_model
+
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIG = REPO / "configs" / "pretrain_shapes.yaml"
 ALL_ON = "pretrain.objectives={itc: 1.0, itm: 1.0, mlm: 1.0, mrm: 0.5, translation: 0.3, adversarial: 0.2, mmd: 0.1}"
 
-# The model section of conftest's tiny VQA config, but with cross-attention (as the shipped configs).
-TINY_MODEL = [
-    "model.dim=16",
-    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
-    "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-    "model.fusion={name: cross_attention, layers: 1, heads: 2, dropout: 0.0}",
-    "model.head={name: classifier, hidden: 16, dropout: 0.0}",
-    "data.image_size=32",
-]
+# The tiny model, with cross-attention (as the shipped configs).
+TINY_MODEL = tiny_model(fusion=CROSS_ATTENTION)
 
 
 def pretrain_overrides(root: Path, out_dir: Path, *extra: str) -> list[str]:

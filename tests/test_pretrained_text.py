@@ -147,8 +147,7 @@ def _mmbt_config(text: str, fusion: str = "{name: mmbt}"):
 
 
 def test_mmbt_with_minilm_in_a_vqa_model(tokenizer, shapes_root):
-    from vlfuse.data.images import load_image
-    from vlfuse.data.vqa_dataset import image_to_tensor
+    from vlfuse.data.images import image_to_tensor, load_image
 
     torch.manual_seed(0)
     model = build_model(_mmbt_config("{name: pretrained, embeddings_only: true}"), vocab_size=0, num_answers=5)

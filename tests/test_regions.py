@@ -7,7 +7,7 @@ import random
 import torch
 
 from vlfuse.data.shapes import random_scene, render
-from vlfuse.data.vqa_dataset import image_to_tensor
+from vlfuse.data.images import image_to_tensor
 from vlfuse.encoders.regions import RegionCache, RegionImageEncoder, crop_regions, find_regions
 
 

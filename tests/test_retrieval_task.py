@@ -15,19 +15,14 @@ import torch
 
 from vlfuse.types import Features, FusionOutput
 from helpers import read_json, assert_one_line_error
-from conftest import TINY_TRAIN
+from conftest import CROSS_ATTENTION, TINY_TRAIN, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 RETRIEVAL_CONFIG = REPO / "configs" / "retrieval_shapes.yaml"
 COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
 
 TINY = [
-    "model.dim=16",
-    "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
-    "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-    "model.fusion={name: cross_attention, layers: 1, heads: 2, dropout: 0.0}",
-    "model.head={name: dual_encoder, embed_dim: 8}",
-    "data.image_size=32",
+    *tiny_model(fusion=CROSS_ATTENTION, head="{name: dual_encoder, embed_dim: 8}"),
     "data.val=null",
     "data.test={annotations: captions/captions_train.json, images: images/train}",
     *TINY_TRAIN,

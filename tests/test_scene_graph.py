@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_model
 from vlfuse.config import load_config
 from vlfuse.data.formats.fields import Where
 from vlfuse.data.records import VQASample
@@ -190,11 +191,7 @@ def graph_model(tmp_path_factory):
     from vlfuse.models.factory import build_model
 
     small, large, tokenizer = _two_graphs()
-    config = load_config(None, [
-        "data.image_size=32", "model.dim=16", GRAPH_FUSION,
-        "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
-        "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-        "model.head={name: classifier, hidden: 16, dropout: 0.0}"])
+    config = load_config(None, [*tiny_model(fusion=None), GRAPH_FUSION])
     torch.manual_seed(0)
     model = build_model(config, tokenizer.get_vocab_size(), 5).eval()
     encoded = encode_scene_graphs({Path("a"): small, Path("b"): large}, tokenizer)

@@ -108,7 +108,7 @@ def test_huge_uploads_decode_one_at_a_time_and_leave_as_model_inputs(trained_run
     assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
     assert peak[0] == 1  # never two large images decoded at once
     # what leaves the decoder (and waits in the queue) is the model's input, not the picture
-    from vlfuse.data.vqa_dataset import image_tensor
+    from vlfuse.data.images import image_tensor
 
     model_input = asyncio.run(service.model_input(big, "vqa"))
     assert model_input.shape == (3, 32, 32) and model_input.equal(image_tensor(big, 32))

@@ -114,7 +114,7 @@ def data_shard(config: Path,
     """Write a configured split as WebDataset tar shards (PREFIX-000000.tar: KEY.jpg + KEY.json [+ KEY.txt])."""
     from .config import load_config
     from .data.loading import read_split
-    from .data.shards import write_shards
+    from .data.shard_write import write_shards
 
     cfg = load_config(config, set_ or [])
     read = read_split(cfg.data, split)

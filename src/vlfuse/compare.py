@@ -21,8 +21,20 @@ GROUP_ORDER = ("non-relational", "binary", "ternary")
 # What a fusion needs of the rest of the model, applied on top of the base config.
 FUSION_NEEDS: dict[str, dict[str, dict]] = {
     "late": {"head": {"name": "classifier", "hidden": 0}},  # a linear head: per-modality predictions are summed
-    "mmbt": {"text_encoder": {"name": "pretrained", "embeddings_only": True}},  # MiniLM reads the image tokens
 }
+# A fusion that reads the text model's input embeddings (mmbt: MiniLM reads the image tokens too).
+EMBEDDINGS_ONLY_TEXT = {"name": "pretrained", "embeddings_only": True}
+
+
+def fusion_needs(fusion: str) -> dict[str, dict]:
+    """What `fusion` needs of the rest of the model: FUSION_NEEDS, and what its own attributes say."""
+    from .models.factory import FUSIONS
+    from .types import fusion_trait
+
+    needs = dict(FUSION_NEEDS.get(fusion, {}))
+    if fusion_trait(FUSIONS[fusion], "reads_text_embeddings"):
+        needs["text_encoder"] = EMBEDDINGS_ONLY_TEXT
+    return needs
 
 
 @dataclass
@@ -40,7 +52,7 @@ def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | 
     """`base` with only the fusion, seed, time budget and output folder changed.
 
     The fusion keeps the base config's settings when the base already uses it; otherwise it gets its
-    constructor defaults, plus what FUSION_NEEDS says that fusion needs of the rest of the model.
+    constructor defaults, plus what that fusion needs of the rest of the model (fusion_needs).
     """
     from .models.factory import FUSIONS
 
@@ -49,7 +61,7 @@ def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | 
     config = copy.deepcopy(base)
     if config.model.fusion.get("name") != fusion:
         config.model.fusion = {"name": fusion}
-    for section, spec in FUSION_NEEDS.get(fusion, {}).items():
+    for section, spec in fusion_needs(fusion).items():
         current = getattr(config.model, section)
         # the same component keeps the base's other settings (a soft_bce head stays soft_bce when made linear)
         same = current.get("name") == spec["name"]
@@ -162,10 +174,10 @@ def _per_class_lines(rows: list[dict]) -> list[str]:
 
 def plot_leaderboard(rows: list[dict], out_png: Path) -> Path:
     """Grouped bars: accuracy per question group for each fusion, error bars = std over seeds."""
-    from .report import _plotting, _save
+    from .plotting import pyplot, save_figure
 
     groups = list(dict.fromkeys(g for row in rows for g in row["groups"])) or ["overall"]
-    with _plotting() as plt:
+    with pyplot() as plt:
         fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
         width = 0.8 / len(groups)
         for j, g in enumerate(groups):
@@ -181,7 +193,7 @@ def plot_leaderboard(rows: list[dict], out_png: Path) -> Path:
         ax.set_axisbelow(True)
         ax.legend(fontsize=8, ncol=len(groups), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
         fig.tight_layout()
-        return _save(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def compare(base: Config, fusions: list[str], out: Path, budget_minutes: float | None = None, seeds: int = 1,

@@ -1,16 +1,19 @@
 """`vlfuse.load(MODEL_DIR)`: the Python face of any saved or exported model, by its task: a Predictor
-(vqa, matching, classification: vlfuse.tasks.vqa.predict) or a Captioner (vlfuse.tasks.captioning.predict)."""
+(vqa, matching, classification: vlfuse.tasks.vqa.predict) or a Captioner (vlfuse.tasks.captioning.predict);
+`load_encoder(MODEL_DIR)`: a retrieval model's encoder (vlfuse.index.encoder), saved or exported.
+The one place that tells saved from exported folders, so neither side imports the other."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import DataError
+from .index.encoder import RetrievalEncoder
 from .models.saved import load_model_dir
 from .tasks import saved_task
 from .tasks.vqa.predict import Prediction, Predictor
 
-__all__ = ["Prediction", "Predictor", "load"]
+__all__ = ["Prediction", "Predictor", "load", "load_encoder"]
 
 
 def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
@@ -31,3 +34,14 @@ def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
         raise DataError(f"holds a {saved.config.task} model, which answers no questions", path=model_dir)
     saved.model.to(device)
     return Predictor(saved)
+
+
+def load_encoder(model_dir: str | Path, device: str = "cpu") -> RetrievalEncoder:
+    """A retrieval model's encoder: a saved one, or an exported one (embeddings from onnxruntime)."""
+    from .export import is_exported
+
+    if is_exported(model_dir):
+        from .export import load_exported
+
+        return load_exported(Path(model_dir).resolve(), RetrievalEncoder, "not a retrieval model")
+    return RetrievalEncoder.load(model_dir, device)

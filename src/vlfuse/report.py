@@ -10,14 +10,13 @@ must stay light, and the CLI only pays for matplotlib when it writes a report.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import re
 import unicodedata
-import warnings
 from pathlib import Path
-from typing import Iterator
+
+from .plotting import pyplot, save_figure
 
 __all__ = ["plot_training_curve", "plot_family_accuracy", "plot_examples", "write_report"]
 
@@ -25,12 +24,6 @@ CURVE_PNG = "training_curve.png"
 FAMILY_PNG = "family_accuracy.png"
 EXAMPLES_PNG = "examples.png"
 
-# Fonts with CJK glyphs, best first; used as a per-glyph fallback after DejaVu Sans.
-_CJK_FONTS = (
-    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Sans SC",
-    "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
-    "Droid Sans Fallback", "AR PL UMing CN", "Microsoft YaHei", "SimHei", "PingFang SC",
-)
 # Lightning names a metric "<name>_step" when it is logged with on_step and on_epoch both set.
 _COLUMNS = {
     "train_loss": ("train_loss", "train_loss_step"),
@@ -40,58 +33,6 @@ _COLUMNS = {
 }
 _GREEN, _RED, _BLACK = "#1a7f37", "#cf222e", "#222222"
 _NUMERIC_COLUMNS = {"Accuracy (%)", "Count"}
-
-
-# --------------------------------------------------------------------------- matplotlib setup
-
-
-@contextlib.contextmanager
-def _plotting() -> Iterator[object]:
-    """Yield pyplot with the Agg backend, a CJK fallback font and no glyph warnings.
-
-    rc_context keeps the font settings local, so a caller's own matplotlib setup
-    is left alone. The glyph warnings fire at draw time, hence the wide scope.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with warnings.catch_warnings(), plt.rc_context(_rc_params()):
-        warnings.filterwarnings("ignore", message=r"Glyph .*missing", category=UserWarning)
-        yield plt
-
-
-def _rc_params() -> dict:
-    fonts = ["DejaVu Sans"]
-    cjk = _cjk_font()
-    if cjk:
-        fonts.append(cjk)
-    return {"font.family": "sans-serif", "font.sans-serif": fonts, "axes.unicode_minus": False}
-
-
-def _cjk_font() -> str | None:
-    """Name of an installed font with CJK glyphs, or None (then CJK renders as boxes)."""
-    from matplotlib import font_manager
-
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    for name in _CJK_FONTS:
-        if name in installed:
-            return name
-    # Anything else that advertises CJK in its name, e.g. "Noto Serif CJK KR".
-    return next((n for n in sorted(installed) if "CJK" in n), None)
-
-
-def _save(fig, out_png: Path) -> Path:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(out_png, dpi=120, bbox_inches="tight", facecolor="white")
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)  # long eval runs write many reports; figures must not pile up
-    return out_png
 
 
 # --------------------------------------------------------------------------- training curve
@@ -151,7 +92,7 @@ def plot_training_curve(metrics_csv: Path, out_png: Path) -> Path | None:
     if not (has_loss or has_acc):
         return None
 
-    with _plotting() as plt:
+    with pyplot() as plt:
         ncols = int(has_loss) + int(has_acc)
         fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.8), squeeze=False, sharex=True)
         panels = iter(axes[0])
@@ -160,7 +101,7 @@ def plot_training_curve(metrics_csv: Path, out_png: Path) -> Path | None:
         if has_acc:
             _plot_panel(next(panels), series["train_acc"], series["val_acc"], "accuracy")
         fig.tight_layout()
-        return _save(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def _plot_panel(ax, train: list[tuple[float, float]], val: list[tuple[float, float]], what: str) -> None:
@@ -216,7 +157,7 @@ def plot_family_accuracy(metrics: dict, out_png: Path) -> Path:
     group_stats = metrics.get("groups") or {}
     overall = (metrics.get("overall") or {}).get("accuracy")
 
-    with _plotting() as plt:
+    with pyplot() as plt:
         palette = plt.get_cmap("tab10").colors
         colour = {g: palette[i % len(palette)] for i, g in enumerate(groups)}
         fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.34 * max(len(rows), 1)))
@@ -243,7 +184,7 @@ def plot_family_accuracy(metrics: dict, out_png: Path) -> Path:
             ax.legend(handles, labels, fontsize=8, loc="lower center",
                       bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 4), frameon=False)
         fig.tight_layout()
-        return _save(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def _group_label(name: str, stats: dict | None) -> str:
@@ -315,7 +256,7 @@ def plot_examples(examples: list[dict], out_png: Path, columns: int = 4) -> Path
     columns = max(1, min(columns, len(examples)))
     rows = math.ceil(len(examples) / columns)
 
-    with _plotting() as plt:
+    with pyplot() as plt:
         # Each grid row is an image row plus a text row, so long questions never overlap images.
         fig = plt.figure(figsize=(3.2 * columns, 3.6 * rows))
         grid = fig.add_gridspec(2 * rows, columns, height_ratios=[2.4, 1.1] * rows,
@@ -324,7 +265,7 @@ def plot_examples(examples: list[dict], out_png: Path, columns: int = 4) -> Path
             r, c = divmod(i, columns)
             _draw_image(fig.add_subplot(grid[2 * r, c]), example.get("image"))
             _draw_caption(fig.add_subplot(grid[2 * r + 1, c]), example)
-        return _save(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def _draw_image(ax, path: object) -> None:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from vlfuse.metrics.classification import accuracy, auroc, macro_f1, nlvr_consistency, nlvr_sentence_id
+from vlfuse.data.matching import nlvr_sentence_id
+from vlfuse.metrics.classification import accuracy, auroc, macro_f1, nlvr_consistency
 
 
 def test_accuracy_from_labels_and_scores():

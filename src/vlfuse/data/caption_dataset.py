@@ -16,10 +16,10 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..progress import track
 from .formats.common import SkipLog
-from .images import load_image
+from .images import image_to_tensor, load_image
 from .records import CaptionSample
 from .tokenizer import encode_ids, pad_ids
-from .vqa_dataset import EpochSampler, image_to_tensor
+from .vqa_dataset import EpochSampler
 
 
 class CaptionDataset(Dataset):

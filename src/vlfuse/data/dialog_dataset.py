@@ -15,13 +15,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..heads.dialogue import PAD_OPTION
 from ..progress import track
 from .formats.common import SkipLog
-from .images import load_image
+from .images import image_to_tensor, load_image
 from .records import DialogSample
 from .tokenizer import encode_ids, pad_ids
-from .vqa_dataset import IGNORE_INDEX, image_to_tensor
+from .vqa_dataset import IGNORE_INDEX
+
+PAD_OPTION = -1  # an option index that is padding (rounds with fewer candidates than the widest)
 
 SEPARATOR = "|"  # between history entries; in the tokenizer's vocabulary (see dialogue_texts)
 

@@ -47,7 +47,7 @@ INDEX, META = "index.jsonl", "meta.json"
 
 def image_key(path: str | Path) -> str:
     """sha256 of the image file's bytes (a member of a tar shard too): the cache key of an image."""
-    from .shards import read_member, tar_member
+    from .tar import read_member, tar_member
 
     path = Path(path)
     member = tar_member(path)
@@ -314,8 +314,7 @@ def ensure_features(cache: FeatureCache, encoder: torch.nn.Module, paths: Iterab
     Unreadable images are recorded in `errors` (the dataset's skip policy decides what to do), not
     raised. `repair=True` first drops corrupt chunks, so their images are computed again.
     """
-    from .images import load_image
-    from .vqa_dataset import image_to_tensor
+    from .images import image_to_tensor, load_image
 
     if repair:
         cache.drop_corrupt()

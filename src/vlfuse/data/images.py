@@ -12,9 +12,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlfuse.errors import DataError, ImageError
+
+from .tar import read_member, tar_member
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20
@@ -29,8 +32,6 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
     """Decode the image file at `path` into an RGB image, or raise ImageError saying why."""
     path = Path(path)
-    from .shards import read_member, tar_member
-
     member = tar_member(path)  # an image inside a WebDataset shard: ".../shard-000000.tar/KEY.jpg"
     if member is not None:
         try:
@@ -131,3 +132,15 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
     gray = ((values * 255 + 32767) // 65535).astype(np.uint8)  # rounded, so 65535 -> 255
     return Image.fromarray(gray).convert("RGB")
+
+
+def image_to_tensor(image, size: int) -> torch.Tensor:
+    """PIL RGB image -> uint8 [3, size, size] (resized; the model scales to [0, 1])."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def image_tensor(image, size: int) -> torch.Tensor:
+    """A path, encoded bytes or a PIL image -> uint8 [3, size, size], decoded and resized as in training."""
+    return image_to_tensor(open_image(image), size)

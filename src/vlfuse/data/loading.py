@@ -24,29 +24,37 @@ Dialogue formats (task dialogue), whose reader returns DialogSamples:
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
+from types import ModuleType
+from typing import Callable, NamedTuple
 
 from ..config import DataConfig
 from ..errors import ConfigError
+from .formats import coco, gqa, jsonl, karpathy, nlvr, nlvr2, snli_ve, vgqa, visdial, vqav2, webdataset
 from .formats.common import ReadResult
 
 SPLITS = ("train", "val", "test")
 
-# format -> (module in vlfuse.data.formats, reader function, the SplitConfig keys it reads besides images).
-# Modules are imported on use, so a run loads only its own format's reader.
+
+class FormatReader(NamedTuple):
+    module: ModuleType  # in vlfuse.data.formats; its docstring describes the format
+    read: Callable[..., ReadResult]
+    keys: tuple[str, ...]  # the SplitConfig keys it reads besides images
+
+
+# format -> its reader: an explicit table, so a reader (and a tool) can follow every name.
 READERS = {
-    "vqa_v2": ("vqav2", "read_vqa_v2", ("questions", "annotations")),
-    "jsonl": ("jsonl", "read_vqa_table", ("path",)),
-    "gqa": ("gqa", "read_gqa", ("questions",)),
-    "vgqa": ("vgqa", "read_vgqa", ("questions",)),
-    "nlvr": ("nlvr", "read_nlvr", ("path",)),
-    "nlvr2": ("nlvr2", "read_nlvr2", ("path",)),
-    "snli_ve": ("snli_ve", "read_snli_ve", ("path",)),
-    "coco_captions": ("coco", "read_coco_captions", ("annotations",)),
-    "karpathy": ("karpathy", "read_karpathy_split", ("path",)),
-    "visdial": ("visdial", "read_visdial", ("path",)),
-    "webdataset": ("webdataset", "read_webdataset", ("path",)),  # tar shards of either kind (data/shards.py)
+    "vqa_v2": FormatReader(vqav2, vqav2.read_vqa_v2, ("questions", "annotations")),
+    "jsonl": FormatReader(jsonl, jsonl.read_vqa_table, ("path",)),
+    "gqa": FormatReader(gqa, gqa.read_gqa, ("questions",)),
+    "vgqa": FormatReader(vgqa, vgqa.read_vgqa, ("questions",)),
+    "nlvr": FormatReader(nlvr, nlvr.read_nlvr, ("path",)),
+    "nlvr2": FormatReader(nlvr2, nlvr2.read_nlvr2, ("path",)),
+    "snli_ve": FormatReader(snli_ve, snli_ve.read_snli_ve, ("path",)),
+    "coco_captions": FormatReader(coco, coco.read_coco_captions, ("annotations",)),
+    "karpathy": FormatReader(karpathy, karpathy.read_karpathy_split, ("path",)),
+    "visdial": FormatReader(visdial, visdial.read_visdial, ("path",)),
+    "webdataset": FormatReader(webdataset, webdataset.read_webdataset, ("path",)),  # tar shards of either kind
 }
 # Which task reads each format: question formats give VQASamples, caption formats CaptionSamples.
 CAPTION_FORMATS = ("coco_captions", "karpathy")
@@ -62,7 +70,7 @@ def _resolve(root: str, value: str | None) -> Path | None:
 def check_task_format(task: str, data: DataConfig) -> None:
     """A format holds questions (task vqa) or captions (task retrieval); refuse the other pairing."""
     if data.format == "webdataset":  # shards hold questions or captions: they say which
-        from .shards import check_shard_task
+        from .shard_read import check_shard_task
 
         return check_shard_task(task, data)
     if (task == "dialogue") != (data.format in DIALOG_FORMATS):  # dialogues serve task dialogue alone
@@ -86,7 +94,7 @@ def read_split(data: DataConfig, split: str) -> ReadResult:
         spec = data.train  # one Karpathy file holds every split: an unset one is read from train's file
     if spec is None:
         raise ConfigError(f"config key 'data.{split}' is not set")
-    module, function, keys = READERS[data.format]
+    _, reader, keys = READERS[data.format]
     for key in _FILE_KEYS:
         # A key the format ignores is almost always a mistake (a copied vqa_v2 block, a typo'd format).
         if key not in keys and getattr(spec, key) is not None:
@@ -96,7 +104,6 @@ def read_split(data: DataConfig, split: str) -> ReadResult:
     if getattr(spec, main) is None:
         raise ConfigError(f"config key 'data.{split}.{main}' is required for format {data.format}")
     files = [_resolve(data.root, getattr(spec, key)) for key in keys]
-    reader = getattr(importlib.import_module(f"{__package__}.formats.{module}"), function)
     if data.format == "karpathy":  # one file holds every split: the reader picks this one's images
         return reader(*files, _resolve(data.root, spec.images), split=split, on_bad_sample=data.on_bad_sample)
     return reader(*files, _resolve(data.root, spec.images), on_bad_sample=data.on_bad_sample)

@@ -27,7 +27,6 @@ import torch
 
 from ..config import MatchingConfig
 from ..errors import DataError
-from ..metrics.classification import nlvr_sentence_id
 from .records import CaptionSample, VQASample
 
 TRUE, FALSE = "true", "false"
@@ -37,6 +36,21 @@ _WORD = re.compile(r"\w+")
 
 
 # --------------------------------------------------------------------------- statements with labels
+
+def nlvr_sentence_id(identifier: str) -> str:
+    """The sentence an NLVR example belongs to.
+
+    NLVR2 "<split>-<set>-<pair>-<sentence>" -> "<split>-<set>-<sentence>" (the pair number varies
+    across the image pairs of one sentence: dev-850-0-1 and dev-850-3-1 share "dev-850-1").
+    NLVR "<sentence>-<image>" -> "<sentence>" (1572-0 .. 1572-3 share "1572").
+    """
+    parts = identifier.split("-")
+    if len(parts) == 4:
+        return "-".join((parts[0], parts[1], parts[3]))
+    if len(parts) == 2:
+        return parts[0]
+    raise ValueError(f"not an NLVR or NLVR2 identifier: {identifier!r}")
+
 
 def true_false_samples(samples: list[VQASample], source: str | Path) -> list[VQASample]:
     """Samples whose answers are true/false (or yes/no, 1/0), answers written as "true"/"false".

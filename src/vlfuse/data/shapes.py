@@ -32,17 +32,10 @@ from rich.progress import Progress
 
 from vlfuse.errors import ConfigError
 
+from .scene import COLORS, MARGIN, PLACES, SHAPES, Scene, ShapeObject
+
 GENERATOR_VERSION = "1"
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0),
-    "green": (0, 200, 0),
-    "blue": (0, 0, 255),
-    "orange": (255, 150, 0),
-    "gray": (128, 128, 128),
-    "yellow": (255, 255, 0),
-}
-SHAPES = ("circle", "square", "triangle")
 FAMILIES = ("shape", "left", "top", "closest", "furthest", "count", "closer", "count_closer")
 FAMILY_GROUP: dict[str, str] = {
     "shape": "non-relational", "left": "non-relational", "top": "non-relational",
@@ -87,40 +80,11 @@ _WORDS = {
            "yellow": "黄色", "circle": "圆形", "square": "正方形", "triangle": "三角形",
            "yes": "是", "no": "否"},
 }
-# Caption positions on a 3x3 grid, indexed [row][column].
-_PLACES = {
-    "en": (("at the top left", "at the top", "at the top right"),
-           ("on the left", "in the centre", "on the right"),
-           ("at the bottom left", "at the bottom", "at the bottom right")),
-    "zh": (("左上方", "上方", "右上方"), ("左边", "中间", "右边"), ("左下方", "下方", "右下方")),
-}
 
 _HALF_SIDE = 0.9         # square / triangle box half-side, in radii (side ~1.8 r: area close to the circle's)
-_MARGIN = 0.03           # distance comparisons closer than this fraction of the size are ambiguous
 _MIDLINE_CLEARANCE = 1.5  # px; keeps left/right and top/bottom unambiguous
 _PLACEMENT_TRIES = 1000
 _POOL_MIN_IMAGES = 500   # below this, starting worker processes costs more than it saves
-
-
-@dataclass(frozen=True)
-class ShapeObject:
-    color: str
-    shape: str
-    x: float
-    y: float
-    radius: float
-
-
-@dataclass(frozen=True)
-class Scene:
-    size: int
-    objects: tuple[ShapeObject, ...]
-
-    def obj(self, color: str) -> ShapeObject:
-        for o in self.objects:
-            if o.color == color:
-                return o
-        raise ConfigError(f"colors: the scene has no {color!r} object")
 
 
 @dataclass(frozen=True)
@@ -252,7 +216,7 @@ def _extreme_shape(scene: Scene, anchor: ShapeObject, furthest: bool) -> str | N
     ranked = sorted((_dist(anchor, o), o.shape) for o in scene.objects if o is not anchor)
     if furthest:
         ranked.reverse()
-    if not ranked or (len(ranked) > 1 and abs(ranked[0][0] - ranked[1][0]) < _MARGIN * scene.size):
+    if not ranked or (len(ranked) > 1 and abs(ranked[0][0] - ranked[1][0]) < MARGIN * scene.size):
         return None
     return ranked[0][1]
 
@@ -260,7 +224,7 @@ def _extreme_shape(scene: Scene, anchor: ShapeObject, furthest: bool) -> str | N
 def _count_closer(scene: Scene, anchor: ShapeObject, ref: ShapeObject) -> int | None:
     limit = _dist(anchor, ref)
     others = [_dist(anchor, o) for o in scene.objects if o is not anchor and o is not ref]
-    if any(abs(d - limit) < _MARGIN * scene.size for d in others):
+    if any(abs(d - limit) < MARGIN * scene.size for d in others):
         return None
     return sum(d < limit for d in others)
 
@@ -278,7 +242,7 @@ def _raw_answer(scene: Scene, family: str, objs: list[ShapeObject]) -> str | int
         return sum(o.shape == a.shape for o in scene.objects)  # the subject itself counts
     if family == "closer":
         near, far = _dist(a, objs[1]), _dist(a, objs[2])
-        return None if abs(near - far) < _MARGIN * scene.size else ("yes" if near < far else "no")
+        return None if abs(near - far) < MARGIN * scene.size else ("yes" if near < far else "no")
     return _count_closer(scene, a, objs[1])
 
 
@@ -341,7 +305,7 @@ def caption(scene: Scene, lang: str = "en") -> str:
     parts = []
     for o in sorted(scene.objects, key=lambda o: list(COLORS).index(o.color)):
         row, col = (min(2, int(v * 3 // scene.size)) for v in (o.y, o.x))
-        place = _PLACES[lang][row][col]
+        place = PLACES[lang][row][col]
         if lang == "zh":
             parts.append(f"{place}有一个{_WORDS['zh'][o.color]}{_WORDS['zh'][o.shape]}")
         else:

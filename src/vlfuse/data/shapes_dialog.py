@@ -26,7 +26,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 
-from vlfuse.data.shapes import _MARGIN, _PLACES, COLORS, SHAPES, Scene, ShapeObject
+from .scene import COLORS, MARGIN, PLACES, SHAPES, Scene, ShapeObject
 
 NUM_OPTIONS = 100
 MIN_ROUNDS, MAX_ROUNDS = 5, 10
@@ -55,7 +55,7 @@ _FOLLOW_UP_CLOSEST = "and the one closest to it?"  # right after a shape questio
 
 def _place(o: ShapeObject, size: int) -> str:
     row, col = (min(2, int(v * 3 // size)) for v in (o.y, o.x))
-    return _PLACES["en"][row][col]
+    return PLACES["en"][row][col]
 
 
 def describe(o: ShapeObject, size: int) -> str:
@@ -63,7 +63,7 @@ def describe(o: ShapeObject, size: int) -> str:
 
 
 def _answer_lists() -> dict[str, list[str]]:
-    places = [p for row in _PLACES["en"] for p in row]
+    places = [p for row in PLACES["en"] for p in row]
     return {
         "shape": [f"a {s}" for s in SHAPES],
         "left": ["yes, on the left", "no, on the right"],
@@ -99,7 +99,7 @@ def _extreme(scene: Scene, anchor: ShapeObject, furthest: bool) -> ShapeObject |
     ranked = sorted((o for o in scene.objects if o is not anchor), key=lambda o: _dist(anchor, o),
                     reverse=furthest)
     if not ranked or (len(ranked) > 1 and abs(_dist(anchor, ranked[0]) - _dist(anchor, ranked[1]))
-                      < _MARGIN * scene.size):
+                      < MARGIN * scene.size):
         return None
     return ranked[0]
 
@@ -181,7 +181,7 @@ def _ask_property(rng: random.Random, scene: Scene, state: _State, reference: st
 def _ask_closer(rng: random.Random, scene: Scene, state: _State) -> Round | None:
     first, second = rng.sample([o for o in scene.objects if o is not state.focus], 2)
     near, far = _dist(state.focus, first), _dist(state.focus, second)
-    if abs(near - far) < _MARGIN * scene.size:
+    if abs(near - far) < MARGIN * scene.size:
         return None
     answer = ANSWERS_BY_KIND["closer"][0 if near < far else 1]
     state.last = None

@@ -14,25 +14,11 @@ from ..errors import DataError
 from ..progress import track
 from .answers import AnswerVocab
 from .formats.common import SkipLog
-from .images import load_image, open_image
+from .images import image_to_tensor, load_image
 from .records import VQASample
 from .tokenizer import encode_ids, pad_ids
 
 IGNORE_INDEX = -100  # label of a question whose answer is not a class: no loss, counted wrong in eval
-
-
-def image_to_tensor(image, size: int) -> torch.Tensor:
-    """PIL RGB image -> uint8 [3, size, size] (resized; the model scales to [0, 1])."""
-    from PIL import Image
-
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-
-
-def image_tensor(image, size: int) -> torch.Tensor:
-    """A path, encoded bytes or a PIL image -> uint8 [3, size, size], decoded and resized as in training."""
-    return image_to_tensor(open_image(image), size)
 
 
 @dataclass

@@ -17,7 +17,8 @@ from pathlib import Path
 from ..errors import DataError
 from .answers import AnswerVocab
 from .records import VQASample
-from .shards import ShardSample, ShardStream, tar_member
+from .shard_stream import ShardStream
+from .tar import ShardSample, tar_member
 from .vqa_dataset import ImageGroup, encode_groups, group_by_image
 
 
@@ -83,8 +84,7 @@ class StreamedVQADataset(ShardStream):
         return self._image_path(sample) in self.groups  # not left out by train_fraction or a bad record
 
     def _item(self, sample: ShardSample) -> tuple | None:
-        from .images import load_image_bytes
-        from .vqa_dataset import image_to_tensor
+        from .images import image_to_tensor, load_image_bytes
 
         path = self._image_path(sample)
         try:

@@ -8,9 +8,8 @@ import numpy as np
 import torch
 
 from ..data.formats.common import check_question
-from ..data.images import open_image
+from ..data.images import image_to_tensor, open_image
 from ..data.tokenizer import encode_ids, pad_ids
-from ..data.vqa_dataset import image_to_tensor
 from ..predict import Predictor, load
 from .base import ExplainError
 from .capture import fusion_name, run_model

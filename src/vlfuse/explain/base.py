@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import VLFuseError
+from ..types import fusion_trait, token_spans
 
 
 class ExplainError(VLFuseError, ValueError):
@@ -28,21 +29,25 @@ class TokenWeights:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the text and image tokens sit in a fusion's joint sequence (read off each fusion's forward)."""
+    """Where the text and image tokens sit in a fusion's joint sequence (its token_layout, in slices)."""
 
     text: slice
     image: slice
     cls: int | None = None  # the row the head reads, if there is one
 
 
-def joint_layout(fusion: str, nt: int, nv: int) -> Layout:
-    if fusion == "single_stream":  # [CLS], words, image tokens
-        return Layout(slice(1, 1 + nt), slice(1 + nt, 1 + nt + nv), cls=0)
-    if fusion == "mmbt":  # [CLS], image tokens, [SEP], words
-        return Layout(slice(2 + nv, 2 + nv + nt), slice(1, 1 + nv), cls=0)
-    if fusion == "graph":  # words, image tokens, then any external entity nodes
-        return Layout(slice(0, nt), slice(nt, nt + nv))
-    raise ExplainError(f"fusion {fusion!r} has no known joint-sequence layout")
+def joint_layout(fusion: str | object, nt: int, nv: int) -> Layout:
+    """The layout of a fusion (a module, or its name in the factory's table), read off its token_layout."""
+    if isinstance(fusion, str):
+        from ..models.factory import FUSIONS
+
+        name, layout = fusion, fusion_trait(FUSIONS.get(fusion), "token_layout")
+    else:
+        name, layout = type(fusion).__name__, fusion_trait(fusion, "token_layout")
+    if layout is None or "text" not in layout or "image" not in layout:
+        raise ExplainError(f"fusion {name!r} has no known joint-sequence layout")
+    spans = token_spans(layout, nt, nv)
+    return Layout(spans["text"], spans["image"], cls=spans["cls"].start if "cls" in spans else None)
 
 
 def layered(attentions: dict[str, torch.Tensor], name: str) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report import _plotting, _save
+from ..plotting import pyplot, save_figure
 from .api import Explanation
 
 COLUMNS = 6
@@ -33,7 +33,7 @@ def plot_explanation(result: Explanation, out_png: str | Path, max_words: int = 
     words = [] if result.per_word is None else list(zip(result.tokens, result.per_word))[:max_words]
     columns = max(2, min(COLUMNS, len(words)))
     word_rows = math.ceil(len(words) / columns)
-    with _plotting() as plt:
+    with pyplot() as plt:
         height = 3.4 + 1.7 * word_rows + 0.9  # the last 0.9 inch for the two title lines
         fig = plt.figure(figsize=(max(1.7 * columns, 8.0), height))
         grid = fig.add_gridspec(1 + word_rows, columns, height_ratios=[2] + [1] * word_rows, top=1 - 0.9 / height)
@@ -50,4 +50,4 @@ def plot_explanation(result: Explanation, out_png: str | Path, max_words: int = 
         for i, (word, heat) in enumerate(words):
             _overlay(fig.add_subplot(grid[1 + i // columns, i % columns]), result.image, heat, word)
         fig.suptitle(f"{result.question}\nanswer: {result.answer} ({result.confidence:.0%})", fontsize=11)
-        return _save(fig, out_png)
+        return save_figure(fig, out_png)

@@ -31,7 +31,8 @@ import torch
 
 from ..config import Config, load_config
 from ..data.loading import read_split
-from ..data.shapes import Scene, ShapeObject, object_mask
+from ..data.scene import Scene, ShapeObject
+from ..data.shapes import object_mask
 from .api import Explanation, explain
 from .base import ExplainError
 from .paint import paint

@@ -6,14 +6,9 @@ folder is loaded.
 
 from __future__ import annotations
 
-from pathlib import Path
+from .info import EXPORT_INFO, is_exported
 
-EXPORT_INFO = "export.json"  # what marks a folder as exported: its graph, precision and inputs
-
-
-def is_exported(path: str | Path) -> bool:
-    """Whether `path` is a folder written by `vlfuse export` (it holds export.json)."""
-    return (Path(path) / EXPORT_INFO).is_file()
+__all__ = ["EXPORT_INFO", "export_model", "is_exported", "load_exported"]
 
 
 def export_model(model_dir, out_dir=None, *, int8: bool = False, fmt: str = "onnx") -> dict:

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..models.saved import ANSWER_TASKS, ANSWERS, CONFIG, TOKENIZER, load_model_dir
-from . import EXPORT_INFO
+from .info import EXPORT_INFO
 from .graphs import dynamic_shapes, graph_inputs, input_names, proposal_settings, task_graphs
 
 EXPORTED_TASKS = (*ANSWER_TASKS, "retrieval")

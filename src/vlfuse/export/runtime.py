@@ -16,7 +16,7 @@ from ..errors import ConfigError, DataError
 from ..index.encoder import RetrievalEncoder
 from ..models.saved import ANSWERS, CONFIG, TOKENIZER, SavedModel
 from ..tasks.vqa.predict import Predictor
-from . import EXPORT_INFO
+from .info import EXPORT_INFO
 from .graphs import graph_inputs
 
 

@@ -38,6 +38,11 @@ def signed_sqrt(z: torch.Tensor) -> torch.Tensor:
 
 
 class OuterProductFusion(nn.Module):
+    token_layout = None  # pooled only: no token sequence
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, rank_dim: int = 16, hidden: int = 512, dropout: float = 0.0):
         super().__init__()
         self.image_proj, self.text_proj = nn.Linear(dim, rank_dim), nn.Linear(dim, rank_dim)
@@ -54,6 +59,11 @@ class OuterProductFusion(nn.Module):
 
 
 class LowRankBilinearFusion(nn.Module):
+    token_layout = None  # pooled only: no token sequence
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, factors: int = 5, out_dim: int = 256, dropout: float = 0.0):
         super().__init__()
         self.factors, self.out_dim = factors, out_dim

@@ -16,8 +16,10 @@ from ..types import Features, FusionOutput, masked_mean
 
 
 class CrossAttentionFusion(nn.Module):
-    # The image stream is read-only here, so its keys and values can be computed once per image.
-    accepts_image_index = True
+    token_layout = ("text",)  # the words, each having read the image
+    accepts_image_index = True  # the image stream is read-only: its keys and values are computed once per image
+    reads_text_embeddings = False
+    accepts_graph = False
 
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
@@ -38,6 +40,11 @@ class CrossAttentionFusion(nn.Module):
 
 
 class CoAttentionFusion(nn.Module):
+    token_layout = ("text", "image")  # the words, then the image tokens
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
         self.text_blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio, dropout) for _ in range(layers))

@@ -32,6 +32,11 @@ def _scorer(dim: int, hidden: int) -> nn.Sequential:
 
 
 class GatedModalityAttention(nn.Module):
+    token_layout = None  # pooled only: no token sequence
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, hidden: int = 128, token_attention: bool = False):
         super().__init__()
         self.image_score, self.text_score = nn.Linear(dim, hidden), nn.Linear(dim, hidden)  # W_i, b_i

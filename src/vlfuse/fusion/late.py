@@ -33,6 +33,11 @@ COMBINES = ("weighted", "mean", "max")
 
 
 class LateFusion(nn.Module):
+    token_layout = None  # pooled only: no token sequence
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, hidden: int = 512, dropout: float = 0.0,
                  combine: Literal["weighted", "mean", "max"] = "weighted"):
         super().__init__()

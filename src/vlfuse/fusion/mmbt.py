@@ -48,7 +48,10 @@ def _special_ids(folder: Path) -> tuple[int | None, int | None]:
 
 
 class MMBTFusion(nn.Module):
+    token_layout = ("cls", "image", "sep", "text")  # [CLS], the image tokens, [SEP], the words
+    accepts_image_index = False
     reads_text_embeddings = True  # pairs with PretrainedTextEncoder(embeddings_only=True), see models/vlm.py
+    accepts_graph = False
 
     def __init__(self, dim: int = 128, path: str | None = None, pool: Literal["cls", "mean"] = "cls",
                  freeze: bool = False):

@@ -22,6 +22,11 @@ from ..types import Features, FusionOutput
 
 
 class SumFusion(nn.Module):
+    token_layout = None  # pooled only: no token sequence
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, hidden: int = 512, dropout: float = 0.0):
         super().__init__()
         self.image_proj, self.text_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
@@ -38,6 +43,11 @@ class SumFusion(nn.Module):
 
 
 class ProductFusion(nn.Module):
+    token_layout = None  # pooled only: no token sequence
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, hidden: int = 512, dropout: float = 0.0):
         super().__init__()
         self.image_proj, self.text_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)

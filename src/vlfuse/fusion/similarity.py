@@ -18,6 +18,11 @@ from ..types import Features, FusionOutput, masked_mean
 
 
 class SimilarityAttentionFusion(nn.Module):
+    token_layout = ("text", "image")  # the words, then the image tokens
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, hidden: int = 512, dropout: float = 0.0):
         super().__init__()
         self.text_proj, self.image_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)

@@ -38,6 +38,11 @@ class SingleStreamFusion(nn.Module):
     cross-attention fusions' map of the same name).
     """
 
+    token_layout = ("cls", "text", "image")  # [CLS], the words, the image tokens
+    accepts_image_index = False
+    reads_text_embeddings = False
+    accepts_graph = False
+
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, max_text_length: int = 64):
         super().__init__()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PAD_OPTION = -1  # an option index that is padding (rounds with fewer candidates than the widest)
+from ..data.dialog_dataset import PAD_OPTION
+
 PAD_SCORE = -1e9  # finite, so ranking metrics accept it; below any real score
 
 

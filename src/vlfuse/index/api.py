@@ -18,7 +18,10 @@ from .vectors import IndexSettings
 
 
 def _encoder(model) -> RetrievalEncoder:
-    return model if isinstance(model, RetrievalEncoder) else RetrievalEncoder.load(model)
+    """`model` itself, or the encoder of the saved or exported model folder it names."""
+    from ..predict import load_encoder
+
+    return model if isinstance(model, RetrievalEncoder) else load_encoder(model)
 
 
 def image_sources(images: str | Path | None = None, data: str | Path | None = None, split: str = "train",

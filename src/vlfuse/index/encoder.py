@@ -13,7 +13,7 @@ import torch
 
 from ..data.formats.common import MAX_QUESTION_CHARS
 from ..data.tokenizer import encode_ids, pad_ids
-from ..data.vqa_dataset import image_tensor
+from ..data.images import image_tensor
 from ..errors import DataError
 from ..heads.retrieval import match_score
 from ..models.saved import SavedModel, load_model_dir
@@ -39,11 +39,8 @@ class RetrievalEncoder:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu") -> "RetrievalEncoder":
-        from ..export import is_exported, load_exported
-
+        """A saved retrieval model (vlfuse.predict.load_encoder also opens exported ones)."""
         model_dir = Path(model_dir).resolve()
-        if is_exported(model_dir):  # written by vlfuse export: embeddings from onnxruntime
-            return load_exported(model_dir, RetrievalEncoder, "not a retrieval model")
         saved = load_model_dir(model_dir, task="retrieval")
         saved.model.to(device)
         return cls(saved, model_fingerprint(model_dir), model_dir)

@@ -16,7 +16,7 @@
   (sigmoid for binary, per-row softmax for multi-class), so logits are accepted.
 - NLVR consistency (Suhr et al. 2017 NLVR; 2019 NLVR2): the fraction of distinct sentences whose
   every example (image for NLVR, image pair for NLVR2) is predicted correctly.
-  `nlvr_sentence_id` derives the sentence from a published identifier.
+  `vlfuse.data.matching.nlvr_sentence_id` derives the sentence from a published identifier.
 
 All functions return Python floats.
 """
@@ -99,21 +99,6 @@ def auroc(scores, target) -> float:
     if scores.ndim == 1:
         return binary_auroc(scores, target).item()
     return multiclass_auroc(scores, target, num_classes=num_classes, average="macro").item()
-
-
-def nlvr_sentence_id(identifier: str) -> str:
-    """The sentence an NLVR example belongs to.
-
-    NLVR2 "<split>-<set>-<pair>-<sentence>" -> "<split>-<set>-<sentence>" (the pair number varies
-    across the image pairs of one sentence: dev-850-0-1 and dev-850-3-1 share "dev-850-1").
-    NLVR "<sentence>-<image>" -> "<sentence>" (1572-0 .. 1572-3 share "1572").
-    """
-    parts = identifier.split("-")
-    if len(parts) == 4:
-        return "-".join((parts[0], parts[1], parts[3]))
-    if len(parts) == 2:
-        return parts[0]
-    raise ValueError(f"not an NLVR or NLVR2 identifier: {identifier!r}")
 
 
 def nlvr_consistency(predictions: Sequence, labels: Sequence, sentence_ids: Sequence[Hashable]) -> float:

@@ -27,10 +27,6 @@ from torch import nn
 
 from ..config import PretrainConfig
 from ..errors import ConfigError
-from ..fusion.cross_attention import CoAttentionFusion, CrossAttentionFusion
-from ..fusion.graph import GraphFusion
-from ..fusion.similarity import SimilarityAttentionFusion
-from ..fusion.single_stream import SingleStreamFusion
 from ..heads.retrieval import DualEncoderHead, ITMHead
 from ..losses.adversarial import ModalityDiscriminator
 from ..losses.alignment import mmd_loss
@@ -39,25 +35,13 @@ from ..losses.masking import IGNORE_INDEX, mask_tokens
 from ..losses.mlm import mlm_loss
 from ..losses.mrm import choose_masked_regions, mask_regions, mrc_kl_loss, mrfr_loss
 from ..losses.translation import CrossModalTranslator
-from ..types import Features, FusionOutput, masked_mean
+from ..types import Features, FusionOutput, fusion_trait, masked_mean, token_spans
 from .vlm import check_text_input
 
 OBJECTIVES = ("itc", "itm", "mlm", "mrm", "translation", "adversarial", "mmd")
 DEFAULT_WEIGHTS = {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mrm": 0.5, "translation": 0.0, "adversarial": 0.0,
                    "mmd": 0.0}
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-# Where each fusion puts the words and the image tokens in FusionOutput.tokens: (text start, image
-# start after the words or None). Fusions not listed (or returning no tokens) fall back on the
-# pooled output: see `_text_states` and `_image_states`.
-FUSED_LAYOUT: dict[type, tuple[int, bool]] = {
-    CrossAttentionFusion: (0, False),
-    CoAttentionFusion: (0, True),
-    SimilarityAttentionFusion: (0, True),
-    GraphFusion: (0, True),
-    SingleStreamFusion: (1, True),  # [CLS] first
-}
-
 
 def objective_weights(config: PretrainConfig) -> dict[str, float]:
     """`pretrain.objectives` over the defaults, checked: known names, numbers >= 0, one above 0."""
@@ -237,7 +221,7 @@ class PretrainModel(nn.Module):
                                      m.special_ids, self.settings.mask_probability, generator=generator)
         text = self.text_encoder(masked, batch["attention_mask"])
         fused = self.fusion(image, text)
-        states = _text_states(self.fusion, fused, text)
+        states = _text_states(self.fusion, fused, text, image)
         chosen = labels != IGNORE_INDEX
         logits = self.heads["mlm"](states[chosen])  # only the masked places reach the vocabulary
         target = labels[chosen]
@@ -266,25 +250,24 @@ def _same_caption(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torc
     return same & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
 
 
-def _layout(fusion: nn.Module, fused: FusionOutput, text: Features, image: Features | None
+def _layout(fusion: nn.Module, fused: FusionOutput, text: Features, image: Features
             ) -> tuple[int, int | None] | None:
-    """(text start, image start or None) in fused.tokens, or None when the layout is unknown or off."""
-    layout = FUSED_LAYOUT.get(type(fusion))
-    if layout is None or fused.tokens is None:
+    """(text start, image start or None) in fused.tokens, from the fusion's token_layout; None when
+    it has no word states (then the pooled output stands in: see `_text_states`, `_image_states`)."""
+    layout = fusion_trait(fusion, "token_layout")
+    if layout is None or "text" not in layout or fused.tokens is None:
         return None
-    start, has_image = layout
-    nt = text.tokens.shape[1]
-    image_start = start + nt if has_image else None
-    expected = start + nt + (image.tokens.shape[1] if has_image and image is not None else 0)
-    if has_image and image is not None and fused.tokens.shape[1] < expected:
+    spans = token_spans(layout, text.tokens.shape[1], image.tokens.shape[1])
+    if fused.tokens.shape[1] < max(span.stop for span in spans.values()):
         return None
-    return start, image_start
+    image_span = spans.get("image")
+    return spans["text"].start, None if image_span is None else image_span.start
 
 
-def _text_states(fusion: nn.Module, fused: FusionOutput, text: Features) -> torch.Tensor:
+def _text_states(fusion: nn.Module, fused: FusionOutput, text: Features, image: Features) -> torch.Tensor:
     """[B, L, D]: each word's fused state; for fusions without word states, the word's own features
     plus the fused pooled vector (so the image still informs the prediction)."""
-    layout = _layout(fusion, fused, text, None)
+    layout = _layout(fusion, fused, text, image)
     if layout is None:
         return text.tokens + fused.pooled[:, None, :]
     start = layout[0]

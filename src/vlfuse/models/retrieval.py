@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..types import Features
+from ..types import Features, fusion_trait
 from .vlm import check_text_input
 
 
@@ -22,7 +22,7 @@ class RetrievalModel(nn.Module):
         super().__init__()
         if (fusion is None) != (itm_head is None):
             raise ConfigError("a retrieval model needs both a fusion and an ITM head to re-rank, or neither")
-        if getattr(text_encoder, "embeddings_only", False) or getattr(fusion, "reads_text_embeddings", False):
+        if getattr(text_encoder, "embeddings_only", False) or fusion_trait(fusion, "reads_text_embeddings"):
             raise ConfigError("task retrieval embeds whole sentences: model.text_encoder.embeddings_only and "
                               "fusions that run the text model themselves (mmbt) do not fit it")
         if fusion is not None:

@@ -14,19 +14,16 @@ image and repeated for each question (mentions alone depend on the question).
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
 from ..data.scene_graph import RELATION_ID, SceneGraphBatch
 from ..errors import ConfigError
-from ..fusion.graph import ExternalGraph
-from ..types import Features
+from ..types import ExternalGraph, Features, fusion_trait
 
 
 def reads_graph(fusion: nn.Module) -> bool:
-    return "graph" in inspect.signature(fusion.forward).parameters
+    return fusion_trait(fusion, "accepts_graph")
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

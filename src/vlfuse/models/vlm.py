@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..types import Features, FusionOutput
+from ..types import Features, FusionOutput, fusion_trait
 
 
 def check_text_input(text_encoder: nn.Module, fusion: nn.Module) -> None:
     """A fusion that runs a pretrained model over the text's input embeddings (MMBT) needs a text
     encoder that stops at them, from the same model folder; every other fusion needs finished features."""
-    wants = getattr(fusion, "reads_text_embeddings", False)
+    wants = fusion_trait(fusion, "reads_text_embeddings")
     gives = getattr(text_encoder, "embeddings_only", False)
     if wants and not gives:
         raise ConfigError(f"fusion {type(fusion).__name__} reads the text model's input embeddings: set "
@@ -58,7 +58,7 @@ class VisionLanguageModel(nn.Module):
                                             attention_mask, image_index)
         if image_index is None:
             fused = self.fusion(image, text, need_weights=need_weights, **extra)
-        elif getattr(self.fusion, "accepts_image_index", False):  # it reads each image once for all questions
+        elif fusion_trait(self.fusion, "accepts_image_index"):  # it reads each image once for all questions
             fused = self.fusion(image, text, need_weights=need_weights, image_index=image_index, **extra)
         else:
             fused = self.fusion(image.index_select(image_index), text, need_weights=need_weights, **extra)

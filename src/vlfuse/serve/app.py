@@ -37,8 +37,8 @@ from ..errors import VLFuseError
 from ..explain.api import METHODS, check_method
 from ..index.encoder import check_text
 from .guard import RequestGuard
-from .limits import BodyLimit, InProgress, WorkLimit, error_body, status_of
-from .service import CaptionRequest, ImageQuery, NotServed, Question, Service, TextQuery
+from .limits import BodyLimit, InProgress, NotServed, WorkLimit, error_body, status_of
+from .service import CaptionRequest, ImageQuery, Question, ServeSettings, Service, TextQuery
 
 MAX_EXAMPLES = 24
 
@@ -73,10 +73,18 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="vlfuse", version="0.1", lifespan=lifespan,
                   description="Visual question answering, explanations and image retrieval with vlfuse models.")
     app.state.service = service
-    examples = _examples(service)
     in_progress = InProgress(service.settings.max_pending)
+    _add_error_handlers(app)
+    _add_page_and_status(app, service, in_progress)
+    _add_vqa_routes(app, service)
+    _add_caption_routes(app, service)
+    _add_retrieval_routes(app, service)
+    _add_middleware(app, service.settings, in_progress)
+    return app
 
-    # ---------------------------------------------------------------- errors, all JSON
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON: its message and its kind."""
 
     @app.exception_handler(VLFuseError)
     async def vlfuse_error(request: Request, exc: VLFuseError):
@@ -98,7 +106,10 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "InternalError"),
                             status_code=500)
 
-    # ---------------------------------------------------------------- the page and status
+
+def _add_page_and_status(app: FastAPI, service: Service, in_progress: InProgress) -> None:
+    """The page, /health, the example images and the indexed images."""
+    examples = _examples(service)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -124,7 +135,9 @@ def create_app(service: Service) -> FastAPI:
         service.need("index")  # checked (decoded) on the large lane: a file can be as big as an upload
         return _image_file(*await service.decoder.run_large(service.indexed_image, position))
 
-    # ---------------------------------------------------------------- VQA
+
+def _add_vqa_routes(app: FastAPI, service: Service) -> None:
+    """/answer and /explain."""
 
     @app.post("/answer", summary="Answer a question about an uploaded image")
     async def answer(image: Annotated[UploadFile, File(description="The image (JPEG, PNG, WebP, GIF, BMP).")],
@@ -145,7 +158,9 @@ def create_app(service: Service) -> FastAPI:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(service.executor, service.explain, picture, shown, question, method)
 
-    # ---------------------------------------------------------------- captioning
+
+def _add_caption_routes(app: FastAPI, service: Service) -> None:
+    """/caption."""
 
     @app.post("/caption", summary="Describe an uploaded image")
     async def caption(image: Annotated[UploadFile, File()]):
@@ -153,7 +168,9 @@ def create_app(service: Service) -> FastAPI:
         picture = await service.model_input(await image.read(), "captioning")
         return await service.caption_batcher.submit(CaptionRequest(picture))
 
-    # ---------------------------------------------------------------- retrieval
+
+def _add_retrieval_routes(app: FastAPI, service: Service) -> None:
+    """/match, /search and /search/image."""
 
     @app.post("/match", summary="How well a text describes an uploaded image")
     async def match(image: Annotated[UploadFile, File()], text: Annotated[str, Form()] = ""):
@@ -185,9 +202,10 @@ def create_app(service: Service) -> FastAPI:
         hits = await service.image_batcher.submit(ImageQuery(picture, k))
         return {"results": _with_urls(hits)}
 
-    # around the routes and their body parsing (the last added runs first): an oversized upload is never
-    # read whole, and a refused request (busy, wrong Host, foreign Origin) is not read at all
-    settings = service.settings
+
+def _add_middleware(app: FastAPI, settings: ServeSettings, in_progress: InProgress) -> None:
+    """Around the routes and their body parsing (the last added runs first): an oversized upload is
+    never read whole, and a refused request (busy, wrong Host, foreign Origin) is not read at all."""
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(WorkLimit, in_progress=in_progress, timeout_s=settings.timeout_s)
     if settings.cors_origins:
@@ -196,4 +214,3 @@ def create_app(service: Service) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"])
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins)
-    return app

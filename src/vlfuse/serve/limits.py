@@ -15,9 +15,15 @@ def error_body(message: str, kind: str) -> dict:
     return {"error": message, "kind": kind}
 
 
-def status_of(exc: VLFuseError) -> int:
-    from .service import NotFound, NotServed
+class NotServed(VLFuseError):
+    """The request needs a model (or an index) this server was not started with."""
 
+
+class NotFound(VLFuseError):
+    """No such thing to serve (an indexed image out of range, gone, outside the indexed folders, not an image)."""
+
+
+def status_of(exc: VLFuseError) -> int:
     return 404 if isinstance(exc, (NotServed, NotFound)) else 400
 
 

@@ -16,23 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.images import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
+from ..data.images import DEFAULT_MAX_PIXELS, image_to_tensor, load_image, load_image_bytes
 from ..data.tokenizer import encode_ids, pad_ids
-from ..data.vqa_dataset import image_to_tensor
-from ..errors import ConfigError, ImageError, VLFuseError
+from ..errors import ConfigError, ImageError
 from .batching import MicroBatcher
 from .guard import DEFAULT_HOSTS
 from .images import Decoder, fit_within
+from .limits import NotFound, NotServed
 
 SERVED_TASKS = ("vqa", "captioning", "retrieval")
-
-
-class NotServed(VLFuseError):
-    """The request needs a model (or an index) this server was not started with."""
-
-
-class NotFound(VLFuseError):
-    """No such thing to serve (an indexed image out of range, gone, outside the indexed folders, not an image)."""
 
 
 @dataclass
@@ -116,8 +108,8 @@ class Service:
     def load(cls, model_dirs: list[Path], index_dir: Path | None = None,
              settings: ServeSettings | None = None) -> "Service":
         """Models by their config's task (one per task); the index checked against the retrieval model."""
-        from ..index import RetrievalEncoder, open_index
-        from ..predict import load
+        from ..index import open_index
+        from ..predict import load, load_encoder
         from ..tasks import saved_task
 
         found: dict[str, Path] = {}
@@ -131,7 +123,7 @@ class Service:
                                   "of each task at most")
             found[task] = Path(model_dir)
         vqa = load(found["vqa"]) if "vqa" in found else None
-        retrieval = RetrievalEncoder.load(found["retrieval"]) if "retrieval" in found else None
+        retrieval = load_encoder(found["retrieval"]) if "retrieval" in found else None
         if index_dir is not None and retrieval is None:
             raise ConfigError("--index needs the retrieval model that built it among the MODEL_DIRs")
         index = open_index(index_dir, retrieval) if index_dir is not None else None

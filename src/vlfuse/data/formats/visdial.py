@@ -27,7 +27,7 @@ from typing import Any
 from vlfuse.data.formats.common import ReadResult, SkipLog, check_question, read_json
 from vlfuse.data.formats.fields import (Where, as_list, as_object, brief, is_int, plain_name, require, required_text,
                                         text)
-from vlfuse.data.formats.vqav2 import _ImageIndex
+from vlfuse.data.formats.vqav2 import ImageFiles
 from vlfuse.data.records import DialogRound, DialogSample
 from vlfuse.errors import DataError
 
@@ -49,7 +49,7 @@ def read_visdial(path: str | Path, image_dir: str | Path | None = None, *, on_ba
     answers = as_list(require(data, "answers", where), where.at("answers"))
     dialogs = as_list(require(data, "dialogs", where), where.at("dialogs"))
     folder = Path(image_dir) if image_dir is not None else path.parent.parent / "images" / split
-    images = _ImageIndex(folder, split or None, must_exist=check_images)
+    images = ImageFiles(folder, split or None, must_exist=check_images)
     samples = []
     for i, entry in enumerate(dialogs):
         try:
@@ -60,7 +60,7 @@ def read_visdial(path: str | Path, image_dir: str | Path | None = None, *, on_ba
     return ReadResult(samples=samples, skipped=skipped)
 
 
-def _dialog(entry: Any, where: Where, questions: list, answers: list, images: _ImageIndex, check_images: bool,
+def _dialog(entry: Any, where: Where, questions: list, answers: list, images: ImageFiles, check_images: bool,
             split: str) -> DialogSample:
     entry = as_object(entry, where)
     image_id = require(entry, "image_id", where)

@@ -60,7 +60,7 @@ def read_vqa_v2(questions_json: str | Path, annotations_json: str | Path | None 
     if annotations_json is not None:
         good_ids = {q.question_id for q in questions}
         annotations, reported = _parse_annotations(Path(annotations_json), known_ids, good_ids, skipped)
-    images = _ImageIndex(Path(image_dir) if image_dir is not None else questions_json.parent,
+    images = ImageFiles(Path(image_dir) if image_dir is not None else questions_json.parent,
                          subtype, must_exist=check_images)
     samples = []
     for q in questions:
@@ -162,7 +162,7 @@ def _parse_annotation(entry: dict, index: int, qid: int | str, path: Path) -> _A
     )
 
 
-def _build_sample(q: _Question, annotations: dict | None, images: _ImageIndex, check_images: bool,
+def _build_sample(q: _Question, annotations: dict | None, images: ImageFiles, check_images: bool,
                   path: Path) -> VQASample:
     """Join a question with its annotation and image; DataError if either is missing."""
     image_path = images.find(q.image_id)
@@ -185,7 +185,7 @@ def _build_sample(q: _Question, annotations: dict | None, images: _ImageIndex, c
                      answers=ann.answers, question_type=ann.question_type, answer_type=ann.answer_type)
 
 
-class _ImageIndex:
+class ImageFiles:
     """Finds the image file for an image_id; lists the directory once, not once per sample."""
 
     def __init__(self, directory: Path, subtype: str | None, *, must_exist: bool):

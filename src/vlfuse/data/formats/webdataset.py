@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..shards import read_shard_samples
+from ..shard_read import read_shard_samples
 from .common import ReadResult
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ...data.caption_tokens import CaptionSpecials, decode_caption
-from ...data.vqa_dataset import image_tensor
+from ...data.images import image_tensor
 from ...errors import ConfigError
 from ...models.captioning import CaptioningModel, generation_length
 from ...models.saved import SavedModel, load_model_dir

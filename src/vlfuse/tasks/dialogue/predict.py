@@ -24,7 +24,7 @@ from ...data.answers import AnswerVocab
 from ...data.dialog_dataset import encode_history, join_history
 from ...data.formats.common import check_question
 from ...data.tokenizer import encode_ids, pad_ids
-from ...data.vqa_dataset import image_tensor
+from ...data.images import image_tensor
 from ...errors import ConfigError, DataError
 from ...models.saved import ANSWERS, SavedModel, load_model_dir
 

@@ -11,7 +11,7 @@ import torch
 
 from ...data.formats.common import check_question
 from ...data.tokenizer import encode_ids, pad_ids
-from ...data.vqa_dataset import image_tensor
+from ...data.images import image_tensor
 from ...errors import ConfigError
 from ...models.saved import SavedModel
 

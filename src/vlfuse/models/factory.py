@@ -134,6 +134,10 @@ def build_task_model(config: Config, vocab_size: int, num_answers: int | None = 
         from .captioning import build_captioning_model
 
         return build_captioning_model(config, vocab_size)
+    if config.task == "vqa_mc":
+        from ..tasks.vqa_mc.model import build_mc_model
+
+        return build_mc_model(config, vocab_size)
     return build_model(config, vocab_size, num_answers)
 
 

@@ -142,7 +142,8 @@ class MCDataset(GroupedVQADataset):
     def encode(self, tokenizer, answers, max_length: int) -> int:
         ordered = [[ordered_choices(s) for s in group.samples] for group in self.groups]
         self.choices = [[choices for choices, _ in group] for group in ordered]
-        pairs = [(s.question, c) for group in self.groups for s in group.samples for c in given_choices(s)]
+        pairs = [(s.question, c) for group, questions in zip(self.groups, ordered)
+                 for s, (choices, _) in zip(group.samples, questions) for c in choices]
         ids = iter(encode_pairs(tokenizer, [q for q, _ in pairs], [c for _, c in pairs], max_length))
         for group, questions in zip(self.groups, ordered):
             for choices, truth in questions:

@@ -274,7 +274,8 @@ def predict(
                                                     "image's scene as JSON (built-in {size, objects}, NLVR "
                                                     "structured_rep, or {boxes, categories})."),
 ) -> None:
-    """Answer a question about an image (top-k probabilities too), or caption it (a captioning model)."""
+    """Answer a question about an image (top-k probabilities too), choose among --choices (a multiple-choice
+    model), or caption it (a captioning model)."""
     from .caption import saved_task
     from .dialogue import is_dialogue_model
     from .errors import ConfigError

@@ -190,7 +190,6 @@ def test_distractors_come_from_the_same_question_type_first():
 # --------------------------------------------------------------------------- scores and metrics
 
 def test_scores_are_per_question_with_padding_masked(tiny_config, shapes_root, tmp_path):
-    from vlfuse.data.tokenizer import build_tokenizer  # noqa: F401  (the pair tokenizer builds on it)
     from vlfuse.heads.dialogue import PAD_SCORE
     from vlfuse.tasks.vqa_mc.data import build_pair_tokenizer, collate_mc, encode_pairs
     from vlfuse.tasks.vqa_mc.model import build_mc_model
@@ -296,13 +295,12 @@ def test_bad_v7w_file_stops_training_with_one_line(v7w_root, cli_main, tmp_path)
                           "missing field 'answer'")
 
 
-def test_config_checks_vqa_mc_keys(tmp_path):
+def test_config_checks_vqa_mc_keys():
     from vlfuse.config import load_config
     from vlfuse.errors import ConfigError
+    from vlfuse.tasks.vqa_mc.model import build_mc_model
 
     with pytest.raises(ConfigError, match="'vqa_mc.num_choices' must be >= 2"):
         load_config(None, ["task=vqa_mc", "vqa_mc.num_choices=1"])
     with pytest.raises(ConfigError, match="model.head.name' must be one of itm, classifier"):
-        from vlfuse.tasks.vqa_mc.model import build_mc_model
-
         build_mc_model(load_config(None, ["task=vqa_mc", "model.head={name: dual_encoder}"]), 10)

@@ -304,3 +304,12 @@ def test_config_checks_vqa_mc_keys():
         load_config(None, ["task=vqa_mc", "vqa_mc.num_choices=1"])
     with pytest.raises(ConfigError, match="model.head.name' must be one of itm, classifier"):
         build_mc_model(load_config(None, ["task=vqa_mc", "model.head={name: dual_encoder}"]), 10)
+
+
+def test_shipped_configs_load():
+    from vlfuse.config import load_config
+
+    shapes = load_config(BASE_CONFIG.parent / "vqa_mc_shapes.yaml")
+    v7w = load_config(BASE_CONFIG.parent / "vqa_mc_v7w.yaml")
+    assert shapes.task == v7w.task == "vqa_mc" and shapes.model.head["name"] == v7w.model.head["name"] == "itm"
+    assert v7w.data.format == "v7w" and v7w.data.test.path == "dataset_v7w_telling.json"

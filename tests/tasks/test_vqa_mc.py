@@ -261,6 +261,8 @@ def test_train_eval_predict_reload_on_a_v7w_sample(v7w_root, cli_main, tmp_path)
     run = json.loads((out / "run.json").read_text())
     assert metrics["task"] == "vqa_mc" and metrics["overall"]["count"] == 4 and metrics["chance"] == 0.25
     assert run["steps"] == 8 and run["train"]["questions"] == 56 and run["train"]["choices"] == [4]
+    logged = (out / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_loss", "train_choice_loss", "train_match_loss", "train_acc", "val_acc"} <= set(logged)
     records = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
     assert sum(r["correct"] for r in records) / 4 == metrics["accuracy"]
     assert all(r["prediction"] == r["choices"][max(range(4), key=lambda i: (r["scores"][i], -i))] for r in records)

@@ -47,27 +47,27 @@ class MCModule(L.LightningModule):
         self.model, self.cfg, self.total_steps = model, train_config, max(1, total_steps)
         self.match_weight = match_weight
 
-    def losses(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """({loss name: value}, scores [Q, C])."""
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """{"loss": the sum, "choice_loss", "match_loss" (with match_weight > 0), "acc"}: each logged as
+        train_<key> / val_<key> (the shape of vlfuse.tasks.base.TaskModule.losses)."""
         scores, logits = self.model.choice_scores(*(batch[k] for k in MODEL_INPUTS))
-        losses = {"choice": F.cross_entropy(scores, batch["labels"], ignore_index=IGNORE_INDEX)}
+        labels = batch["labels"]
+        out = {"choice_loss": F.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX)}
         if self.match_weight:
-            targets = match_targets(batch["choice_index"], batch["labels"], len(logits))
-            losses["match"] = self.match_weight * F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
-        return losses, scores
+            targets = match_targets(batch["choice_index"], labels, len(logits))
+            out["match_loss"] = self.match_weight * F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+        return {"loss": sum(out.values()), **out,
+                "acc": (scores.argmax(-1) == labels).sum() / max(self.batch_size(batch), 1)}
+
+    def batch_size(self, batch: dict) -> int:
+        """Questions with an answer: what the losses and the accuracy average over."""
+        return int((batch["labels"] != IGNORE_INDEX).sum())
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        losses, scores = self.losses(batch)
-        loss = sum(losses.values())
-        labels = batch["labels"]
-        n = int((labels != IGNORE_INDEX).sum())
-        sync = stage == "val"
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=n, sync_dist=sync)
-        for name, value in losses.items():
-            self.log(f"{stage}_{name}_loss", value, batch_size=n, sync_dist=sync)
-        self.log(f"{stage}_acc", (scores.argmax(-1) == labels).sum() / max(n, 1), prog_bar=True, batch_size=n,
-                 sync_dist=sync)
-        return loss
+        out, n = self.losses(batch), self.batch_size(batch)
+        for name, value in out.items():
+            self.log(f"{stage}_{name}", value, prog_bar=name in ("loss", "acc"), batch_size=n, sync_dist=stage == "val")
+        return out["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

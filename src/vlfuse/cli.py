@@ -183,16 +183,22 @@ def predict(
     history: Optional[list[str]] = typer.Option(None, "--history", help="Dialogue models: the caption, then one "
                                                 "'question answer' per earlier round (repeat the option)."),
     candidate: Optional[list[str]] = typer.Option(None, "--candidate", help="Dialogue models: an answer to rank "
-                                                  "(repeat; default: every answer seen in training)."),
+                                                  "(repeat; default: every answer seen in training). "
+                                                  "Multiple-choice models: a candidate answer (repeat)."),
+    choices: Optional[str] = typer.Option(None, "--choices", help="Multiple-choice (vqa_mc) models: the candidate "
+                                                                  "answers, '|'-separated: \"red|green|blue\"."),
     scene: Optional[Path] = typer.Option(None, help="Models trained with scene graphs (data.scene_graphs): the "
                                                     "image's scene as JSON (built-in {size, objects}, NLVR "
                                                     "structured_rep, or {boxes, categories})."),
 ) -> None:
-    """Answer a question about an image (top-k probabilities too), or caption it (a captioning model)."""
+    """Answer a question about an image (top-k probabilities too), choose among --choices (a multiple-choice
+    model), or caption it (a captioning model)."""
     from .errors import ConfigError
     from .predict import load
     from .tasks import saved_task
 
+    if saved_task(model_dir) == "vqa_mc":
+        return _choose(model_dir, image, question, (choices.split("|") if choices else []) + (candidate or []))
     if saved_task(model_dir) == "dialogue":  # ranks candidate answers; prints the scores (logits), best first
         from .tasks.dialogue.predict import load_dialogue
 
@@ -221,6 +227,20 @@ def predict(
     typer.echo(result.answer)
     for answer, prob in result.top:
         typer.echo(f"  {prob:7.2%}  {answer}")
+
+
+def _choose(model_dir: Path, image: Path, question: str | None, choices: list[str]) -> None:
+    """A multiple-choice model: the best candidate, then every candidate's score and share, best first."""
+    from .errors import ConfigError
+    from .tasks.vqa_mc.predict import load as load_chooser
+
+    if question is None or len(choices) < 2:
+        raise ConfigError(f"{model_dir} holds a multiple-choice model: pass --question and at least two "
+                          "candidates with --choices \"a|b|c\" (or --candidate repeated)")
+    choice = load_chooser(model_dir).choose(image, question, choices)
+    typer.echo(choice.answer)
+    for answer, score, share in choice.ranked:
+        typer.echo(f"  {share:7.2%}  {score:8.3f}  {answer}")
 
 
 @app.command("export")

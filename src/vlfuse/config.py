@@ -36,7 +36,7 @@ class DataConfig:
     # Question formats serve tasks vqa, matching and classification; caption formats (coco_captions,
     # karpathy) serve retrieval, captioning, matching and pretrain; visdial serves dialogue.
     format: Literal["vqa_v2", "jsonl", "gqa", "vgqa", "nlvr", "nlvr2", "snli_ve", "coco_captions",
-                    "visdial", "webdataset", "karpathy"] = "vqa_v2"
+                    "visdial", "webdataset", "karpathy", "v7w"] = "vqa_v2"
     root: str = "."  # relative split paths are resolved against this folder
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig | None = None
@@ -231,9 +231,24 @@ class DialogueConfig:
 
 
 @dataclass
+class VQAMCConfig:
+    """Settings of task vqa_mc (multiple-choice VQA; read by no other task; see vlfuse.tasks.vqa_mc).
+
+    Each (question, candidate) pair is fused with the image and scored by a match head; the best
+    candidate wins. Questions whose data gives no candidates get the answer plus num_choices - 1
+    distractors drawn from the split's other answers (same question type first, then answer type).
+    """
+
+    num_choices: int = 4
+    match_weight: float = 0.5  # loss = cross-entropy over the candidates + this * per-candidate match BCE
+    eval_batch: int = 32  # images (with all their questions) scored at once in evaluation
+
+
+@dataclass
 class Config:
     seed: int = 0
-    task: Literal["vqa", "retrieval", "captioning", "pretrain", "matching", "classification", "dialogue"] = "vqa"
+    task: Literal["vqa", "retrieval", "captioning", "pretrain", "matching", "classification", "dialogue",
+                  "vqa_mc"] = "vqa"
     out_dir: str = "runs/vqa"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -243,6 +258,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+    vqa_mc: VQAMCConfig = field(default_factory=VQAMCConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -281,6 +297,7 @@ RANGES = {
     "matching.holdout_sentences": (0, 1, True), "matching.max_images_per_statement": _AT_LEAST_1,
     "dialogue.max_history_length": _AT_LEAST_1, "dialogue.max_answer_length": (3, None, True),
     "dialogue.beam_size": _AT_LEAST_1, "dialogue.eval_batch": _AT_LEAST_1,
+    "vqa_mc.num_choices": (2, None, True), "vqa_mc.match_weight": _NON_NEGATIVE, "vqa_mc.eval_batch": _AT_LEAST_1,
 }
 
 

@@ -1,5 +1,6 @@
 """`vlfuse.load(MODEL_DIR)`: the Python face of any saved or exported model, by its task: a Predictor
-(vqa, matching, classification: vlfuse.tasks.vqa.predict) or a Captioner (vlfuse.tasks.captioning.predict);
+(vqa, matching, classification: vlfuse.tasks.vqa.predict), a Captioner (vlfuse.tasks.captioning.predict) or a
+Chooser (vqa_mc: vlfuse.tasks.vqa_mc.predict);
 `load_encoder(MODEL_DIR)`: a retrieval model's encoder (vlfuse.index.encoder), saved or exported.
 The one place that tells saved from exported folders, so neither side imports the other."""
 
@@ -25,10 +26,15 @@ def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
         from .export import load_exported
 
         return load_exported(model_dir, Predictor, "which answers no questions")
-    if saved_task(model_dir) == "captioning":  # a Captioner: .caption(image)
+    task = saved_task(model_dir)
+    if task == "captioning":  # a Captioner: .caption(image)
         from .tasks.captioning.predict import load_captioner
 
         return load_captioner(model_dir, device)
+    if task == "vqa_mc":  # a Chooser: .choose(image, question, choices)
+        from .tasks.vqa_mc.predict import load as load_chooser
+
+        return load_chooser(model_dir, device)
     saved = load_model_dir(model_dir)
     if saved.answers is None:  # a retrieval model answers no questions
         raise DataError(f"holds a {saved.config.task} model, which answers no questions", path=model_dir)

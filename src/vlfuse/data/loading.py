@@ -10,6 +10,8 @@ published layout fixes it):
   nlvr     path (e.g. dev.json), images (default: images/ beside it)
   nlvr2    path (e.g. dev.json), images
   snli_ve  path (e.g. snli_ve_dev.jsonl), images (the Flickr30k images)
+  v7w      path (dataset_v7w_telling.json), images (default: images/ beside it); one file holds every
+           split, each run's split reads the entries whose `split` names it (multiple choice: task vqa_mc)
 
 Caption formats (task retrieval), whose readers return CaptionSamples:
 
@@ -30,7 +32,7 @@ from typing import Callable, NamedTuple
 
 from ..config import DataConfig
 from ..errors import ConfigError
-from .formats import coco, gqa, jsonl, karpathy, nlvr, nlvr2, snli_ve, vgqa, visdial, vqav2, webdataset
+from .formats import coco, gqa, jsonl, karpathy, nlvr, nlvr2, snli_ve, v7w, vgqa, visdial, vqav2, webdataset
 from .formats.common import ReadResult
 
 SPLITS = ("train", "val", "test")
@@ -51,6 +53,7 @@ READERS = {
     "nlvr": FormatReader(nlvr, nlvr.read_nlvr, ("path",)),
     "nlvr2": FormatReader(nlvr2, nlvr2.read_nlvr2, ("path",)),
     "snli_ve": FormatReader(snli_ve, snli_ve.read_snli_ve, ("path",)),
+    "v7w": FormatReader(v7w, v7w.read_v7w, ("path",)),
     "coco_captions": FormatReader(coco, coco.read_coco_captions, ("annotations",)),
     "karpathy": FormatReader(karpathy, karpathy.read_karpathy_split, ("path",)),
     "visdial": FormatReader(visdial, visdial.read_visdial, ("path",)),
@@ -61,6 +64,7 @@ CAPTION_FORMATS = ("coco_captions", "karpathy")
 CAPTION_TASKS = ("retrieval", "captioning", "pretrain")  # the tasks that read caption formats
 DIALOG_FORMATS = ("visdial",)  # DialogSamples, for task dialogue
 _FILE_KEYS = ("questions", "annotations", "path")
+ONE_FILE_FORMATS = ("karpathy", "v7w")  # one file holds every split; the reader takes the split's name
 
 
 def _resolve(root: str, value: str | None) -> Path | None:
@@ -90,8 +94,8 @@ def read_split(data: DataConfig, split: str) -> ReadResult:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     spec = getattr(data, split)
-    if spec is None and data.format == "karpathy" and data.train.path:
-        spec = data.train  # one Karpathy file holds every split: an unset one is read from train's file
+    if spec is None and data.format in ONE_FILE_FORMATS and data.train.path:
+        spec = data.train  # one file holds every split: an unset one is read from train's file
     if spec is None:
         raise ConfigError(f"config key 'data.{split}' is not set")
     _, reader, keys = READERS[data.format]
@@ -104,6 +108,6 @@ def read_split(data: DataConfig, split: str) -> ReadResult:
     if getattr(spec, main) is None:
         raise ConfigError(f"config key 'data.{split}.{main}' is required for format {data.format}")
     files = [_resolve(data.root, getattr(spec, key)) for key in keys]
-    if data.format == "karpathy":  # one file holds every split: the reader picks this one's images
+    if data.format in ONE_FILE_FORMATS:  # one file holds every split: the reader picks this one's images
         return reader(*files, _resolve(data.root, spec.images), split=split, on_bad_sample=data.on_bad_sample)
     return reader(*files, _resolve(data.root, spec.images), on_bad_sample=data.on_bad_sample)

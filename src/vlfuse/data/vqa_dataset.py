@@ -79,8 +79,13 @@ class GroupedVQADataset(Dataset):
             self.groups.append(group)
         self.images = (images[: len(self.groups)] if images is not None
                        else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8))
-        self.unanswerable = encode_groups(self.groups, tokenizer, answers, max_length)
+        self.unanswerable = self.encode(tokenizer, answers, max_length)
         self.num_questions = sum(len(g.samples) for g in self.groups)
+
+    def encode(self, tokenizer, answers: AnswerVocab, max_length: int) -> int:
+        """Fill the groups' token ids and labels; how many answers are not classes. (Multiple-choice
+        VQA encodes its candidates here instead.)"""
+        return encode_groups(self.groups, tokenizer, answers, max_length)
 
     def __len__(self) -> int:
         return len(self.groups)

@@ -33,6 +33,7 @@ from ..heads.classifier import ClassifierHead
 from ..heads.retrieval import DualEncoderHead, ITMHead
 from .captioning import CaptioningModel, decoder_positions
 from .dialogue import DIALOGUE_HEADS, DialogueModel, text_length
+from .multiple_choice import MC_HEADS, MultipleChoiceModel
 from .retrieval import RetrievalModel
 from .vlm import VisionLanguageModel
 
@@ -163,6 +164,20 @@ def build_dialogue_model(config: Config, vocab_size: int) -> DialogueModel:
     return DialogueModel(image_encoder, text_encoder, fusion, decoder, m.dim, answer_encoder, generative)
 
 
+def build_mc_model(config: Config, vocab_size: int) -> MultipleChoiceModel:
+    """Task vqa_mc: encoders + fusion + a match head (model.head: itm or classifier, two logits)."""
+    m = config.model
+    if m.fusion is None:
+        raise ConfigError("config key 'model.fusion' is required for task vqa_mc: the candidates are scored "
+                          "by fusing each with the image")
+    if m.head.get("name") not in MC_HEADS:
+        raise ConfigError(f"config key 'model.head.name' must be one of {', '.join(MC_HEADS)} for task vqa_mc, "
+                          f"got {m.head.get('name')!r}")
+    head = build_component(MC_HEADS, m.head, "model.head", dim=m.dim, num_classes=2)
+    return MultipleChoiceModel(*build_encoders(config, vocab_size),
+                               build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim), head)
+
+
 def build_task_model(config: Config, vocab_size: int, num_answers: int | None = None) -> nn.Module:
     """The model of `config.task`: a VisionLanguageModel (vqa) or a RetrievalModel (retrieval)."""
     if config.task == "retrieval":
@@ -171,6 +186,8 @@ def build_task_model(config: Config, vocab_size: int, num_answers: int | None = 
         return build_dialogue_model(config, vocab_size)
     if config.task == "captioning":
         return build_captioning_model(config, vocab_size)
+    if config.task == "vqa_mc":
+        return build_mc_model(config, vocab_size)
     return build_model(config, vocab_size, num_answers)
 
 

@@ -16,11 +16,12 @@ from ..data.loading import check_task_format
 from ..errors import DataError
 from ..models.saved import CONFIG
 from ..train.run import EmptySplitError, TrainResult, run_task
-from . import captioning, classification, dialogue, matching, pretrain, retrieval, vqa
+from . import captioning, classification, dialogue, matching, pretrain, retrieval, vqa, vqa_mc
 from .base import Task
 
 TASKS: dict[str, Task] = {
     "vqa": vqa.TASK,
+    "vqa_mc": vqa_mc.TASK,
     "retrieval": retrieval.TASK,
     "captioning": captioning.TASK,
     "matching": matching.TASK,

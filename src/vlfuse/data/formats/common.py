@@ -135,6 +135,21 @@ def check_question(question: Any, *, max_chars: int = MAX_QUESTION_CHARS, path: 
     return question
 
 
+def check_choices(choices: Any, answer: str | None = None, **where) -> tuple[str, ...]:
+    """Multiple-choice candidates (stripped): distinct non-empty strings, `answer` (when given) among
+    them; DataError at `where` (path, line, field) otherwise."""
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise DataError("choices must be a non-empty list of non-empty strings", **where)
+    for choice in choices:
+        check_encodable(choice, **where)
+    choices = tuple(c.strip() for c in choices)
+    if len(set(choices)) != len(choices):
+        raise DataError("the choices list an answer twice", **where)
+    if answer is not None and answer.strip() not in choices:
+        raise DataError(f"the answer {answer!r} is not among the choices", **where)
+    return choices
+
+
 def check_encodable(text: str, **where) -> None:
     """DataError at the first character UTF-8 cannot hold: a byte Python kept undecoded from a
     command line (surrogateescape) or a lone surrogate from a JSON escape; tokenizers refuse both."""

@@ -6,6 +6,9 @@ explicit id of that form is refused, so the two never collide), `image_id` (defa
 `question_type` and `answer_type`. Other keys are kept in `VQASample.extra`. In CSV the
 `answers` cell is `|`-separated, and all-digit ids become integers as they would be in JSON.
 
+Multiple-choice tables (task vqa_mc) add `choices`, the candidate answers (a list; in CSV a
+`|`-separated cell), among which `answer` must be.
+
 Classification tables (hateful memes, MM-IMDb style) say `text` for the question and `label` (a
 string or an integer) for the answer; both spellings are read.
 """
@@ -19,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vlfuse.data.formats.common import ReadResult, SkipLog, check_question, iter_jsonl, read_text
+from vlfuse.data.formats.common import ReadResult, SkipLog, check_choices, check_question, iter_jsonl, read_text
 from vlfuse.data.formats.fields import Where, is_file, relative_path
 from vlfuse.data.records import VQASample, majority_answer
 from vlfuse.errors import DataError
@@ -28,7 +31,7 @@ REQUIRED_COLUMNS = ("image", "question")
 ALIASES = {"question": "text", "answer": "label"}  # classification tables' names for the same fields
 IMPLICIT_ID, IMPLICIT_ID_FORM = "line-{}", re.compile(r"line-\d+")  # the question_id of a line without one
 KNOWN_KEYS = {"image", "question", "answer", "answers", "question_id", "image_id",
-              "question_type", "answer_type", *ALIASES.values()}
+              "question_type", "answer_type", "choices", *ALIASES.values()}
 
 
 def read_vqa_table(path: str | Path, image_root: str | Path | None = None, *,
@@ -100,13 +103,17 @@ def _sample_from_record(record: Any, line: int, path: Path, base: Path, check_im
         answer = majority_answer(answers)
     elif not answers:
         answers = (answer,)
+    choices = record.get("choices")
+    if choices is not None:
+        choices = check_choices(choices, answer, path=path, line=line, field="choices")
     return VQASample(
         question_id=_question_id(record, line, path),
         image_id=_id(record, "image_id", str(record["image"]), line, path),
         image_path=image_path, question=question, answer=answer, answers=answers,
         question_type=_optional_str(record, "question_type", line, path) or "unknown",
         answer_type=_optional_str(record, "answer_type", line, path) or "unknown",
-        extra={k: v for k, v in record.items() if k not in KNOWN_KEYS},
+        extra={**({"choices": choices} if choices else {}),
+               **{k: v for k, v in record.items() if k not in KNOWN_KEYS}},
     )
 
 
@@ -201,6 +208,7 @@ def _csv_record(row: dict, line: int, path: Path) -> dict:
     for key in ("question_id", "image_id"):
         if key in record and record[key].isascii() and record[key].isdigit():
             record[key] = int(record[key])
-    if "answers" in record:
-        record["answers"] = record["answers"].split("|")
+    for key in ("answers", "choices"):
+        if key in record:
+            record[key] = record[key].split("|")
     return record

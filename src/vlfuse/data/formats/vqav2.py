@@ -3,6 +3,10 @@
 Published files differ in what the annotations carry (some copies keep only `question_id` and
 `answers`), so `image_id` comes from the questions file, `answer` falls back to the majority of
 `answers`, and the question/answer types default to "unknown".
+
+The multiple-choice questions files (VQA v1's `MultipleChoice_*_questions.json`, and copies of v2
+made the same way) give each question `multiple_choices` (18 candidates in VQA v1); they are kept
+in `VQASample.extra["choices"]` for task vqa_mc, and `multiple_choice_answer` must be among them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlfuse.data.formats.common import ReadResult, SkipLog, check_question, read_json
+from vlfuse.data.formats.common import ReadResult, SkipLog, check_choices, check_question, read_json
 from vlfuse.data.records import VQASample, majority_answer
 from vlfuse.errors import DataError
 
@@ -28,6 +32,7 @@ class _Question:
     question_id: int | str
     image_id: int
     question: str
+    choices: tuple[str, ...] | None = None  # multiple-choice files: the candidate answers
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,13 @@ def _parse_question(entry: dict, index: int, qid: int | str, path: Path) -> _Que
                         f"(question_id {qid})", path=path, field=f"{where}.image_id")
     question = check_question(_require(entry, "question", where, qid, path), path=path,
                               field=f"{where}.question")
-    return _Question(index, qid, image_id, question)
+    return _Question(index, qid, image_id, question, _choices(entry, where, qid, path))
+
+
+def _choices(entry: dict, where: str, qid: int | str, path: Path) -> tuple[str, ...] | None:
+    """A multiple-choice file's candidates, checked (the answer is checked against them later)."""
+    raw = entry.get("multiple_choices")
+    return None if raw is None else check_choices(raw, path=path, field=f"{where}.multiple_choices")
 
 
 def _parse_annotations(path: Path, known_ids: set, good_ids: set,
@@ -171,8 +182,9 @@ def _build_sample(q: _Question, annotations: dict | None, images: ImageFiles, ch
             raise DataError(f"image not found for image_id {q.image_id} (question_id {q.question_id}) "
                             f"in {images.directory}", path=path, field=f"questions[{q.index}].image_id")
         image_path = images.expected(q.image_id)
+    extra = {} if q.choices is None else {"choices": q.choices}
     if annotations is None:
-        return VQASample(q.question_id, q.image_id, image_path, q.question, answer=None)
+        return VQASample(q.question_id, q.image_id, image_path, q.question, answer=None, extra=extra)
     ann = annotations.get(q.question_id)
     if ann is None:
         raise DataError(f"no annotation for question_id {q.question_id}", path=path,
@@ -181,8 +193,11 @@ def _build_sample(q: _Question, annotations: dict | None, images: ImageFiles, ch
         raise DataError(f"annotation image_id {ann.image_id} differs from the question's "
                         f"{q.image_id} (question_id {q.question_id})", path=path,
                         field=f"questions[{q.index}].image_id")
+    if q.choices is not None and ann.answer not in q.choices:
+        raise DataError(f"the answer {ann.answer!r} is not among multiple_choices (question_id {q.question_id})",
+                        path=path, field=f"questions[{q.index}].multiple_choices")
     return VQASample(q.question_id, q.image_id, image_path, q.question, answer=ann.answer,
-                     answers=ann.answers, question_type=ann.question_type, answer_type=ann.answer_type)
+                     answers=ann.answers, question_type=ann.question_type, answer_type=ann.answer_type, extra=extra)
 
 
 class ImageFiles:

@@ -16,7 +16,7 @@ from ..data.loading import check_task_format
 from ..errors import DataError
 from ..models.saved import CONFIG
 from ..train.run import EmptySplitError, TrainResult, run_task
-from . import captioning, classification, dialogue, matching, pretrain, retrieval, vqa
+from . import captioning, classification, dialogue, matching, multitask, pretrain, retrieval, vqa
 from .base import Task
 
 TASKS: dict[str, Task] = {
@@ -27,6 +27,7 @@ TASKS: dict[str, Task] = {
     "classification": classification.TASK,
     "dialogue": dialogue.TASK,
     "pretrain": pretrain.TASK,
+    "multitask": multitask.TASK,
 }
 
 

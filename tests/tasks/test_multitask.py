@@ -20,6 +20,7 @@ SHARED = [  # the one pair of encoders every member names (the multitask config'
     "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
     "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
     "data.image_size=32",
+    "data.max_question_length=64",  # the shared text encoder's positions (captioning's decoder has its own)
 ]
 HEADS = {  # each member's own parts, tiny
     "vqa": ["model.fusion={name: co_attention, layers: 1, heads: 2, dropout: 0.0}",
@@ -165,7 +166,8 @@ def test_a_tiny_multitask_run_trains_exports_and_evaluates_every_member(shapes_r
     again = cli_main("eval", out / "model", "--split", "val", "--out", tmp_path / "val.json")
     assert again.returncode == 0, again.stderr
     metrics = json.loads((tmp_path / "val.json").read_text())
-    assert metrics["tasks"]["vqa"]["overall"]["count"] > 0 and "recall" in json.dumps(metrics["tasks"]["retrieval"])
+    assert metrics["tasks"]["vqa"]["overall"]["count"] > 0 and metrics["tasks"]["retrieval"]["images"] == 1
+    assert set(metrics["splits"].values()) == {"val"}
     assert (tmp_path / "val_vqa.json").is_file()
 
     image = next((shapes_root / "images" / "test").glob("*.png"))
@@ -174,7 +176,7 @@ def test_a_tiny_multitask_run_trains_exports_and_evaluates_every_member(shapes_r
     answer = cli_main("predict", out / "model" / "vqa", "--image", image, "--question", "how many circles are there?")
     assert answer.returncode == 0 and "%" in answer.stdout
     alone = cli_main("eval", out / "model" / "matching", "--split", "test", "--out", tmp_path / "m.json")
-    assert alone.returncode == 0 and json.loads((tmp_path / "m.json").read_text())["count"] > 0
+    assert alone.returncode == 0 and "accuracy" in json.loads((tmp_path / "m.json").read_text())
 
 
 # --------------------------------------------------------------------------- bad configs

@@ -13,8 +13,11 @@ from ...data.tokenizer import build_tokenizer
 from ...errors import ConfigError
 from ...models.factory import text_tokenizer_file
 
-# What every member must have as the multitask config has it: the encoders and what they read.
-SHARED_KEYS = ("model.dim", "model.image_encoder", "model.text_encoder", "data.image_size")
+# What every member must have as the multitask config has it: the encoders and what they read (the text
+# encoder's position table is data.max_question_length long).
+SHARED_KEYS = ("model.dim", "model.image_encoder", "model.text_encoder", "data.image_size",
+               "data.max_question_length")
+TEXT_KEYS = ("model.text_encoder", "data.max_question_length")
 TEXT_ENCODER_TASKS = ("vqa", "retrieval", "matching", "classification")  # captioning's decoder embeds its own words
 SHARED_PARTS = ("image_encoder", "text_encoder")
 
@@ -41,7 +44,7 @@ def check_member(name: str, path: str, member: Config, config: Config) -> None:
     if member.task != name:
         raise ConfigError(f"{where}: the file is a config of task {member.task}, not {name}")
     for key in SHARED_KEYS:
-        if key == "model.text_encoder" and name not in TEXT_ENCODER_TASKS:
+        if key in TEXT_KEYS and name not in TEXT_ENCODER_TASKS:
             continue
         mine, shared = value_at(member, key), value_at(config, key)
         if mine != shared:

@@ -101,10 +101,16 @@ def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
         from .export import load_exported
 
         return load_exported(model_dir, Predictor, "which answers no questions")
-    if saved_task(model_dir) == "captioning":  # a Captioner: .caption(image)
+    task = saved_task(model_dir)
+    if task == "captioning":  # a Captioner: .caption(image)
         from .tasks.captioning.predict import load_captioner
 
         return load_captioner(model_dir, device)
+    if task == "multitask":  # a folder of member models, each its own task's directory
+        members = sorted(p.name for p in Path(model_dir).iterdir() if (p / "config.yaml").is_file())
+        raise DataError(f"holds a multi-task run: load one of its members, {', '.join(members)} "
+                        f"(e.g. {Path(model_dir) / members[0]})" if members else "holds a multi-task run with no member "
+                        "models", path=model_dir)
     saved = load_model_dir(model_dir)
     if saved.answers is None:  # a retrieval model answers no questions
         raise DataError(f"holds a {saved.config.task} model, which answers no questions", path=model_dir)

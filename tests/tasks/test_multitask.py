@@ -175,6 +175,8 @@ def test_a_tiny_multitask_run_trains_exports_and_evaluates_every_member(shapes_r
     assert caption.returncode == 0 and caption.stdout.strip()
     answer = cli_main("predict", out / "model" / "vqa", "--image", image, "--question", "how many circles are there?")
     assert answer.returncode == 0 and "%" in answer.stdout
+    folder = cli_main("predict", out / "model", "--image", image, "--question", "how many circles are there?")
+    assert_one_line_error(folder, "holds a multi-task run: load one of its members, captioning, matching")
     alone = cli_main("eval", out / "model" / "matching", "--split", "test", "--out", tmp_path / "m.json")
     assert alone.returncode == 0 and "accuracy" in json.loads((tmp_path / "m.json").read_text())
 

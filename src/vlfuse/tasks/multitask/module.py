@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ...config import Config, TrainConfig
-from ...train.run import Prepared, steps_per_epoch
+from ...train.run import EpochDataModule, Prepared, world_size
 from ..base import TaskModule, shared_tokenizer
 from .data import MultitaskDataModule
 from .members import load_members, save_config, shared_vocabulary, tie_encoders
@@ -59,7 +60,7 @@ def prepare_multitask(config: Config, model_dir: Path, resume: bool, progress: b
     datamodules = {name: p.datamodule for name, p in prepared.items()}
     sizes = [len(dm.train_set) for dm in datamodules.values()]
     schedule = Schedule(sizes, config.multitask.schedule, config.multitask.temperature, config.seed)
-    steps = sum(steps_per_epoch(members[name], len(dm.train_set)) for name, dm in datamodules.items())
+    steps = sum(member_steps(config, dm) for dm in datamodules.values())
     datamodule = MultitaskDataModule(datamodules, schedule, steps, config)
     module = MultitaskModule({name: p.module for name, p in prepared.items()}, datamodule.val_names, config.train,
                              steps * config.train.epochs, config.seed)
@@ -71,6 +72,13 @@ def prepare_multitask(config: Config, model_dir: Path, resume: bool, progress: b
         save_config(config, model_dir)
 
     return Prepared(module, datamodule, save, summary, held_out="test")
+
+
+def member_steps(config: Config, datamodule: EpochDataModule) -> int:
+    """A member's batches in its own epoch, on each of the run's processes (train.devices of the multitask
+    config), at its own batch size."""
+    per_process = math.ceil(len(datamodule.train_set) / world_size(config))
+    return math.ceil(per_process / datamodule.config.train.batch_images)
 
 
 def multitask_summary(config: Config, prepared: dict[str, Prepared], schedule: Schedule, steps: int,

@@ -5,6 +5,11 @@ Reads the eval.json and run.json of a multitask run and of each member trained a
     vlfuse data shapes data/shapes1k --images 1000 --questions-per-image 10 --no-dialogs
     vlfuse train configs/multitask_shapes.yaml                          # runs/multitask_shapes
     for t in vqa retrieval captioning matching; do vlfuse train configs/multitask/$t.yaml; done
+    # captioning also decoded greedily (the default beam 3 + length penalty 0.6 can pick an empty caption):
+    vlfuse eval runs/multitask_shapes/model/captioning --set captioning.beam_size=1 \
+        --out runs/multitask_shapes/eval_greedy_captioning.json
+    vlfuse eval runs/multitask_alone/captioning/model --set captioning.beam_size=1 \
+        --out runs/multitask_alone/captioning/eval_greedy.json
     python bench/multitask_table.py [--together runs/multitask_shapes] [--alone runs/multitask_alone]
 """
 
@@ -19,7 +24,7 @@ METRICS = {
     "vqa": [("accuracy %", lambda m: m["overall"]["accuracy"])],
     "retrieval": [("text→image R@1 %", lambda m: m["reranked"]["t2i_r1"]),
                   ("image→text R@1 %", lambda m: m["reranked"]["i2t_r1"])],
-    "captioning": [("BLEU-4", lambda m: m["bleu_4"]), ("CIDEr-D", lambda m: m["cider_d"])],
+    "captioning": [("BLEU-4, beam 3", lambda m: m["bleu_4"]), ("CIDEr-D, beam 3", lambda m: m["cider_d"])],
     "matching": [("accuracy %", lambda m: m["accuracy"]), ("AUROC %", lambda m: m["auroc"])],
 }
 
@@ -38,6 +43,12 @@ def rows(together: Path, alone: Path) -> list[str]:
         for label, get in metrics:
             a, b = 100 * get(own), 100 * get(joint[task])
             lines.append(f"| {task} | {label} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+    greedy_alone, greedy_joint = alone / "captioning" / "eval_greedy.json", together / "eval_greedy_captioning.json"
+    if greedy_alone.is_file() and greedy_joint.is_file():
+        own, joint_greedy = read(greedy_alone), read(greedy_joint)
+        for label, key in (("BLEU-4, greedy", "bleu_4"), ("CIDEr-D, greedy", "cider_d")):
+            a, b = 100 * own[key], 100 * joint_greedy[key]
+            lines.append(f"| captioning | {label} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
     return lines
 
 

@@ -209,3 +209,15 @@ def test_a_member_file_of_another_task_is_one_line(shapes_root, tmp_path, cli_ma
     config.multitask.tasks["retrieval"] = config.multitask.tasks["vqa"]
     result = cli_main("train", write_yaml(tmp_path / "multitask.yaml", config))
     assert_one_line_error(result, "is a config of task vqa, not retrieval")
+
+
+def test_the_shipped_multitask_config_and_its_members_agree_on_the_encoders(monkeypatch):
+    from vlfuse.config import load_config
+    from vlfuse.tasks.multitask.members import load_members
+
+    monkeypatch.chdir(REPO)  # member paths are relative to where vlfuse runs, as data.root is
+    config = load_config("configs/multitask_shapes.yaml")
+    members = load_members(config)
+    assert list(members) == ["vqa", "retrieval", "captioning", "matching"]
+    assert all(m.model.image_encoder == config.model.image_encoder and m.seed == config.seed
+               for m in members.values())

@@ -221,3 +221,37 @@ def test_the_shipped_multitask_config_and_its_members_agree_on_the_encoders(monk
     assert list(members) == ["vqa", "retrieval", "captioning", "matching"]
     assert all(m.model.image_encoder == config.model.image_encoder and m.seed == config.seed
                for m in members.values())
+
+
+@pytest.mark.slow  # three tiny runs: ~30 s on a busy 2-core machine
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(shapes_root, tmp_path, monkeypatch):
+    """A drawn schedule, a crash mid-epoch, then resume: the same members' batches at the same steps."""
+    from safetensors.torch import load_file
+
+    from vlfuse.tasks import train
+    from vlfuse.tasks.multitask import module as multitask
+
+    def config(name: str):
+        folder = tmp_path / name
+        folder.mkdir()
+        return multitask_config(folder, shapes_root, ("vqa", "captioning"), "multitask.schedule=proportional",
+                                "train.epochs=2", "train.checkpoint_every_n_steps=1")
+
+    reference = train(config("reference"), progress=False)
+    step = multitask.MultitaskModule.training_step
+
+    def crash_at_step_11(self, batch, batch_idx):
+        if self.global_step == 11:  # epoch 1 (8 steps an epoch), mid-way
+            raise RuntimeError("simulated crash")
+        return step(self, batch, batch_idx)
+
+    interrupted = config("run")
+    monkeypatch.setattr(multitask.MultitaskModule, "training_step", crash_at_step_11)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(interrupted, progress=False)
+    monkeypatch.setattr(multitask.MultitaskModule, "training_step", step)
+    resumed = train(interrupted, resume=True, progress=False)
+    for task in ("vqa", "captioning"):
+        ours, theirs = (load_file(str(r.model_dir / task / "model.safetensors")) for r in (resumed, reference))
+        assert list(ours) == list(theirs)
+        assert all(torch.allclose(ours[k], theirs[k], atol=1e-6, rtol=0) for k in theirs), task

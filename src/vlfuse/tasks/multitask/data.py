@@ -46,8 +46,10 @@ class StepSampler(EpochSampler):
         super().__init__(size, shuffle=False)
 
     def __iter__(self):
+        # A generator: nothing is read before the first step is asked for. A loader without batch_size
+        # calls iter() on its sampler before Lightning's set_epoch, so an eager order would be last epoch's.
         epoch = self.epoch
-        return (epoch * self.size + i for i in super().__iter__())
+        yield from (epoch * self.size + i for i in super().__iter__())
 
 
 class StepBatches(Dataset):

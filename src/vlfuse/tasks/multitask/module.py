@@ -29,7 +29,7 @@ class MultitaskModule(TaskModule):
 
     def member_losses(self, name: str, batch: dict, draw_step: int) -> tuple[dict[str, torch.Tensor], int]:
         member = self.model[name]
-        member.seed, member.draw_step = self.seed, draw_step  # its random draws: from (seed, step) as alone
+        member.draw_step = draw_step  # its random draws (retrieval's negatives): from (seed, step)
         return {f"{name}_{key}": value for key, value in member.losses(batch).items()}, member.batch_size(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -55,7 +55,6 @@ def prepare_multitask(config: Config, model_dir: Path, resume: bool, progress: b
         prepared = {name: TASKS[name].prepare(member, model_dir / name, resume, progress)
                     for name, member in members.items()}
     shared = tie_encoders({name: p.module.model for name, p in prepared.items()})
-    save_config(config, model_dir)
 
     datamodules = {name: p.datamodule for name, p in prepared.items()}
     sizes = [len(dm.train_set) for dm in datamodules.values()]

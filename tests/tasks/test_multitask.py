@@ -223,7 +223,6 @@ def test_the_shipped_multitask_config_and_its_members_agree_on_the_encoders(monk
                for m in members.values())
 
 
-@pytest.mark.slow  # three tiny runs: ~30 s on a busy 2-core machine
 def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(shapes_root, tmp_path, monkeypatch):
     """A drawn schedule, a crash mid-epoch, then resume: the same members' batches at the same steps."""
     from safetensors.torch import load_file

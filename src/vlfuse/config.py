@@ -230,6 +230,26 @@ class DialogueConfig:
     eval_batch: int = 16  # dialogues at once in evaluation
 
 
+# Tasks that can be members of task multitask: their models all have an image encoder to share.
+MULTITASK_MEMBERS = ("vqa", "retrieval", "captioning", "matching", "classification")
+
+
+@dataclass
+class MultitaskConfig:
+    """Settings of task multitask (see vlfuse.tasks.multitask): the member tasks, each with its own config
+    file (its data, head and batch size), trained in one run around one pair of encoders (model.dim,
+    model.image_encoder, model.text_encoder of the multitask config, which every member must name too).
+
+    Each step trains one member's batch, chosen from (seed, step): round_robin takes the members in turn;
+    proportional draws member t with probability n_t / sum n (n: its training images); temperature with
+    n_t^(1/temperature) / sum n^(1/temperature) (1 = proportional, large = uniform).
+    """
+
+    tasks: dict[str, str] = field(default_factory=dict)  # member task -> its config file
+    schedule: Literal["round_robin", "proportional", "temperature"] = "round_robin"
+    temperature: float = 2.0
+
+
 @dataclass
 class VQAMCConfig:
     """Settings of task vqa_mc (multiple-choice VQA; read by no other task; see vlfuse.tasks.vqa_mc).
@@ -248,7 +268,7 @@ class VQAMCConfig:
 class Config:
     seed: int = 0
     task: Literal["vqa", "retrieval", "captioning", "pretrain", "matching", "classification", "dialogue",
-                  "vqa_mc"] = "vqa"
+                  "vqa_mc", "multitask"] = "vqa"
     out_dir: str = "runs/vqa"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -259,6 +279,7 @@ class Config:
     captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     vqa_mc: VQAMCConfig = field(default_factory=VQAMCConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -268,6 +289,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply_override(raw, item)
     config = from_dict(Config, raw)
     check_ranges(config)
+    check_multitask(config)
     return config
 
 
@@ -298,6 +320,7 @@ RANGES = {
     "dialogue.max_history_length": _AT_LEAST_1, "dialogue.max_answer_length": (3, None, True),
     "dialogue.beam_size": _AT_LEAST_1, "dialogue.eval_batch": _AT_LEAST_1,
     "vqa_mc.num_choices": (2, None, True), "vqa_mc.match_weight": _NON_NEGATIVE, "vqa_mc.eval_batch": _AT_LEAST_1,
+    "multitask.temperature": _POSITIVE,
 }
 
 
@@ -312,6 +335,25 @@ def check_ranges(config: Config) -> None:
         if (value < low if inclusive else value <= low) or (high is not None and value > high):
             bound = (f">= {low}" if inclusive else f"> {low}") + ("" if high is None else f" and <= {high}")
             raise ConfigError(f"config key '{key}' must be {bound}, got {value}")
+
+
+def check_multitask(config: Config) -> None:
+    """Task multitask names its members (known member tasks, each once) and trains no --init / freeze."""
+    if config.task != "multitask":
+        return
+    tasks = config.multitask.tasks
+    if not tasks:
+        raise ConfigError("config key 'multitask.tasks' must name the member tasks and their config files, "
+                          "e.g. {vqa: configs/vqa_shapes.yaml, captioning: configs/captioning_shapes.yaml}")
+    for name, path in tasks.items():
+        if name not in MULTITASK_MEMBERS:
+            raise ConfigError(f"config key 'multitask.tasks.{name}': unknown member task {name!r} "
+                              f"(members: {', '.join(MULTITASK_MEMBERS)})")
+        if not isinstance(path, str):
+            raise ConfigError(f"config key 'multitask.tasks.{name}' must be a config file's path, got {path!r}")
+    for key in ("init", "freeze", "early_stopping"):
+        if getattr(config.train, key):
+            raise ConfigError(f"config key 'train.{key}' is not supported by task multitask: remove it")
 
 
 def _leaves(obj: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:

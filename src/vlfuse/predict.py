@@ -35,6 +35,11 @@ def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
         from .tasks.vqa_mc.predict import load as load_chooser
 
         return load_chooser(model_dir, device)
+    if task == "multitask":  # a folder of member models, each its own task's directory
+        members = sorted(p.name for p in Path(model_dir).iterdir() if (p / "config.yaml").is_file())
+        raise DataError(f"holds a multi-task run: load one of its members, {', '.join(members)} "
+                        f"(e.g. {Path(model_dir) / members[0]})" if members else "holds a multi-task run with no member "
+                        "models", path=model_dir)
     saved = load_model_dir(model_dir)
     if saved.answers is None:  # a retrieval model answers no questions
         raise DataError(f"holds a {saved.config.task} model, which answers no questions", path=model_dir)

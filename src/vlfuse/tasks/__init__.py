@@ -16,8 +16,8 @@ from ..data.loading import check_task_format
 from ..errors import DataError
 from ..models.saved import CONFIG
 from ..train.run import EmptySplitError, TrainResult, run_task
-from . import captioning, classification, dialogue, matching, pretrain, retrieval, vqa, vqa_mc
-from .base import Task
+from . import captioning, classification, dialogue, matching, multitask, pretrain, retrieval, vqa, vqa_mc
+from .base import Task, evaluated_count
 
 TASKS: dict[str, Task] = {
     "vqa": vqa.TASK,
@@ -50,7 +50,7 @@ def evaluate_split(model_dir: Path, config: Config, split: str, out_json: Path |
     An empty split is an EmptySplitError, never an accuracy over 0 samples."""
     check_task_format(config.task, config.data)
     metrics = TASKS[config.task].evaluate_split(model_dir, config, split, out_json, progress)
-    if _evaluated_count(metrics) == 0:
+    if evaluated_count(metrics) == 0:
         if out_json is not None:  # no file may show a score over nothing
             out_json.unlink(missing_ok=True)
             out_json.with_name(out_json.stem + "_predictions.jsonl").unlink(missing_ok=True)
@@ -60,10 +60,6 @@ def evaluate_split(model_dir: Path, config: Config, split: str, out_json: Path |
     return metrics
 
 
-def _evaluated_count(metrics: dict) -> int | None:
-    """How many samples a task's metrics are over (questions, statements, images, dialogues)."""
-    overall = metrics.get("overall")
-    if isinstance(overall, dict) and "count" in overall:
-        return overall["count"]
-    return next((metrics[k] for k in ("count", "questions", "images", "dialogues", "examples")
-                 if isinstance(metrics.get(k), int)), None)
+# Multi-task training runs the single tasks above as its members: it is handed this table (and the
+# evaluation with its empty-split check) rather than importing the package that lists it.
+TASKS["multitask"] = multitask.multitask_task({name: task for name, task in TASKS.items()}, evaluate_split)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +107,29 @@ def run_summary(task: str, model: nn.Module, tokenizer, train: dict, val: dict |
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
+_SHARED_TOKENIZER: ContextVar = ContextVar("shared_tokenizer", default=None)
+
+
+@contextmanager
+def shared_tokenizer(tokenizer) -> Iterator[None]:
+    """Within it, `run_tokenizer` gives `tokenizer` to every new run (task multitask: the members that share
+    one text encoder must read one vocabulary)."""
+    token = _SHARED_TOKENIZER.set(tokenizer)
+    try:
+        yield
+    finally:
+        _SHARED_TOKENIZER.reset(token)
+
+
 def run_tokenizer(config: Config, model_dir: Path, resume: bool, texts: Callable[[], Iterable[str]],
                   build: Callable = build_tokenizer):
-    """The run's tokenizer: a resumed run's own (the exact token ids of the interrupted one), a pretrained
-    text encoder's (its own vocabulary), or `build(texts())` from the training texts."""
+    """The run's tokenizer: a resumed run's own (the exact token ids of the interrupted one), the one
+    `shared_tokenizer` holds, a pretrained text encoder's (its own vocabulary), or `build(texts())` from
+    the training texts."""
     if resume:
         return load_tokenizer(model_dir / TOKENIZER)
+    if (shared := _SHARED_TOKENIZER.get()) is not None:
+        return shared
     pretrained = text_tokenizer_file(config)
     return load_tokenizer(pretrained) if pretrained else build(texts())
 
@@ -131,3 +150,12 @@ def render(table) -> str:
     Console(file=out, width=terminal.width, force_terminal=terminal.is_terminal,
             color_system=terminal.color_system).print(table)
     return out.getvalue().rstrip("\n")
+
+
+def evaluated_count(metrics: dict) -> int | None:
+    """How many samples a task's metrics are over (questions, statements, images, dialogues)."""
+    overall = metrics.get("overall")
+    if isinstance(overall, dict) and "count" in overall:
+        return overall["count"]
+    return next((metrics[k] for k in ("count", "questions", "images", "dialogues", "examples")
+                 if isinstance(metrics.get(k), int)), None)

@@ -136,6 +136,7 @@ class Prepared:
     datamodule: L.LightningDataModule
     save: Callable[[], None]  # writes the finished model directory (weights and vocabularies)
     summary: dict  # the task's part of run.json
+    held_out: str | None = None  # the split evaluated after training; None: test, else val, as config.data has
 
 
 @dataclass
@@ -352,7 +353,7 @@ def _train(config: Config, run: RunDirs, prepare: Prepare, evaluate: Evaluate, r
         if not interrupted:
             save_model(prepared, run)
             test_metrics = evaluate_after_training(run, config, evaluate, progress, note and {
-                "stopped_by": stopped_by, "steps": steps, "planned_steps": planned, "note": note})
+                "stopped_by": stopped_by, "steps": steps, "planned_steps": planned, "note": note}, prepared.held_out)
         if stopped_by in (None, EARLY):
             run.last.unlink(missing_ok=True)  # finished: nothing left to resume
         seconds = control.elapsed()
@@ -395,10 +396,10 @@ def save_model(prepared: Prepared, run: RunDirs) -> None:
 
 
 def evaluate_after_training(run: RunDirs, config: Config, evaluate: Evaluate, progress: bool,
-                            stop: dict | None) -> dict | None:
-    """Metrics of the held-out split (test, else val) into OUT_DIR/eval.json, with what cut training
-    short (`stop`) when something did. An empty split is a warning, not an accuracy over 0 questions."""
-    split = "test" if config.data.test is not None else "val" if config.data.val is not None else None
+                            stop: dict | None, held_out: str | None = None) -> dict | None:
+    """Metrics of the held-out split (`held_out`, else test, else val) into OUT_DIR/eval.json, with what cut
+    training short (`stop`) when something did. An empty split is a warning, not an accuracy over 0 questions."""
+    split = held_out or ("test" if config.data.test is not None else "val" if config.data.val is not None else None)
     if split is None:
         return None
     out_json = run.out / "eval.json"

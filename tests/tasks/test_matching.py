@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_one_line_error
-from conftest import CROSS_ATTENTION, TINY_TRAIN, tiny_model
+from conftest import CROSS_ATTENTION, REPO, TINY_TRAIN, tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
 NLVR_DEV = REPO.parent / "shared" / "data" / "nlvr-dev"
 
 TINY = [

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CROSS_ATTENTION, REPO, tiny_model
+from helpers import write_yaml
 from vlfuse.data.shapes import Scene, ShapeObject, generate
 from vlfuse.data.shapes_dialog import (ANSWERS, NUM_OPTIONS, _ask_property, _State, dialog_caption, fact,
                                        make_dialog)

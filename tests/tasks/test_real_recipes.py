@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error
+from helpers import TinyFrozenEncoder, assert_one_line_error
 from conftest import REPO, SHARED_DATA
 
 

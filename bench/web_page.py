@@ -7,7 +7,7 @@ an image uploaded, a question asked (answer + heatmap), a text search run (ranke
         --query "a red triangle at the bottom, a green circle at the bottom left" --out docs/web_page.png
 
 Needs `apt-get install chromium` and `pip install playwright` (not `playwright install`).
-tests/test_browser.py checks the same steps on tiny models.
+tests/serve/test_browser.py checks the same steps on tiny models.
 """
 
 from __future__ import annotations

@@ -24,6 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 BASE_CONFIG = REPO / "configs" / "vqa_shapes.yaml"
 
+
+def _shared_data() -> Path:
+    """../shared/data beside the checkout (CI), or beside the folder of worktrees that holds it; tests
+    that need a set skip when it is absent."""
+    candidates = (REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data")
+    return next((root for root in candidates if root.is_dir()), candidates[0])
+
+
+SHARED_DATA = _shared_data()
+
 # The short CPU schedule of every tiny test run.
 TINY_TRAIN = [
     "train.progress_bar=false",
@@ -54,6 +64,42 @@ CROSS_ATTENTION = "{name: cross_attention, layers: 1, heads: 2, dropout: 0.0}"  
 
 # The tiny VQA run: the tiny model on the short schedule, a checkpoint every step.
 TINY_OVERRIDES = [*tiny_model(), *TINY_TRAIN, "train.checkpoint_every_n_steps=1"]
+
+# The tiny retrieval run: dual encoder + ITM head, 8-d embeddings, tested on the training images.
+RETRIEVAL_TINY = [
+    *tiny_model(fusion=CROSS_ATTENTION, head="{name: dual_encoder, embed_dim: 8}"),
+    "data.val=null",
+    "data.test={annotations: captions/captions_train.json, images: images/train}",
+    *TINY_TRAIN,
+    "train.max_minutes=null",
+    "retrieval.hinge_weight=0.5",
+]
+
+# The tiny captioning run: the tiny image encoder and a one-layer Transformer decoder.
+CAPTIONING_TINY = [
+    *tiny_model(fusion=None, head=None, text=False),
+    "model.decoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
+    "data.val=null",
+    *TINY_TRAIN,
+    "train.max_minutes=null",
+    "captioning.eval_batch=4",
+]
+
+
+def retrieval_config(shapes_root: Path, out_dir: Path, *extra: str):
+    """configs/retrieval_shapes.yaml on the tiny shapes data with RETRIEVAL_TINY, then `extra`."""
+    from vlfuse.config import load_config
+
+    overrides = [f"data.root={shapes_root}", f"out_dir={out_dir}", *RETRIEVAL_TINY, *extra]
+    return load_config(REPO / "configs" / "retrieval_shapes.yaml", overrides)
+
+
+def captioning_config(shapes_root: Path, out_dir: Path, *extra: str):
+    """configs/captioning_shapes.yaml on the tiny shapes data with CAPTIONING_TINY, then `extra`."""
+    from vlfuse.config import load_config
+
+    overrides = [f"data.root={shapes_root}", f"out_dir={out_dir}", *CAPTIONING_TINY, *extra]
+    return load_config(REPO / "configs" / "captioning_shapes.yaml", overrides)
 
 DATA_IMAGES, DATA_QUESTIONS_PER_IMAGE = 16, 4
 
@@ -143,10 +189,8 @@ def trained_run(shapes_root, tiny_config, tmp_path_factory) -> TrainedRun:
 
 @pytest.fixture(scope="session")
 def trained_retrieval(shapes_root, tmp_path_factory) -> TrainedRun:
-    """One tiny retrieval run (test_retrieval_task's tiny settings: dual encoder + ITM head, 8-d
-    embeddings), shared by the index and server tests. Tests must not write into it."""
-    from test_retrieval_task import retrieval_config
-
+    """One tiny retrieval run (RETRIEVAL_TINY: dual encoder + ITM head, 8-d embeddings), shared by the
+    index and server tests. Tests must not write into it."""
     from vlfuse.tasks import train
 
     out = tmp_path_factory.mktemp("trained_retrieval") / "run"

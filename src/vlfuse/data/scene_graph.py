@@ -176,7 +176,7 @@ def nlvr_scene(structured_rep: Any, image_index: int, where: Where) -> SceneGrap
 
     NLVR draws each scene six times with its boxes in the six orders of itertools.permutations:
     image k shows box permutations(range(n))[k][p] at position p (checked against the pixels of
-    the real dev images in tests/test_scene_graph.py).
+    the real dev images in tests/data/test_scene_graph.py).
     """
     boxes = as_list(structured_rep, where)
     n = len(boxes)

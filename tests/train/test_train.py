@@ -26,8 +26,8 @@ import torch
 import vlfuse
 from vlfuse.data.shapes import FAMILIES, FAMILY_GROUP
 from helpers import assert_one_line_error, read_json
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "vqa_shapes.yaml"
 TRAIN_IMAGES, BATCH, EPOCHS = 14, 4, 2
 # The CLI run and the killed-and-resumed one train with dropout: a resume must replay its random draws.

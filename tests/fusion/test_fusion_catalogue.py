@@ -1,6 +1,6 @@
 """Formula-level tests of the pooled-vector fusions: sum, product, outer product, MFB, late, gated.
 
-tests/test_fusion.py checks the shared contract; these check that each module computes its formula.
+tests/fusion/test_fusion.py checks the shared contract; these check that each module computes its formula.
 """
 
 from __future__ import annotations

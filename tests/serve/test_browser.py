@@ -1,7 +1,7 @@
 """The web page in a real browser: Debian's chromium driven by Playwright against `vlfuse serve` on
 loopback. Upload an image, ask, see the answer and the heatmap; search, see ranked images.
 
-Run with `python -m pytest -m browser tests/test_browser.py` (excluded by default, like `slow`).
+Run with `python -m pytest -m browser tests/serve/test_browser.py` (excluded by default, like `slow`).
 Needs `apt-get install chromium` and `pip install -e ".[browser]"` (never `playwright install`: it
 downloads browsers; this uses the system one). Set VLFUSE_WEB_SCREENSHOT=path to keep the page's
 screenshot (bench/web_page.py makes docs/web_page.png the same way, with trained models).

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_one_line_error
-from conftest import CROSS_ATTENTION, TINY_TRAIN, tiny_model
+from conftest import CROSS_ATTENTION, REPO, SHARED_DATA, TINY_TRAIN, tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
-NLVR_DEV = REPO.parent / "shared" / "data" / "nlvr-dev"
+NLVR_DEV = SHARED_DATA / "nlvr-dev"
 
 TINY = [
     *tiny_model(fusion=CROSS_ATTENTION),
@@ -292,7 +291,7 @@ def test_bad_matching_inputs_are_one_line_errors(matching_run, cli_main, tmp_pat
 
 def test_nlvr2_statements_group_by_sentence():
     """NLVR2 (photos, where the images exist: the format samples): labels true/false, sentences by identifier."""
-    folder = REPO.parent / "shared" / "data" / "formats"
+    folder = SHARED_DATA / "formats"
     if not (folder / "nlvr2" / "tiny-dev.json").is_file():
         pytest.skip(f"NLVR2 sample not found under {folder}")
     from vlfuse.config import load_config

@@ -22,13 +22,10 @@ import pytest
 pytest.importorskip("faiss", reason="the server's search needs faiss-cpu (pip install 'vlfuse[serve]')")
 pytest.importorskip("fastapi", reason="the server needs FastAPI (pip install 'vlfuse[serve]')")
 
-from fastapi.testclient import TestClient  # noqa: E402
-
 from vlfuse.errors import ConfigError  # noqa: E402
 from vlfuse.serve import ServeSettings, Service, create_app  # noqa: E402
-
-QUESTION = "What is the shape of the red object?"
-
+from helpers import QUESTION, assert_json_error, count_forward_calls, local_client, make_client, upload  # noqa: E402
+from conftest import captioning_config  # noqa: E402
 
 @pytest.fixture(scope="module")
 def index_dir(trained_retrieval, shapes_root, tmp_path_factory) -> Path:
@@ -44,33 +41,11 @@ def image_bytes(shapes_root) -> bytes:
     return sorted((shapes_root / "images" / "train").iterdir())[2].read_bytes()
 
 
-def make_client(model_dirs, index=None, **settings) -> TestClient:
-    return local_client(create_app(Service.load(list(model_dirs), index, ServeSettings(**settings))))
-
-
-def local_client(app) -> TestClient:
-    # as a browser on this machine would call it (TestClient's own host name, "testserver", is refused)
-    return TestClient(app, base_url="http://127.0.0.1")
-
-
 @pytest.fixture(scope="module")
 def client(trained_run, trained_retrieval, index_dir, shapes_root):
     with make_client([trained_run.model_dir, trained_retrieval.model_dir], index_dir,
                      examples=shapes_root / "images" / "test") as c:
         yield c
-
-
-def upload(data: bytes, name: str = "image.png", kind: str = "image/png") -> dict:
-    return {"image": (name, data, kind)}
-
-
-def assert_json_error(response, status: int, *words: str) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    body = response.json()
-    assert set(body) == {"error", "kind"}, body
-    for word in words:
-        assert word in body["error"], (word, body["error"])
-    return body["error"]
 
 
 # --------------------------------------------------------------------------- VQA
@@ -223,12 +198,6 @@ def test_cli_serve_refuses_a_bad_combination(cli_main, trained_run, index_dir):
 
 # --------------------------------------------------------------------------- micro-batching
 
-def count_forward_calls(service: Service) -> list[int]:
-    calls = []
-    service.vqa.model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
-    return calls
-
-
 def concurrent_answers(client, images: list[bytes], questions: list[str]) -> list[dict]:
     def one(pair):
         image, question = pair
@@ -297,7 +266,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # a second process importing torch: ~10-20 s on a busy 2-core machine; tests/test_browser.py too
+@pytest.mark.slow  # a second process importing torch: ~10-20 s on a busy 2-core machine; tests/serve/test_browser.py too
 def test_vlfuse_serve_answers_on_loopback(trained_run, cli_environment, image_bytes):
     import httpx
 
@@ -331,9 +300,7 @@ def test_vlfuse_serve_answers_on_loopback(trained_run, cli_environment, image_by
 
 @pytest.fixture(scope="module")
 def captioning_dir(shapes_root, tmp_path_factory) -> Path:
-    """A tiny captioning model (test_captioning's tiny settings), trained here."""
-    from test_captioning import captioning_config
-
+    """A tiny captioning model (CAPTIONING_TINY), trained here."""
     from vlfuse.tasks import train
 
     out = tmp_path_factory.mktemp("serve_captioning") / "run"

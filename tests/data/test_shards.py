@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from vlfuse.data.images import load_image
 from vlfuse.data.shards import ShardStream, expand_braces, list_shards, read_shard_samples, split_key, write_shards
 from vlfuse.errors import DataError
+from conftest import REPO
 
 
 def split_samples(tiny_config, shapes_root, tmp_path, split="train", *extra):
@@ -27,8 +28,7 @@ def split_samples(tiny_config, shapes_root, tmp_path, split="train", *extra):
 def caption_config(shapes_root, tmp_path):
     from vlfuse.config import load_config
 
-    repo = Path(__file__).resolve().parents[1]
-    return load_config(repo / "configs" / "retrieval_shapes.yaml", [f"data.root={shapes_root}",
+    return load_config(REPO / "configs" / "retrieval_shapes.yaml", [f"data.root={shapes_root}",
                                                                     f"out_dir={tmp_path / 'unused'}"])
 
 

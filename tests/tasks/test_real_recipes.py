@@ -11,16 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import TinyFrozenEncoder, assert_one_line_error
+from conftest import REPO, SHARED_DATA
 
 
 def shared_data(*parts: str) -> Path:
     """../shared/data beside the checkout (CI), or beside the folder of worktrees that holds it."""
-    for root in (REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data"):
-        if root.joinpath(*parts).exists():
-            return root.joinpath(*parts)
+    if SHARED_DATA.joinpath(*parts).exists():
+        return SHARED_DATA.joinpath(*parts)
     pytest.skip(f"shared real data {'/'.join(parts)} not found beside {REPO} (only in the dev/CI checkout)")
 
 
@@ -261,7 +259,6 @@ CLASSIFICATION_TINY = [
 
 
 def test_classification_trains_on_cached_features_and_compares_fusions(table_root, tmp_path, monkeypatch):
-    from test_feature_cache import TinyFrozenEncoder
 
     from vlfuse.compare import compare
     from vlfuse.config import load_config

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("faiss", reason="the server's search needs faiss-cpu (pip install 'vlfuse[serve]')")
 pytest.importorskip("fastapi", reason="the server needs FastAPI (pip install 'vlfuse[serve]')")
 
-from test_serve import QUESTION, assert_json_error, count_forward_calls, local_client, make_client, upload  # noqa: E402
+from helpers import QUESTION, assert_json_error, count_forward_calls, local_client, make_client, upload  # noqa: E402
 
 from vlfuse.errors import ConfigError  # noqa: E402
 from vlfuse.serve import ServeSettings, Service, create_app  # noqa: E402

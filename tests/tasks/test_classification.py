@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_one_line_error
-from conftest import TINY_TRAIN, tiny_model
+from conftest import REPO, TINY_TRAIN, tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "classification_shapes.yaml"
 
 TINY = [

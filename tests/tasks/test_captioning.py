@@ -17,23 +17,12 @@ import torch
 from vlfuse.heads.caption_decoders import LSTMAttentionDecoder, TransformerCaptionDecoder, select_state
 from vlfuse.heads.generation import beam_search, greedy_search, length_penalty
 from vlfuse.types import Features
-from helpers import read_json, assert_one_line_error
-from conftest import TINY_TRAIN, tiny_model
+from helpers import TinyFrozenEncoder, read_json, assert_one_line_error, write_yaml
+from conftest import CAPTIONING_TINY, REPO, captioning_config
 
-REPO = Path(__file__).resolve().parents[1]
 CAPTIONING_CONFIG = REPO / "configs" / "captioning_shapes.yaml"
 VOCAB, DIM, BOS, EOS = 12, 16, 1, 2
 BLOCKED = (0, BOS)
-
-TINY = [
-    *tiny_model(fusion=None, head=None, text=False),
-    "model.decoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
-    "data.val=null",
-    *TINY_TRAIN,
-    "train.max_minutes=null",
-    "captioning.eval_batch=4",
-]
-
 
 def make_decoder(kind: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
@@ -300,7 +289,7 @@ def test_gradients_reach_the_image_encoder_and_every_decoder_part(shapes_root, t
     from vlfuse.tasks.captioning.data import caption_loss, teacher_forcing_targets
 
     for decoder in ("{name: transformer, layers: 1, heads: 2, dropout: 0.0}", "{name: lstm, dropout: 0.0}"):
-        config = load_config(CAPTIONING_CONFIG, [f"data.root={shapes_root}", *TINY, f"model.decoder={decoder}"])
+        config = load_config(CAPTIONING_CONFIG, [f"data.root={shapes_root}", *CAPTIONING_TINY, f"model.decoder={decoder}"])
         torch.manual_seed(0)
         model = build_captioning_model(config, VOCAB)
         ids, mask = pad_ids([[BOS, 5, 6, EOS], [BOS, 7, EOS], [BOS, 8, 9, EOS]])
@@ -314,21 +303,6 @@ def test_gradients_reach_the_image_encoder_and_every_decoder_part(shapes_root, t
 
 
 # --------------------------------------------------------------------------- end to end
-
-def captioning_config(shapes_root: Path, out_dir: Path, *extra: str):
-    from vlfuse.config import load_config
-
-    return load_config(CAPTIONING_CONFIG, [f"data.root={shapes_root}", f"out_dir={out_dir}", *TINY, *extra])
-
-
-def write_yaml(path: Path, config) -> Path:
-    import yaml
-
-    from vlfuse.config import to_dict
-
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-    return path
-
 
 @pytest.fixture(scope="module")
 def captioning_run(shapes_root, tmp_path_factory):
@@ -494,7 +468,6 @@ def test_cached_features_train_select_the_best_val_epoch_and_caption_as_images_d
     import csv
     import dataclasses
 
-    from test_feature_cache import TinyFrozenEncoder
     from vlfuse.models.factory import IMAGE_ENCODERS
     from vlfuse.tasks import evaluate_split, train
 

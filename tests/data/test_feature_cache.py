@@ -3,7 +3,6 @@ interrupted builds resume, corrupt chunks are named, training reads features ins
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,41 +16,7 @@ from vlfuse.data.feature_cache import (INDEX, FeatureCache, cache_info, check_ca
                                        read_index)
 from vlfuse.encoders.hf_text import PretrainedTextEncoder
 from vlfuse.errors import ConfigError, DataError
-from vlfuse.types import Features, grid_boxes
-
-
-class TinyFrozenEncoder(nn.Module):
-    """A cacheable encoder small enough for tests: a fixed strided conv (the frozen part) + a projection."""
-
-    backbone_calls = 0
-
-    def __init__(self, dim: int = 8, image_size: int = 32, freeze: bool = True, seed: int = 0):
-        super().__init__()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.backbone = nn.Conv2d(3, 6, kernel_size=8, stride=8)
-            self.proj = nn.Linear(6, dim)
-        self.frozen = freeze
-        self.backbone.requires_grad_(not freeze)
-
-    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
-        TinyFrozenEncoder.backbone_calls += 1
-        return self.backbone(images)
-
-    def from_frozen(self, grid: torch.Tensor) -> Features:
-        b, _, rows, cols = grid.shape
-        tokens = self.proj(grid.flatten(2).transpose(1, 2))
-        mask = torch.ones(tokens.shape[:2], dtype=torch.bool)
-        return Features(tokens, mask, tokens.mean(1), grid_boxes(rows, cols, b))
-
-    def forward(self, images: torch.Tensor) -> Features:
-        return self.from_frozen(self.frozen_features(images))
-
-    def frozen_fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.backbone.state_dict().items()):
-            digest.update(name.encode() + tensor.numpy().tobytes())
-        return digest.hexdigest()
+from helpers import TinyFrozenEncoder
 
 
 def make_images(folder: Path, count: int, size: int = 32, seed: int = 0) -> list[Path]:

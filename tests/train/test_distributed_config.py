@@ -1,14 +1,13 @@
 """Distributed settings: the shipped DDP / FSDP configs validate, and the LR schedule counts each
 process's share of the data."""
 
-from pathlib import Path
-
 import pytest
 
 from vlfuse.config import load_config
 from vlfuse.train.run import RunDirs, make_trainer, steps_per_epoch
+from conftest import REPO
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "distributed"
+CONFIGS = REPO / "configs" / "distributed"
 
 
 @pytest.mark.parametrize("name, strategy", [("ddp.yaml", "ddp"), ("fsdp.yaml", "fsdp"), ("ddp_cpu.yaml", "ddp")])

@@ -14,9 +14,9 @@ from vlfuse.encoders.pretrained import EfficientNetImageEncoder, HFVisionEncoder
 from vlfuse.encoders.vit import ViTImageEncoder
 from vlfuse.errors import ConfigError, MissingDependencyError, WeightsError
 from vlfuse.types import Features, grid_boxes
+from conftest import SHARED_DATA
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-COCO = DATA / "coco-mini"
+COCO = SHARED_DATA / "coco-mini"
 
 
 def _random_loss(features: Features, seed: int = 0) -> torch.Tensor:

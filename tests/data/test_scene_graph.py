@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import SHARED_DATA, tiny_model
 from vlfuse.config import load_config
 from vlfuse.data.formats.fields import Where
 from vlfuse.data.records import VQASample
@@ -18,9 +18,8 @@ from vlfuse.data.scene_graph import (RELATION_ID, SceneGraph, batch_scene_graphs
 from vlfuse.data.tokenizer import build_tokenizer
 from vlfuse.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-NLVR_DEV = SHARED / "nlvr-dev" / "dev.json"
-COCO_INSTANCES = SHARED / "coco-mini" / "annotations" / "instances_val2017.json"
+NLVR_DEV = SHARED_DATA / "nlvr-dev" / "dev.json"
+COCO_INSTANCES = SHARED_DATA / "coco-mini" / "annotations" / "instances_val2017.json"
 GRAPH_FUSION = "model.fusion={name: graph, layers: 1, heads: 2, spatial_k: 3, relations: 16, dropout: 0.0}"
 WHERE = Where(Path("scene.json"))
 
@@ -134,7 +133,7 @@ def test_coco_instances_of_the_real_sample():
 
     regions = read_coco_instances(COCO_INSTANCES, check_images=False).samples
     region = max(regions, key=lambda r: len(r.boxes))
-    data = DataConfig(root=str(SHARED / "coco-mini"), scene_graphs="annotations/instances_{split}2017.json")
+    data = DataConfig(root=str(SHARED_DATA / "coco-mini"), scene_graphs="annotations/instances_{split}2017.json")
     sample = VQASample(1, region.image_id, Path("anywhere") / f"{region.image_id}.jpg", "what?", "yes")
     graph = read_scene_graphs(data, "val", [sample])[sample.image_path]
     kept = [(b, c) for b, c, crowd in zip(region.boxes, region.categories, region.extra["iscrowd"]) if not crowd]

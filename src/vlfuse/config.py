@@ -54,6 +54,9 @@ class DataConfig:
     # Share of the training images kept (with all their questions), drawn by the run's seed: e.g. 0.1
     # trains on 10% of the labels. 1.0 keeps every image.
     train_fraction: float = 1.0
+    # Answers held out of training (few-shot transfer, vlfuse fewshot): train and val questions whose
+    # answer is one of these are dropped, so the model never sees them; the test split keeps them.
+    exclude_answers: list[str] = field(default_factory=list)
     # Scene graphs for graph fusion (vlfuse.data.scene_graph): null = none; auto = the format's own
     # (nlvr: structured_rep; vqa_v2: the built-in scenes/{split}_scenes.json); else a scenes JSON or
     # COCO instances JSON per split under data.root, "{split}" replaced by the split's name.

@@ -56,6 +56,7 @@ class DataConfig:
     train_fraction: float = 1.0
     # Answers held out of training (few-shot transfer, vlfuse fewshot): train and val questions whose
     # answer is one of these are dropped, so the model never sees them; the test split keeps them.
+    # Quote yes/no and numbers: YAML reads a bare yes as true and 2 as an integer.
     exclude_answers: list[str] = field(default_factory=list)
     # Scene graphs for graph fusion (vlfuse.data.scene_graph): null = none; auto = the format's own
     # (nlvr: structured_rep; vqa_v2: the built-in scenes/{split}_scenes.json); else a scenes JSON or

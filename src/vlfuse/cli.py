@@ -400,12 +400,14 @@ def fewshot(
     seeds: int = typer.Option(5, help="Support sets drawn per k (seeds 0..N-1)."),
     answers: Optional[str] = typer.Option(None, help="The new answers, comma-separated; default: every answer "
                                                      "of the data the model has no class for."),
-    methods: str = typer.Option("prototype,linear_probe", help="Comma-separated: prototype, linear_probe."),
+    methods: str = typer.Option("prototype,linear_probe,finetune", help="Comma-separated: prototype, linear_probe, "
+                                "finetune (the head and the fusion's top layer)."),
     out: Optional[Path] = typer.Option(None, help="Write the result JSON here (default MODEL_DIR/../fewshot.json)."),
     plot: Optional[Path] = typer.Option(None, help="Draw the learning curve (k vs accuracy) to this PNG."),
 ) -> None:
     """Few-shot transfer: learn answers the model never saw from k examples each (prototypes or a linear
-    probe on its frozen fused features); prints accuracy as mean ± sd over seeds for each k."""
+    probe on its frozen fused features, or fine-tuning a new head with the fusion's top layer); prints
+    accuracy as mean ± sd over seeds for each k."""
     from .errors import ConfigError
     from .tasks.fewshot import fewshot as run_fewshot
     from .tasks.fewshot.report import format_fewshot

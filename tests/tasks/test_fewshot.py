@@ -3,6 +3,7 @@ filter, and the learning curve end to end through the CLI on a tiny model traine
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 from dataclasses import dataclass
@@ -117,6 +118,34 @@ def test_linear_probe_separates_separable_features():
     assert torch.equal(linear_probe_predict(support, labels, query, 4), predicted)  # deterministic
 
 
+def test_finetune_trains_only_the_fusion_top_and_starts_at_the_prototypes(trained_run):
+    from vlfuse.data.formats.common import SkipLog
+    from vlfuse.models.saved import load_model_dir
+    from vlfuse.tasks.fewshot.features import encode, pooled_features
+    from vlfuse.tasks.fewshot.finetune import finetune_predict, top_parameters
+
+    saved = load_model_dir(trained_run.model_dir)
+    fusion = saved.model.fusion  # the tiny co-attention fusion: text_blocks, image_blocks of one layer each
+    assert len(top_parameters(fusion)) == len(list(fusion.parameters()))  # one layer: all of it is the top
+    fusion.text_blocks.append(copy.deepcopy(fusion.text_blocks[0]))
+    lower = {id(p) for p in fusion.text_blocks[0].parameters()}
+    top = {id(p) for p in top_parameters(fusion)}
+    assert not lower & top and {id(p) for p in fusion.text_blocks[1].parameters()} <= top
+    assert {id(p) for p in fusion.pool.parameters()} <= top
+    fusion.text_blocks.pop(-1)
+
+    samples = read_split(trained_run.config.data, "train").samples[:24]
+    encoded = encode(saved, samples, SkipLog("skip"), progress=False)
+    features = pooled_features(saved, encoded)
+    labels = torch.arange(3).repeat(8)
+    support, query = torch.arange(0, 24, 2), torch.arange(1, 24, 2)
+    before = {k: v.clone() for k, v in fusion.state_dict().items()}
+    zero_steps = finetune_predict(fusion, encoded, support, labels[support], query, 3, steps=0)
+    assert zero_steps.tolist() == prototype_predict(features[support], labels[support], features[query], 3).tolist()
+    tuned = finetune_predict(fusion, encoded, support, labels[support], query, 3, steps=3)
+    assert tuned.shape == (12,) and all(torch.equal(before[k], v) for k, v in fusion.state_dict().items())
+
+
 # --------------------------------------------------------------------------- the held-out-answer filter
 
 def test_exclude_answers_drops_them_from_train_and_val_only(tiny_config, shapes_root, tmp_path):
@@ -160,7 +189,8 @@ def test_fewshot_curve_through_the_cli(held_out_model, cli_main, tmp_path):
     result = json.loads(out.read_text())
     assert result["answers"] == ["no", "yes"] and result["shots"] == [1, 2] and result["seeds"] == 3
     assert result["query_split"] == "test" and result["query_questions"] > 0
-    for method in ("prototype", "linear_probe"):
+    assert result["methods"] == ["prototype", "linear_probe", "finetune"]
+    for method in result["methods"]:
         for k in ("1", "2"):
             stats = result["curve"][method][k]
             assert len(stats["accuracies"]) == 3 and all(0 <= a <= 1 for a in stats["accuracies"])

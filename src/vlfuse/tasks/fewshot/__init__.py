@@ -4,9 +4,10 @@
     result = fewshot("runs/fewshot_shapes/model", shots=(1, 5, 10), seeds=5)
     result["curve"]["prototype"]["5"]   # {"mean", "sd", "accuracies"}: 5-shot accuracy over the seeds
 
-The model stays frozen: its fused pooled features (what its answer head reads) of k support
-questions per new answer train a small classifier over the new answers only (methods.py), which
-then answers the query questions of those answers. Each seed draws other support sets.
+The encoders stay frozen. prototype and linear_probe fit a small classifier over the new answers
+only (methods.py) on the fused pooled features (what the answer head reads) of k support questions
+per new answer; finetune (finetune.py) also trains the fusion's top layer. The classifier then
+answers the query questions of those answers. Each seed draws other support sets.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ from ...data.answers import normalize_answer
 from ...data.formats.common import SkipLog
 from ...errors import ConfigError, DataError
 from .data import TASKS, data_config, draw_episodes, read_candidates
-from .evaluate import baselines, learning_curve
-from .features import pooled_features
-from .methods import METHODS
+from .evaluate import ALL_METHODS, baselines, learning_curve, predictor
+from .features import encode, pooled_features
 
 DEFAULT_SHOTS = (1, 5, 10)
 
 
 def check_methods(methods: list[str]) -> None:
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown or not methods:
         raise ConfigError(f"--methods: unknown method {unknown[0] if unknown else '(none)'!r}; "
-                          f"expected some of {', '.join(METHODS)}")
+                          f"expected some of {', '.join(ALL_METHODS)}")
 
 
 def fewshot(model_dir: str | Path, data: str | Path | None = None, shots=DEFAULT_SHOTS, seeds: int = 5,
@@ -48,7 +48,7 @@ def fewshot(model_dir: str | Path, data: str | Path | None = None, shots=DEFAULT
     from ...models.saved import load_model_dir
 
     clock = time.perf_counter()
-    methods = list(methods or METHODS)
+    methods = list(methods or ALL_METHODS)
     check_methods(methods)
     saved = load_model_dir(model_dir)
     if saved.config.task not in TASKS:
@@ -60,8 +60,9 @@ def fewshot(model_dir: str | Path, data: str | Path | None = None, shots=DEFAULT
     episodes = draw_episodes(candidates, shots, seeds)
     needed = sorted({i for e in episodes for i in e.support} | set(candidates.query))
     skip_log = SkipLog(cfg.on_bad_sample)
-    features, rows = pooled_features(saved, [candidates.samples[i] for i in needed], skip_log, progress=progress)
-    rows = {needed[j]: row for j, row in rows.items()}  # back to indices into the candidates
+    encoded = encode(saved, [candidates.samples[i] for i in needed], skip_log, progress=progress)
+    rows = {needed[j]: row for j, row in encoded.rows.items()}  # back to indices into the candidates
+    features = pooled_features(saved, encoded)
     labels = torch.full((len(features),), -1, dtype=torch.long)
     for i, row in rows.items():
         labels[row] = new.index(normalize_answer(candidates.samples[i].answer))
@@ -72,7 +73,8 @@ def fewshot(model_dir: str | Path, data: str | Path | None = None, shots=DEFAULT
         "query_questions": sum(i in rows for i in candidates.query),
         "shots": shots, "seeds": seeds, "methods": methods, "feature_dim": features.shape[1],
         **baselines(labels, rows, candidates.query, new),
-        "curve": learning_curve(features, labels, rows, episodes, methods, len(new)),
+        "curve": learning_curve({m: predictor(m, saved.model.fusion, encoded, features) for m in methods}, labels,
+                                rows, episodes, len(new)),
         "skipped": candidates.skipped + skip_log.count,
         "seconds": time.perf_counter() - clock,
     }

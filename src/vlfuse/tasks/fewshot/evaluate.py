@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 import torch
 
 from .data import Episode
+from .features import Encoded
+from .finetune import finetune_predict
 from .methods import METHODS
 
+# predict(support rows, their labels, query rows, classes) -> predicted class per query row
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+ALL_METHODS = (*METHODS, "finetune")
 
-def episode_accuracy(method: str, features: torch.Tensor, labels: torch.Tensor, rows: dict[int, int],
-                     episode: Episode, classes: int) -> float:
-    """Accuracy of `method` on the episode's query questions, learnt from its support questions (a
-    question without features, its image undecodable, is left out of both)."""
+
+def predictor(method: str, fusion: torch.nn.Module, encoded: Encoded, features: torch.Tensor) -> Predict:
+    """The method as a function of question rows: the feature classifiers read the frozen features,
+    finetune runs the fusion."""
+    if method == "finetune":
+        return lambda support, labels, query, classes: finetune_predict(fusion, encoded, support, labels, query,
+                                                                        classes)
+    classify = METHODS[method]
+    return lambda support, labels, query, classes: classify(features[support], labels, features[query], classes)
+
+
+def episode_accuracy(predict: Predict, labels: torch.Tensor, rows: dict[int, int], episode: Episode,
+                     classes: int) -> float:
+    """Accuracy on the episode's query questions, learnt from its support questions (a question
+    without a row, its image undecodable, is left out of both)."""
     support = torch.tensor([rows[i] for i in episode.support if i in rows], dtype=torch.long)
     query = torch.tensor([rows[i] for i in episode.query if i in rows], dtype=torch.long)
-    predicted = METHODS[method](features[support], labels[support], features[query], classes)
+    predicted = predict(support, labels[support], query, classes)
     return (predicted == labels[query]).float().mean().item()
 
 
@@ -26,15 +43,14 @@ def summarise(accuracies: list[float]) -> dict:
     return {"mean": statistics.fmean(accuracies), "sd": sd, "accuracies": accuracies}
 
 
-def learning_curve(features: torch.Tensor, labels: torch.Tensor, rows: dict[int, int], episodes: list[Episode],
-                   methods: list[str], classes: int) -> dict[str, dict[str, dict]]:
+def learning_curve(predictors: dict[str, Predict], labels: torch.Tensor, rows: dict[int, int],
+                   episodes: list[Episode], classes: int) -> dict[str, dict[str, dict]]:
     """{method: {str(k): {mean, sd, accuracies (one per seed)}}}; k as a string so it round-trips JSON."""
     curve: dict[str, dict[str, dict]] = {}
-    for method in methods:
+    for method, predict in predictors.items():
         by_k: dict[int, list[float]] = {}
         for episode in episodes:
-            accuracy = episode_accuracy(method, features, labels, rows, episode, classes)
-            by_k.setdefault(episode.shots, []).append(accuracy)
+            by_k.setdefault(episode.shots, []).append(episode_accuracy(predict, labels, rows, episode, classes))
         curve[method] = {str(k): summarise(v) for k, v in sorted(by_k.items())}
     return curve
 

@@ -54,8 +54,9 @@ class DataConfig:
     # Share of the training images kept (with all their questions), drawn by the run's seed: e.g. 0.1
     # trains on 10% of the labels. 1.0 keeps every image.
     train_fraction: float = 1.0
-    # Answers held out of training (few-shot transfer, vlfuse fewshot): train and val questions whose
-    # answer is one of these are dropped, so the model never sees them; the test split keeps them.
+    # Answers held out (few-shot transfer, vlfuse fewshot): questions (or classification records) whose
+    # answer is one of these are dropped from every split, so the model never sees them; `vlfuse fewshot`
+    # reads them back.
     # Quote yes/no and numbers: YAML reads a bare yes as true and 2 as an integer.
     exclude_answers: list[str] = field(default_factory=list)
     # Scene graphs for graph fusion (vlfuse.data.scene_graph): null = none; auto = the format's own

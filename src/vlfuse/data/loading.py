@@ -100,7 +100,7 @@ def read_split(data: DataConfig, split: str) -> ReadResult:
     if data.format == "karpathy":  # one file holds every split: the reader picks this one's images
         return reader(*files, _resolve(data.root, spec.images), split=split, on_bad_sample=data.on_bad_sample)
     read = reader(*files, _resolve(data.root, spec.images), on_bad_sample=data.on_bad_sample)
-    if data.exclude_answers and split != "test":
+    if data.exclude_answers:
         read.samples = drop_answers(read.samples, data.exclude_answers, split)
     return read
 

@@ -402,6 +402,8 @@ def fewshot(
                                                      "of the data the model has no class for."),
     methods: str = typer.Option("prototype,linear_probe,finetune", help="Comma-separated: prototype, linear_probe, "
                                 "finetune (the head and the fusion's top layer)."),
+    ceiling: bool = typer.Option(False, help="Also fit the linear probe on every support example of the new "
+                                              "answers: the most the frozen features give (slower)."),
     out: Optional[Path] = typer.Option(None, help="Write the result JSON here (default MODEL_DIR/../fewshot.json)."),
     plot: Optional[Path] = typer.Option(None, help="Draw the learning curve (k vs accuracy) to this PNG."),
 ) -> None:
@@ -418,7 +420,7 @@ def fewshot(
         raise ConfigError(f"--shots: expected integers separated by commas, got {shots!r}") from None
     split = (lambda text: [a.strip() for a in text.split(",") if a.strip()])
     result = run_fewshot(model_dir, data, ks, seeds, None if answers is None else split(answers), split(methods),
-                         out=out or model_dir.parent / "fewshot.json")
+                         ceiling=ceiling, out=out or model_dir.parent / "fewshot.json")
     typer.echo(format_fewshot(result))
     if plot is not None:
         from .tasks.fewshot.plot import plot_curve

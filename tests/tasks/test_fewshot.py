@@ -183,7 +183,8 @@ def test_fewshot_curve_through_the_cli(held_out_model, cli_main, tmp_path):
     answers = json.loads((held_out_model / "answers.json").read_text())
     assert "yes" not in answers and "no" not in answers  # never seen in training
     out, plot = tmp_path / "fewshot.json", tmp_path / "curve.png"
-    run = cli_main("fewshot", held_out_model, "--shots", "1,2", "--seeds", "3", "--out", out, "--plot", plot)
+    run = cli_main("fewshot", held_out_model, "--shots", "1,2", "--seeds", "3", "--out", out, "--plot", plot,
+                   "--ceiling")
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     assert result["answers"] == ["no", "yes"] and result["shots"] == [1, 2] and result["seeds"] == 3
@@ -197,6 +198,8 @@ def test_fewshot_curve_through_the_cli(held_out_model, cli_main, tmp_path):
             assert stats["sd"] == pytest.approx(statistics.stdev(stats["accuracies"]))
             assert f"{100 * stats['mean']:.1f} ± {100 * stats['sd']:.1f}" in run.stdout
     assert result["chance"] == 0.5 and "2 new answers (no, yes)" in run.stdout
+    ceiling = result["ceiling"]  # the probe on every support question of yes and no
+    assert ceiling["examples"] == sum(result["support_pool"].values()) and 0 <= ceiling["accuracy"] <= 1
     assert plot.stat().st_size > 1000
 
 

@@ -22,7 +22,7 @@ from ...data.answers import normalize_answer
 from ...data.formats.common import SkipLog
 from ...errors import ConfigError, DataError
 from .data import TASKS, data_config, draw_episodes, read_candidates
-from .evaluate import ALL_METHODS, baselines, learning_curve, predictor
+from .evaluate import ALL_METHODS, baselines, learning_curve, predictor, probe_ceiling
 from .features import encode, pooled_features
 
 DEFAULT_SHOTS = (1, 5, 10)
@@ -36,14 +36,15 @@ def check_methods(methods: list[str]) -> None:
 
 
 def fewshot(model_dir: str | Path, data: str | Path | None = None, shots=DEFAULT_SHOTS, seeds: int = 5,
-            answers: list[str] | None = None, methods: list[str] | None = None, progress: bool = True,
-            out: str | Path | None = None) -> dict:
+            answers: list[str] | None = None, methods: list[str] | None = None, ceiling: bool = False,
+            progress: bool = True, out: str | Path | None = None) -> dict:
     """The learning curve of each method (k vs accuracy over the new answers, mean ± sd over seeds).
 
     data: a YAML config (its data section) or a .jsonl/.csv table; default the model's own data.
     Support questions come from its train split, query questions from its test split (a table: both
     from it, disjoint). answers: the new answers; default every answer the model has no class for.
-    out: also write the result as JSON there.
+    ceiling: also fit the linear probe on every support question of the new answers (all of them are
+    encoded: slower), the most the frozen features can give. out: also write the result as JSON there.
     """
     from ...models.saved import load_model_dir
 
@@ -58,7 +59,10 @@ def fewshot(model_dir: str | Path, data: str | Path | None = None, shots=DEFAULT
     candidates, new = read_candidates(cfg, support_split, query_split, saved.answers, answers)
     shots = sorted(set(int(k) for k in shots))
     episodes = draw_episodes(candidates, shots, seeds)
-    needed = sorted({i for e in episodes for i in e.support} | set(candidates.query))
+    needed = {i for e in episodes for i in e.support} | set(candidates.query)
+    if ceiling:
+        needed |= {i for pool in candidates.pools.values() for i in pool}
+    needed = sorted(needed)
     skip_log = SkipLog(cfg.on_bad_sample)
     encoded = encode(saved, [candidates.samples[i] for i in needed], skip_log, progress=progress)
     rows = {needed[j]: row for j, row in encoded.rows.items()}  # back to indices into the candidates
@@ -75,6 +79,7 @@ def fewshot(model_dir: str | Path, data: str | Path | None = None, shots=DEFAULT
         **baselines(labels, rows, candidates.query, new),
         "curve": learning_curve({m: predictor(m, saved.model.fusion, encoded, features) for m in methods}, labels,
                                 rows, episodes, len(new)),
+        "ceiling": probe_ceiling(features, labels, rows, candidates, len(new)) if ceiling else None,
         "skipped": candidates.skipped + skip_log.count,
         "seconds": time.perf_counter() - clock,
     }

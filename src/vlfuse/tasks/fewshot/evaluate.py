@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import torch
 
-from .data import Episode
+from .data import Candidates, Episode
 from .features import Encoded
 from .finetune import finetune_predict
-from .methods import METHODS
+from .methods import METHODS, linear_probe_predict
 
 # predict(support rows, their labels, query rows, classes) -> predicted class per query row
 Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -61,3 +61,15 @@ def baselines(labels: torch.Tensor, rows: dict[int, int], query: list[int], answ
     counts = torch.bincount(truth, minlength=len(answers))
     return {"chance": 1 / len(answers),
             "majority": {"answer": answers[int(counts.argmax())], "accuracy": counts.max().item() / len(truth)}}
+
+
+def probe_ceiling(features: torch.Tensor, labels: torch.Tensor, rows: dict[int, int], candidates: Candidates,
+                  classes: int) -> dict | None:
+    """The linear probe fitted on every support question of the new answers: what the frozen features
+    tell apart at all, the limit of the feature methods. None when support and query share a split."""
+    if candidates.same_split:
+        return None
+    support = torch.tensor([rows[i] for pool in candidates.pools.values() for i in pool if i in rows])
+    query = torch.tensor([rows[i] for i in candidates.query if i in rows])
+    predicted = linear_probe_predict(features[support], labels[support], features[query], classes)
+    return {"examples": len(support), "accuracy": (predicted == labels[query]).float().mean().item()}

@@ -18,6 +18,9 @@ def plot_curve(result: dict, path: str | Path, title: str | None = None) -> Path
         sd = [100 * by_k[str(k)]["sd"] for k in shots]
         ax.plot(shots, mean, marker="o", label=method.replace("_", " "))
         ax.fill_between(shots, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], alpha=0.2)
+    if result.get("ceiling"):
+        ax.axhline(100 * result["ceiling"]["accuracy"], color="black", linestyle="-.",
+                   label=f"linear probe, all {result['ceiling']['examples']} examples")
     ax.axhline(100 * result["chance"], color="gray", linestyle=":", label="chance")
     ax.axhline(100 * result["majority"]["accuracy"], color="gray", linestyle="--", label="majority answer")
     ax.set_xscale("log")

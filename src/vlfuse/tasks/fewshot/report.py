@@ -16,6 +16,9 @@ def format_fewshot(result: dict) -> str:
              f"{'k':<{width}}" + "".join(f"{k:>14}" for k in shots)]
     for method, by_k in result["curve"].items():
         lines.append(f"{method:<{width}}" + "".join(f"{_cell(by_k[k]):>14}" for k in shots))
+    if result.get("ceiling"):
+        lines.append(f"linear probe on all {result['ceiling']['examples']} support questions: "
+                     f"{100 * result['ceiling']['accuracy']:.1f}%")
     majority = result["majority"]
     lines.append(f"chance {100 * result['chance']:.1f}%, always {majority['answer']!r} "
                  f"{100 * majority['accuracy']:.1f}%  ({result['seconds']:.1f} s)")

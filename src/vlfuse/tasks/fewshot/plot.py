@@ -33,15 +33,19 @@ def _panel(ax, result: dict, title: str) -> None:
 
 
 def plot_curves(panels: dict[str, dict], path: str | Path) -> Path:
-    """One panel per (title, result) side by side, written to `path` (PNG)."""
+    """One panel per (title, result), in a row (up to 3) or rows of two, written to `path` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display here
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.9), dpi=110, squeeze=False)
-    for ax, (title, result) in zip(axes[0], panels.items()):
+    columns = len(panels) if len(panels) <= 3 else 2
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.9 * rows), dpi=110, squeeze=False)
+    for ax, (title, result) in zip(axes.flat, panels.items()):
         _panel(ax, result, title)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

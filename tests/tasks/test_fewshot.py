@@ -165,17 +165,22 @@ def test_exclude_answers_drops_them_from_every_split(tiny_config, shapes_root, t
 # --------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
-def held_out_model(tiny_config, tmp_path_factory):
-    """A tiny VQA model trained without any yes/no question, on data with enough held-out test questions."""
+def held_out_model(write_config, tmp_path_factory):
+    """A tiny VQA model trained (through the CLI, in this process) without any yes/no question, on data
+    with enough held-out test questions."""
+    from typer.testing import CliRunner
+
+    from vlfuse.cli import app
     from vlfuse.data.shapes import generate
-    from vlfuse.train.run import train
 
     root = tmp_path_factory.mktemp("fewshot_shapes")
     generate(root, images=24, questions_per_image=4, size=32, seed=1, test_fraction=0.25, progress=False,
              dialogs=False)
     out = tmp_path_factory.mktemp("fewshot_run") / "run"
-    config = tiny_config(root, out, "data.exclude_answers=['yes', 'no']", "train.epochs=1")
-    train(config, progress=False)
+    config = write_config(out.parent / "config.yaml", root, out, "data.exclude_answers=['yes', 'no']",
+                          "train.epochs=1")
+    run = CliRunner().invoke(app, ["train", str(config)])
+    assert run.exit_code == 0, run.output
     return out / "model"
 
 
@@ -183,17 +188,17 @@ def test_fewshot_curve_through_the_cli(held_out_model, cli_main, tmp_path):
     answers = json.loads((held_out_model / "answers.json").read_text())
     assert "yes" not in answers and "no" not in answers  # never seen in training
     out, plot = tmp_path / "fewshot.json", tmp_path / "curve.png"
-    run = cli_main("fewshot", held_out_model, "--shots", "1,2", "--seeds", "3", "--out", out, "--plot", plot,
+    run = cli_main("fewshot", held_out_model, "--shots", "1,2", "--seeds", "2", "--out", out, "--plot", plot,
                    "--ceiling")
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
-    assert result["answers"] == ["no", "yes"] and result["shots"] == [1, 2] and result["seeds"] == 3
+    assert result["answers"] == ["no", "yes"] and result["shots"] == [1, 2] and result["seeds"] == 2
     assert result["query_split"] == "test" and result["query_questions"] > 0
     assert result["methods"] == ["prototype", "linear_probe", "finetune"]
     for method in result["methods"]:
         for k in ("1", "2"):
             stats = result["curve"][method][k]
-            assert len(stats["accuracies"]) == 3 and all(0 <= a <= 1 for a in stats["accuracies"])
+            assert len(stats["accuracies"]) == 2 and all(0 <= a <= 1 for a in stats["accuracies"])
             assert stats["mean"] == pytest.approx(statistics.fmean(stats["accuracies"]))
             assert stats["sd"] == pytest.approx(statistics.stdev(stats["accuracies"]))
             assert f"{100 * stats['mean']:.1f} ± {100 * stats['sd']:.1f}" in run.stdout

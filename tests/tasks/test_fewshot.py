@@ -86,6 +86,8 @@ def test_new_answers_are_the_ones_the_model_lacks():
         new_answers(samples, known, ["yes", "maybe"], "train.json")
     with pytest.raises(DataError, match="nothing new to learn"):
         new_answers([_Sample("circle")], known, None, "train.json")
+    with pytest.raises(ConfigError, match="at least 2 new answers"):  # one class would always be right
+        new_answers([_Sample("circle"), _Sample("yes")], known, None, "train.json")
 
 
 # --------------------------------------------------------------------------- classifiers

@@ -66,7 +66,7 @@ def new_answers(samples: list, known: AnswerVocab, requested: list[str] | None, 
         if not unseen:
             raise DataError("every answer here is already one of the model's classes: nothing new to learn "
                             "(train with data.exclude_answers, or name the answers with --answers)", path=source)
-        return unseen
+        return _at_least_two(unseen)
     answers = list(dict.fromkeys(normalize_answer(a) for a in requested))
     for answer in answers:
         if known.index(answer) is not None:
@@ -74,8 +74,13 @@ def new_answers(samples: list, known: AnswerVocab, requested: list[str] | None, 
                               "the model has never seen")
         if answer not in present:
             raise DataError(f"--answers: no question has the answer {answer!r}", path=source)
-    if len(answers) < 2:
-        raise ConfigError(f"--answers: few-shot needs at least 2 new answers to tell apart, got {answers}")
+    return _at_least_two(answers)
+
+
+def _at_least_two(answers: list[str]) -> list[str]:
+    if len(answers) < 2:  # one class is always right: no accuracy to report
+        raise ConfigError(f"few-shot needs at least 2 new answers to tell apart, got {answers} (set --answers, "
+                          "or hold more out with data.exclude_answers)")
     return answers
 
 

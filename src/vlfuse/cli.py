@@ -333,6 +333,44 @@ def compare(
 
 
 @app.command()
+def fewshot(
+    model_dir: Path,
+    data: Optional[Path] = typer.Option(None, help="A YAML config whose data section to use (support from its "
+                                                   "train split, query from test), or a .jsonl/.csv table; "
+                                                   "default: the model's own config."),
+    shots: str = typer.Option("1,5,10", help="Examples per new answer, comma-separated."),
+    seeds: int = typer.Option(5, help="Support sets drawn per k (seeds 0..N-1)."),
+    answers: Optional[str] = typer.Option(None, help="The new answers, comma-separated; default: every answer "
+                                                     "of the data the model has no class for."),
+    methods: str = typer.Option("prototype,linear_probe,finetune", help="Comma-separated: prototype, linear_probe, "
+                                "finetune (the head and the fusion's top layer)."),
+    ceiling: bool = typer.Option(False, help="Also fit the linear probe on every support example of the new "
+                                              "answers: the most the frozen features give (slower)."),
+    out: Optional[Path] = typer.Option(None, help="Write the result JSON here (default MODEL_DIR/../fewshot.json)."),
+    plot: Optional[Path] = typer.Option(None, help="Draw the learning curve (k vs accuracy) to this PNG."),
+) -> None:
+    """Few-shot transfer: learn answers the model never saw from k examples each (prototypes or a linear
+    probe on its frozen fused features, or fine-tuning a new head with the fusion's top layer); prints
+    accuracy as mean ± sd over seeds for each k."""
+    from .errors import ConfigError
+    from .tasks.fewshot import fewshot as run_fewshot
+    from .tasks.fewshot.report import format_fewshot
+
+    try:
+        ks = [int(k) for k in shots.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--shots: expected integers separated by commas, got {shots!r}") from None
+    split = (lambda text: [a.strip() for a in text.split(",") if a.strip()])
+    result = run_fewshot(model_dir, data, ks, seeds, None if answers is None else split(answers), split(methods),
+                         ceiling=ceiling, out=out or model_dir.parent / "fewshot.json")
+    typer.echo(format_fewshot(result))
+    if plot is not None:
+        from .tasks.fewshot.plot import plot_curve
+
+        typer.echo(f"Curve: {plot_curve(result, plot)}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("vlfuse-demo"), help="Folder for data, model and report."),
     images: int = typer.Option(4000, help="Images in the generated dataset."),

@@ -54,6 +54,11 @@ class DataConfig:
     # Share of the training images kept (with all their questions), drawn by the run's seed: e.g. 0.1
     # trains on 10% of the labels. 1.0 keeps every image.
     train_fraction: float = 1.0
+    # Answers held out (few-shot transfer, vlfuse fewshot): questions (or classification records) whose
+    # answer is one of these are dropped from every split, so the model never sees them; `vlfuse fewshot`
+    # reads them back.
+    # Quote yes/no and numbers: YAML reads a bare yes as true and 2 as an integer.
+    exclude_answers: list[str] = field(default_factory=list)
     # Scene graphs for graph fusion (vlfuse.data.scene_graph): null = none; auto = the format's own
     # (nlvr: structured_rep; vqa_v2: the built-in scenes/{split}_scenes.json); else a scenes JSON or
     # COCO instances JSON per split under data.root, "{split}" replaced by the split's name.

@@ -110,4 +110,26 @@ def read_split(data: DataConfig, split: str) -> ReadResult:
     files = [_resolve(data.root, getattr(spec, key)) for key in keys]
     if data.format in ONE_FILE_FORMATS:  # one file holds every split: the reader picks this one's images
         return reader(*files, _resolve(data.root, spec.images), split=split, on_bad_sample=data.on_bad_sample)
-    return reader(*files, _resolve(data.root, spec.images), on_bad_sample=data.on_bad_sample)
+    read = reader(*files, _resolve(data.root, spec.images), on_bad_sample=data.on_bad_sample)
+    if data.exclude_answers:
+        read.samples = drop_answers(read.samples, data.exclude_answers, split)
+    return read
+
+
+def drop_answers(samples: list, answers: list[str], split: str) -> list:
+    """`samples` less those whose answer is in `answers` (data.exclude_answers); an answer that no
+    training question has is an error, since it is most likely a typo that would hold nothing out."""
+    from .answers import normalize_answer
+
+    held_out = {normalize_answer(a) for a in answers}
+    if "" in held_out:
+        raise ConfigError("config key 'data.exclude_answers' holds an empty answer")
+    answer_of = [getattr(s, "answer", None) for s in samples]  # captions and dialogues have none
+    kept = [s for s, a in zip(samples, answer_of) if a is None or normalize_answer(a) not in held_out]
+    if split == "train":
+        present = {normalize_answer(a) for a in answer_of if a is not None}
+        missing = sorted(held_out - present)
+        if missing:
+            raise ConfigError(f"config key 'data.exclude_answers': no training question has the answer "
+                              f"{missing[0]!r}")
+    return kept

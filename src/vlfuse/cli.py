@@ -353,8 +353,8 @@ def fewshot(
     probe on its frozen fused features, or fine-tuning a new head with the fusion's top layer); prints
     accuracy as mean ± sd over seeds for each k."""
     from .errors import ConfigError
-    from .tasks.fewshot import fewshot as run_fewshot
-    from .tasks.fewshot.report import format_fewshot
+    from .fewshot import fewshot as run_fewshot
+    from .fewshot.report import format_fewshot
 
     try:
         ks = [int(k) for k in shots.split(",") if k.strip()]
@@ -365,7 +365,7 @@ def fewshot(
                          ceiling=ceiling, out=out or model_dir.parent / "fewshot.json")
     typer.echo(format_fewshot(result))
     if plot is not None:
-        from .tasks.fewshot.plot import plot_curve
+        from .fewshot.plot import plot_curve
 
         typer.echo(f"Curve: {plot_curve(result, plot)}")
 

@@ -13,11 +13,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import Config, DataConfig, SplitConfig, load_config
-from ...data.answers import AnswerVocab, normalize_answer
-from ...data.formats.common import ReadResult
-from ...data.loading import read_split
-from ...errors import ConfigError, DataError
+from ..config import Config, DataConfig, SplitConfig, load_config
+from ..data.answers import AnswerVocab, normalize_answer
+from ..data.formats.common import ReadResult
+from ..data.loading import read_split
+from ..errors import ConfigError, DataError
 
 TASKS = ("vqa", "classification")  # models that answer with a class, where new classes make sense
 TABLE_SUFFIXES = (".jsonl", ".csv")

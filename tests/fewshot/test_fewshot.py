@@ -1,4 +1,4 @@
-"""Few-shot transfer (vlfuse.tasks.fewshot): support sets, the two classifiers, the held-out-answer
+"""Few-shot transfer (vlfuse.fewshot): support sets, the two classifiers, the held-out-answer
 filter, and the learning curve end to end through the CLI on a tiny model trained without yes/no."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from vlfuse.config import load_config
 from vlfuse.data.answers import AnswerVocab
 from vlfuse.data.loading import read_split
 from vlfuse.errors import ConfigError, DataError
-from vlfuse.tasks.fewshot.data import Candidates, check_shots, draw_episodes, new_answers
-from vlfuse.tasks.fewshot.methods import linear_probe_predict, prototype_predict
+from vlfuse.fewshot.data import Candidates, check_shots, draw_episodes, new_answers
+from vlfuse.fewshot.methods import linear_probe_predict, prototype_predict
 
 HELD_OUT = ["yes", "no"]
 
@@ -123,8 +123,8 @@ def test_linear_probe_separates_separable_features():
 def test_finetune_trains_only_the_fusion_top_and_starts_at_the_prototypes(trained_run):
     from vlfuse.data.formats.common import SkipLog
     from vlfuse.models.saved import load_model_dir
-    from vlfuse.tasks.fewshot.features import encode, pooled_features
-    from vlfuse.tasks.fewshot.finetune import finetune_predict, top_parameters
+    from vlfuse.fewshot.features import encode, pooled_features
+    from vlfuse.fewshot.finetune import finetune_predict, top_parameters
 
     saved = load_model_dir(trained_run.model_dir)
     fusion = saved.model.fusion  # the tiny co-attention fusion: text_blocks, image_blocks of one layer each

@@ -2,7 +2,7 @@
 
 Several results side by side (one panel each, titled by the JSON file name):
 
-    python -m vlfuse.tasks.fewshot.plot OUT.png RESULT.json [RESULT.json ...]
+    python -m vlfuse.fewshot.plot OUT.png RESULT.json [RESULT.json ...]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def plot_curve(result: dict, path: str | Path, title: str | None = None) -> Path
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        sys.exit("usage: python -m vlfuse.tasks.fewshot.plot OUT.png RESULT.json [RESULT.json ...]")
+        sys.exit("usage: python -m vlfuse.fewshot.plot OUT.png RESULT.json [RESULT.json ...]")
     panels = {}
     for name in argv[1:]:
         result = json.loads(Path(name).read_text(encoding="utf-8"))

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...data.formats.common import SkipLog
-from ...data.vqa_dataset import GroupedVQADataset, collate_groups
-from ...models.saved import SavedModel
-from ...progress import track
-from ...types import Features
+from ..data.formats.common import SkipLog
+from ..data.vqa_dataset import GroupedVQADataset, collate_groups
+from ..models.saved import SavedModel
+from ..progress import track
+from ..types import Features
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Few-shot transfer: teach a trained VQA or classification model answers it never saw, from k examples each.
 
-    from vlfuse.tasks.fewshot import fewshot
+    from vlfuse.fewshot import fewshot
     result = fewshot("runs/fewshot_shapes/model", shots=(1, 5, 10), seeds=5)
     result["curve"]["prototype"]["5"]   # {"mean", "sd", "accuracies"}: 5-shot accuracy over the seeds
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ...data.answers import normalize_answer
-from ...data.formats.common import SkipLog
-from ...errors import ConfigError, DataError
+from ..data.answers import normalize_answer
+from ..data.formats.common import SkipLog
+from ..errors import ConfigError, DataError
 from .data import TASKS, data_config, draw_episodes, read_candidates
 from .evaluate import ALL_METHODS, baselines, learning_curve, predictor, probe_ceiling
 from .features import encode, pooled_features
@@ -46,7 +46,7 @@ def fewshot(model_dir: str | Path, data: str | Path | None = None, shots=DEFAULT
     ceiling: also fit the linear probe on every support question of the new answers (all of them are
     encoded: slower), the most the frozen features can give. out: also write the result as JSON there.
     """
-    from ...models.saved import load_model_dir
+    from ..models.saved import load_model_dir
 
     clock = time.perf_counter()
     methods = list(methods or ALL_METHODS)

@@ -231,9 +231,35 @@ class DialogueConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Settings of task generation (text -> image; see vlfuse.tasks.generation).
+
+    The first vq_epochs of train.epochs train the VQ-VAE (image <-> grid of codes), the rest the prior
+    (caption -> codes, a causal Transformer with cross-attention to the caption, width model.dim).
+    """
+
+    vq_epochs: int = 3
+    codes: int = 512  # codebook size
+    code_dim: int = 32
+    channels: int = 64  # VQ-VAE convolution width
+    downsample: int = 3  # the code grid is image_size / 2**downsample on a side
+    commitment: float = 0.25  # weight of the encoder's commitment loss
+    layers: int = 4  # prior blocks
+    heads: int = 4
+    text_layers: int = 2  # caption encoder blocks
+    temperature: float = 1.0  # sampling: logits / temperature, then the top_k most likely codes
+    top_k: int | None = 32
+    eval_batch: int = 100  # captions generated at once in evaluation
+    # evaluation: a trained retrieval model directory; adds the R@1 of each generated image against its
+    # caption among 100 captions of the split (its own and 99 others)
+    retrieval_model: str | None = None
+
+
+@dataclass
 class Config:
     seed: int = 0
-    task: Literal["vqa", "retrieval", "captioning", "pretrain", "matching", "classification", "dialogue"] = "vqa"
+    task: Literal["vqa", "retrieval", "captioning", "pretrain", "matching", "classification", "dialogue",
+                  "generation"] = "vqa"
     out_dir: str = "runs/vqa"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -243,6 +269,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -281,6 +308,10 @@ RANGES = {
     "matching.holdout_sentences": (0, 1, True), "matching.max_images_per_statement": _AT_LEAST_1,
     "dialogue.max_history_length": _AT_LEAST_1, "dialogue.max_answer_length": (3, None, True),
     "dialogue.beam_size": _AT_LEAST_1, "dialogue.eval_batch": _AT_LEAST_1,
+    "generation.vq_epochs": _AT_LEAST_1, "generation.codes": (2, None, True), "generation.code_dim": _AT_LEAST_1,
+    "generation.channels": _AT_LEAST_1, "generation.downsample": (1, 5, True), "generation.commitment": _NON_NEGATIVE,
+    "generation.layers": _AT_LEAST_1, "generation.heads": _AT_LEAST_1, "generation.text_layers": _NON_NEGATIVE,
+    "generation.temperature": _POSITIVE, "generation.top_k": _AT_LEAST_1, "generation.eval_batch": _AT_LEAST_1,
 }
 
 

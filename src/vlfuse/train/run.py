@@ -324,6 +324,7 @@ TASKS = {
     "classification": ("vlfuse.train.labelled", "prepare_labelled", "evaluate_labelled_split"),
     "dialogue": ("vlfuse.train.dialogue", "prepare_dialogue", "evaluate_dialogue_split"),
     "pretrain": ("vlfuse.train.pretrain", "prepare_pretrain", "evaluate_pretrain_split"),
+    "generation": ("vlfuse.tasks.generation", "prepare", "evaluate_split"),
 }
 
 

@@ -241,7 +241,7 @@ class GenerationConfig:
     vq_epochs: int = 3
     codes: int = 512  # codebook size
     code_dim: int = 32
-    channels: int = 64  # VQ-VAE convolution width
+    channels: int = 128  # VQ-VAE width (its convolutions run on the code grid)
     downsample: int = 3  # the code grid is image_size / 2**downsample on a side
     commitment: float = 0.25  # weight of the encoder's commitment loss
     layers: int = 4  # prior blocks

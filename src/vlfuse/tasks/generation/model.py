@@ -19,16 +19,6 @@ from ...layers.transformer import TransformerBlock
 
 # --------------------------------------------------------------------------- VQ-VAE
 
-class _Residual(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, 1, 1), nn.ReLU(),
-                                  nn.Conv2d(channels, channels, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
 class Quantizer(nn.Module):
     """Nearest-code quantisation with an exponential-moving-average codebook (van den Oord et al. 2017,
     appendix; Razavi et al. 2019) and restarts of codes no batch has used for a while, so the whole
@@ -40,6 +30,7 @@ class Quantizer(nn.Module):
         self.register_buffer("codebook", torch.randn(codes, dim) * 0.1)
         self.register_buffer("ema_count", torch.ones(codes))
         self.register_buffer("ema_sum", self.codebook.clone())
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))  # codebook drawn from real encodings
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Code index of each vector of z [N, D] (in float32: bf16 distances would tie near codes)."""
@@ -64,13 +55,20 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
+        if not self.started:  # start every code at an encoding of the first batch: none starts unused
+            self._restart(torch.ones_like(self.ema_count, dtype=torch.bool), flat)
+            self.started.fill_(True)
+            return
         onehot = F.one_hot(codes, len(self.codebook)).type_as(flat)
         self.ema_count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
         n = self.ema_count.sum()
         count = (self.ema_count + 1e-5) / (n + len(self.codebook) * 1e-5) * n  # Laplace smoothing
         self.codebook.copy_(self.ema_sum / count[:, None])
-        dead = self.ema_count < 1e-2  # restart unused codes at random encoder outputs of this batch
+        self._restart(self.ema_count < 1e-2, flat)
+
+    def _restart(self, dead: torch.Tensor, flat: torch.Tensor) -> None:
+        """Move the `dead` (unused) codes onto random encoder outputs of this batch."""
         if dead.any():
             picks = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
             self.codebook[dead] = picks
@@ -81,22 +79,20 @@ class Quantizer(nn.Module):
 class VQVAE(nn.Module):
     """images [B, 3, S, S] in [0, 1] <-> codes [B, S/f, S/f], f = 2 ** downsample.
 
-    Widths double from channels / 2 ** (downsample - 1) at full resolution up to `channels` at the
-    code grid, so the costly high-resolution layers stay narrow (most of the work is at the grid).
+    Patch-wise (as ViT-VQGAN reads an image): each f x f patch becomes one vector in one strided
+    convolution, and the decoder paints each patch back in one transposed convolution; the 3x3
+    convolutions between work on the code grid, so a patch is read and painted knowing its
+    neighbours. Nothing runs at full resolution, which keeps a step cheap on a CPU.
     """
 
-    def __init__(self, codes: int = 512, code_dim: int = 32, channels: int = 64, downsample: int = 3):
+    def __init__(self, codes: int = 512, code_dim: int = 32, channels: int = 128, downsample: int = 3):
         super().__init__()
-        widths = [max(16, channels // 2 ** (downsample - i)) for i in range(downsample + 1)]  # full res -> grid
-        down: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1)]
-        for cin, cout in zip(widths, widths[1:]):
-            down += [nn.ReLU(), nn.Conv2d(cin, cout, 4, 2, 1)]
-        self.encoder = nn.Sequential(*down, _Residual(channels), _Residual(channels), nn.ReLU(),
-                                     nn.Conv2d(channels, code_dim, 1))
-        up: list[nn.Module] = [nn.Conv2d(code_dim, channels, 3, 1, 1), _Residual(channels), _Residual(channels)]
-        for cin, cout in zip(widths[::-1], widths[::-1][1:]):
-            up += [nn.ReLU(), nn.ConvTranspose2d(cin, cout, 4, 2, 1)]
-        self.decoder = nn.Sequential(*up, nn.ReLU(), nn.Conv2d(widths[0], 3, 3, 1, 1))
+        f = 2 ** downsample
+        self.encoder = nn.Sequential(nn.Conv2d(3, channels, f, f), nn.ReLU(), nn.Conv2d(channels, channels, 3, 1, 1),
+                                     nn.ReLU(), nn.Conv2d(channels, code_dim, 1))
+        self.decoder = nn.Sequential(nn.Conv2d(code_dim, channels, 3, 1, 1), nn.ReLU(),
+                                     nn.Conv2d(channels, channels, 3, 1, 1), nn.ReLU(),
+                                     nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.ConvTranspose2d(channels, 3, f, f))
         self.quantizer = Quantizer(codes, code_dim)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -232,7 +228,7 @@ class TextToImage(nn.Module):
     """The saved model: vqvae (images <-> codes) and prior (caption -> codes)."""
 
     def __init__(self, vocab_size: int, image_size: int = 64, codes: int = 512, code_dim: int = 32,
-                 channels: int = 64, downsample: int = 3, dim: int = 128, layers: int = 4, heads: int = 4,
+                 channels: int = 128, downsample: int = 3, dim: int = 128, layers: int = 4, heads: int = 4,
                  text_layers: int = 2, max_text: int = 80):
         super().__init__()
         self.vqvae = VQVAE(codes, code_dim, channels, downsample)

@@ -243,6 +243,26 @@ def _choose(model_dir: Path, image: Path, question: str | None, choices: list[st
         typer.echo(f"  {share:7.2%}  {score:8.3f}  {answer}")
 
 
+@app.command()
+def generate(
+    model_dir: Path,
+    text: list[str] = typer.Option(..., "--text", help="A description of the image (repeat for several)."),
+    out: Path = typer.Option(..., "--out", help="PNG to write: the image itself for one text and --n 1, else a "
+                                               "grid with each text beside its images."),
+    n: int = typer.Option(1, "--n", help="Images per text."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed: the same seed and texts give the same images."),
+) -> None:
+    """Draw images from descriptions with a text-to-image model (task generation)."""
+    from .tasks.generation.predict import caption_grid, generate as draw, load_generator
+
+    generator = load_generator(model_dir)
+    rows = [(t, draw(generator, t, n, seed)) for t in text]
+    picture = rows[0][1][0] if len(rows) == 1 and n == 1 else caption_grid(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out)
+    typer.echo(f"Wrote {out} ({len(text)} text(s) x {n} image(s), {generator.config.data.image_size} px, seed {seed})")
+
+
 @app.command("export")
 def export_(
     model_dir: Path,

@@ -270,10 +270,35 @@ class VQAMCConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Settings of task generation (text -> image; see vlfuse.tasks.generation).
+
+    The first vq_epochs of train.epochs train the VQ-VAE (image <-> grid of codes), the rest the prior
+    (caption -> codes, a causal Transformer with cross-attention to the caption, width model.dim).
+    """
+
+    vq_epochs: int = 3
+    codes: int = 512  # codebook size
+    code_dim: int = 32
+    channels: int = 128  # VQ-VAE width (its convolutions run on the code grid)
+    downsample: int = 3  # the code grid is image_size / 2**downsample on a side
+    commitment: float = 0.25  # weight of the encoder's commitment loss
+    layers: int = 4  # prior blocks
+    heads: int = 4
+    text_layers: int = 2  # caption encoder blocks
+    temperature: float = 1.0  # sampling: logits / temperature, then the top_k most likely codes
+    top_k: int | None = 32
+    eval_batch: int = 100  # captions generated at once in evaluation
+    # evaluation: a trained retrieval model directory; adds the R@1 of each generated image against its
+    # caption among 100 captions of the split (its own and 99 others)
+    retrieval_model: str | None = None
+
+
+@dataclass
 class Config:
     seed: int = 0
     task: Literal["vqa", "retrieval", "captioning", "pretrain", "matching", "classification", "dialogue",
-                  "vqa_mc", "multitask"] = "vqa"
+                  "vqa_mc", "multitask", "generation"] = "vqa"
     out_dir: str = "runs/vqa"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -285,6 +310,7 @@ class Config:
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     vqa_mc: VQAMCConfig = field(default_factory=VQAMCConfig)
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -326,6 +352,10 @@ RANGES = {
     "dialogue.beam_size": _AT_LEAST_1, "dialogue.eval_batch": _AT_LEAST_1,
     "vqa_mc.num_choices": (2, None, True), "vqa_mc.match_weight": _NON_NEGATIVE, "vqa_mc.eval_batch": _AT_LEAST_1,
     "multitask.temperature": _POSITIVE,
+    "generation.vq_epochs": _AT_LEAST_1, "generation.codes": (2, None, True), "generation.code_dim": _AT_LEAST_1,
+    "generation.channels": _AT_LEAST_1, "generation.downsample": (1, 5, True), "generation.commitment": _NON_NEGATIVE,
+    "generation.layers": _AT_LEAST_1, "generation.heads": _AT_LEAST_1, "generation.text_layers": _NON_NEGATIVE,
+    "generation.temperature": _POSITIVE, "generation.top_k": _AT_LEAST_1, "generation.eval_batch": _AT_LEAST_1,
 }
 
 

@@ -31,6 +31,10 @@ def load(model_dir: str | Path, device: str = "cpu") -> Predictor:
         from .tasks.captioning.predict import load_captioner
 
         return load_captioner(model_dir, device)
+    if task == "generation":  # a Generator: vlfuse.tasks.generation.predict.generate(generator, text, n, seed)
+        from .tasks.generation.predict import load_generator
+
+        return load_generator(model_dir)
     if task == "vqa_mc":  # a Chooser: .choose(image, question, choices)
         from .tasks.vqa_mc.predict import load as load_chooser
 

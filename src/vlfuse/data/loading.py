@@ -61,7 +61,7 @@ READERS = {
 }
 # Which task reads each format: question formats give VQASamples, caption formats CaptionSamples.
 CAPTION_FORMATS = ("coco_captions", "karpathy")
-CAPTION_TASKS = ("retrieval", "captioning", "pretrain")  # the tasks that read caption formats
+CAPTION_TASKS = ("retrieval", "captioning", "pretrain", "generation")  # the tasks that read caption formats
 DIALOG_FORMATS = ("visdial",)  # DialogSamples, for task dialogue
 _FILE_KEYS = ("questions", "annotations", "path")
 ONE_FILE_FORMATS = ("karpathy", "v7w")  # one file holds every split; the reader takes the split's name

@@ -16,7 +16,7 @@ from ..data.loading import check_task_format
 from ..errors import DataError
 from ..models.saved import CONFIG
 from ..train.run import EmptySplitError, TrainResult, run_task
-from . import captioning, classification, dialogue, matching, multitask, pretrain, retrieval, vqa, vqa_mc
+from . import captioning, classification, dialogue, generation, matching, multitask, pretrain, retrieval, vqa, vqa_mc
 from .base import Task, evaluated_count
 
 TASKS: dict[str, Task] = {
@@ -28,6 +28,7 @@ TASKS: dict[str, Task] = {
     "classification": classification.TASK,
     "dialogue": dialogue.TASK,
     "pretrain": pretrain.TASK,
+    "generation": generation.TASK,
 }
 
 

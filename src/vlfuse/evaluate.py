@@ -80,9 +80,10 @@ def scene_graph_collate(saved: SavedModel, scene_graphs: dict | None):
         print("warning: this model was trained without scene graphs: the evaluation data's are ignored",
               file=sys.stderr)
         return collate_groups
-    from .data.scene_graph import SceneGraphCollate, encode_scene_graphs
+    from .data.knowledge_graph import encode_for_model
+    from .data.scene_graph import SceneGraphCollate
 
-    return SceneGraphCollate(collate_groups, encode_scene_graphs(scene_graphs, saved.tokenizer))
+    return SceneGraphCollate(collate_groups, encode_for_model(scene_graphs, saved))  # with its knowledge graph
 
 
 def official_vqa_accuracy(records: list[dict]) -> dict | None:

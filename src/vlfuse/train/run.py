@@ -23,6 +23,8 @@ from ..config import Config
 from ..data.answers import AnswerVocab
 from ..data.feature_cache import check_cache_current, check_cache_task, feature_collate, feature_loader
 from ..data.loading import check_task_format, read_split
+from ..data.knowledge_graph import (join_scene_graphs, knowledge_graph_summary, relation_ids, save_knowledge_graph,
+                                    training_knowledge_graph)
 from ..data.scene_graph import (SceneGraphCollate, encode_scene_graphs, entity_names, read_scene_graphs,
                                 scene_graph_summary, training_scene_graphs)
 from ..data.subsample import sample_images
@@ -462,9 +464,12 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
     if not any(s.answer is not None for s in train_read.samples):
         raise no_training_samples(train_read.skipped)
     val_read = read_split(config.data, "val") if config.data.val else None
-    graphs = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
+    scenes = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
+    knowledge = training_knowledge_graph(config)  # None without data.knowledge_graph
+    graphs = join_scene_graphs(scenes, knowledge, config.data.knowledge_hops)
     tokenizer, answers = _vocabularies(config, train_read.samples, model_dir, resume, entity_names(graphs))
     save_vocabularies(model_dir, config, tokenizer, answers)
+    save_knowledge_graph(model_dir, knowledge)
     model = build_model(config, tokenizer.get_vocab_size(), len(answers))
     # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
     loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
@@ -497,8 +502,11 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
     }
     collate = partial(collate_groups, with_samples=False)
     if graphs:  # each batch also carries its images' scene graphs
-        collate = SceneGraphCollate(collate, encode_scene_graphs(graphs, tokenizer))
-        summary["scene_graphs"] = scene_graph_summary(graphs)
+        collate = SceneGraphCollate(collate, encode_scene_graphs(graphs, tokenizer,
+                                                                 relation_ids=relation_ids(knowledge)))
+        summary["scene_graphs"] = scene_graph_summary(scenes)
+        if knowledge is not None:
+            summary["knowledge_graph"] = knowledge_graph_summary(knowledge, graphs, scenes)
     collate = feature_collate(config, collate)
     return Prepared(module, EpochDataModule(train_set, val_set, config, collate),
                     lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, answers), summary)
@@ -534,13 +542,14 @@ def _evaluated_count(metrics: dict) -> int | None:
 
 def evaluate_vqa_split(model_dir: Path, config: Config, split: str, out_json: Path | None, progress: bool) -> dict:
     """Task vqa: accuracy overall, per group and per question family, plus each prediction."""
+    from ..data.knowledge_graph import evaluation_knowledge_graph
     from ..evaluate import evaluate_samples
     from ..models.saved import load_model_dir
 
     read = read_split(config.data, split)
     graphs = read_scene_graphs(config.data, split, read.samples) if config.data.scene_graphs else None
-    metrics, records = evaluate_samples(load_model_dir(model_dir), read.samples, read.skipped, progress=progress,
-                                        scene_graphs=graphs)
+    saved = evaluation_knowledge_graph(load_model_dir(model_dir), config)  # the saved graph, or the one config names
+    metrics, records = evaluate_samples(saved, read.samples, read.skipped, progress=progress, scene_graphs=graphs)
     if out_json is not None:
         out_json.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
         out_json.with_name(out_json.stem + "_predictions.jsonl").write_text(

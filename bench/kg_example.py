@@ -1,0 +1,124 @@
+"""The knowledge-graph worked example: built-in scenes, a graph of facts the pixels do not show, and
+questions that need them (docs/knowledge_graphs.md).
+
+The graph gives every colour a weight and every shape a material:
+
+    red, blue, gray -> heavy      green, orange, yellow -> light      (relation has_weight)
+    circle -> wood, square -> metal, triangle -> glass                (relation made_of)
+
+and a shuffled graph in which every colour's weight and every shape's material changes (weights
+swapped, materials rotated), for the control. Writes, under OUT:
+
+    images/, scenes/ ...      the built-in data (vlfuse.data.shapes.generate)
+    kg.jsonl, kg_shuffled.jsonl, kg.csv   the two graphs (kg.csv: the first again, as CSV)
+    kg/{split}.jsonl          VQA questions (JSONL format) whose answers follow kg.jsonl
+    kg/test_shuffled.jsonl    the test questions again, answered by kg_shuffled.jsonl
+
+Question families (question_type): kg_weight "Is the red object heavy?"; kg_closest_weight "Is the
+object closest to the red object heavy?"; kg_material "What is the red object made of?";
+kg_count_material "How many objects are made of metal?"; kg_left_weight "What is the weight of the
+leftmost object?". ("How many heavy objects are there?" is left out: every scene holds one object of
+each colour, so its answer never changes.)
+
+    python -m bench.kg_example OUT [--images 1200]
+    vlfuse train configs/kg_shapes.yaml --set data.root=OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+from pathlib import Path
+
+from vlfuse.data.shapes import generate
+
+WEIGHTS = {"red": "heavy", "blue": "heavy", "gray": "heavy", "green": "light", "orange": "light", "yellow": "light"}
+MATERIALS = {"circle": "wood", "square": "metal", "triangle": "glass"}
+SHUFFLED_WEIGHTS = {c: "light" if w == "heavy" else "heavy" for c, w in WEIGHTS.items()}
+SHUFFLED_MATERIALS = {"circle": "metal", "square": "glass", "triangle": "wood"}
+MARGIN = 0.03  # of the image size: a closest object nearer than this to the runner-up is ambiguous, not asked
+PER_FAMILY = 2  # questions per family per image (one for kg_left_weight)
+
+
+def triples(weights: dict, materials: dict) -> list[dict]:
+    return ([{"head": c, "relation": "has_weight", "tail": w} for c, w in weights.items()]
+            + [{"head": s, "relation": "made_of", "tail": m} for s, m in materials.items()])
+
+
+def closest(objects: list[dict], anchor: dict, size: float) -> dict | None:
+    """The object nearest `anchor`, or None when the runner-up is within MARGIN of it."""
+    ranked = sorted((math.dist((o["x"], o["y"]), (anchor["x"], anchor["y"])), i) for i, o in enumerate(objects)
+                    if o is not anchor)
+    if len(ranked) > 1 and ranked[1][0] - ranked[0][0] < MARGIN * size:
+        return None
+    return objects[ranked[0][1]]
+
+
+def questions(objects: list[dict], size: float, weights: dict, materials: dict, rng: random.Random) -> list[tuple]:
+    """(family, question, answer) about one scene, answered by the graph (weights, materials)."""
+    by_colour = {o["color"]: o for o in objects}
+    asked = []
+    for colour in rng.sample(sorted(by_colour), PER_FAMILY):
+        asked.append(("kg_weight", f"Is the {colour} object heavy?", "yes" if weights[colour] == "heavy" else "no"))
+    for colour in rng.sample(sorted(by_colour), len(by_colour)):
+        near = closest(objects, by_colour[colour], size)
+        if near is not None and sum(f == "kg_closest_weight" for f, _, _ in asked) < PER_FAMILY:
+            asked.append(("kg_closest_weight", f"Is the object closest to the {colour} object heavy?",
+                          "yes" if weights[near["color"]] == "heavy" else "no"))
+    for colour in rng.sample(sorted(by_colour), PER_FAMILY):
+        asked.append(("kg_material", f"What is the {colour} object made of?", materials[by_colour[colour]["shape"]]))
+    for material in rng.sample(sorted(set(materials.values())), PER_FAMILY):
+        count = sum(materials[o["shape"]] == material for o in objects)
+        asked.append(("kg_count_material", f"How many objects are made of {material}?", str(count)))
+    leftmost = min(objects, key=lambda o: o["x"])
+    asked.append(("kg_left_weight", "What is the weight of the leftmost object?", weights[leftmost["color"]]))
+    return asked
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def write_split(out: Path, split: str, seed: int) -> None:
+    """kg/{split}.jsonl (and, for test, the same questions answered by the shuffled graph)."""
+    scenes = json.loads((out / "scenes" / f"{split}_scenes.json").read_text(encoding="utf-8"))
+    rows, shuffled = [], []
+    for scene in scenes["scenes"]:
+        base = {"image": scene["file_name"], "image_id": scene["image_id"]}
+        for graph, target in ((WEIGHTS, MATERIALS), (SHUFFLED_WEIGHTS, SHUFFLED_MATERIALS)):
+            rng = random.Random(f"{seed}:{split}:{scene['image_id']}")  # the same questions under both graphs
+            asked = questions(scene["objects"], scenes["size"], graph, target, rng)
+            (rows if graph is WEIGHTS else shuffled).extend(
+                {**base, "question_id": scene["image_id"] * 100 + k, "question": q, "answer": a, "question_type": f}
+                for k, (f, q, a) in enumerate(asked))
+    write_jsonl(out / "kg" / f"{split}.jsonl", rows)
+    if split == "test":
+        write_jsonl(out / "kg" / "test_shuffled.jsonl", shuffled)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--images", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    generate(args.out, images=args.images, questions_per_image=1, seed=args.seed, val_fraction=0.1,
+             test_fraction=0.2, progress=False, dialogs=False)
+    (args.out / "kg").mkdir(exist_ok=True)
+    write_jsonl(args.out / "kg.jsonl", triples(WEIGHTS, MATERIALS))
+    write_jsonl(args.out / "kg_shuffled.jsonl", triples(SHUFFLED_WEIGHTS, SHUFFLED_MATERIALS))
+    with (args.out / "kg.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["head", "relation", "tail"])
+        writer.writeheader()
+        writer.writerows(triples(WEIGHTS, MATERIALS))
+    for split in ("train", "val", "test"):
+        write_split(args.out, split, args.seed)
+    counts = {s: sum(1 for _ in (args.out / "kg" / f"{s}.jsonl").open()) for s in ("train", "val", "test")}
+    print(json.dumps({"out": str(args.out), "questions": counts}))
+
+
+if __name__ == "__main__":
+    main()

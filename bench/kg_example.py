@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     args = parser.parse_args(argv)
-    generate(args.out, images=args.images, questions_per_image=1, seed=args.seed, val_fraction=0.1,
-             test_fraction=0.2, progress=False, dialogs=False)
+    generate(args.out, images=args.images, questions_per_image=1, size=args.size, seed=args.seed,
+             val_fraction=0.1, test_fraction=0.2, progress=False, dialogs=False)
     (args.out / "kg").mkdir(exist_ok=True)
     write_jsonl(args.out / "kg.jsonl", triples(WEIGHTS, MATERIALS))
     write_jsonl(args.out / "kg_shuffled.jsonl", triples(SHUFFLED_WEIGHTS, SHUFFLED_MATERIALS))

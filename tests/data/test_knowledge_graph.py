@@ -144,3 +144,16 @@ def test_config_names_the_key_and_checks_its_range():
                                "data.knowledge_graph=kg.jsonl"])
     with pytest.raises(ConfigError, match="'model.fusion.relations' is 16, but .* use 19 relations"):
         check_relations(small, make_knowledge_graph(TRIPLES))
+
+
+def test_a_model_without_a_knowledge_graph_refuses_one():
+    from types import SimpleNamespace
+
+    from vlfuse.data.knowledge_graph import evaluation_knowledge_graph
+
+    plain = load_config(None, ["data.scene_graphs=auto", "model.fusion={name: graph}"])
+    saved = SimpleNamespace(config=plain, knowledge_graph=None)
+    assert evaluation_knowledge_graph(saved, plain) is saved
+    wanted = load_config(None, ["data.scene_graphs=auto", "model.fusion={name: graph}", "data.knowledge_graph=kg.jsonl"])
+    with pytest.raises(ConfigError, match="trained without a knowledge graph"):
+        evaluation_knowledge_graph(saved, wanted)

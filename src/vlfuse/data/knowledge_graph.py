@@ -79,13 +79,10 @@ def relation_ids(knowledge: KnowledgeGraph | None) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- reading
 
-def _name(value, where: Where, key: str) -> str:
-    return " ".join(required_text({key: value}, key, where).split())  # inner whitespace made single
-
-
 def _triple(record, where: Where) -> tuple[str, str, str]:
+    """(head, relation, tail) of one record, each non-empty text with inner whitespace made single."""
     record = as_object(record, where)
-    return tuple(_name(record.get(key), where, key) for key in FIELDS)
+    return tuple(" ".join(required_text(record, key, where).split()) for key in FIELDS)
 
 
 def _jsonl_triples(path: Path) -> Iterator[tuple[str, str, str]]:
@@ -245,13 +242,16 @@ def load_saved_knowledge_graph(model_dir: str | Path, config) -> KnowledgeGraph 
 
 def evaluation_knowledge_graph(saved, config):
     """`saved` with the knowledge graph `config` names when it is another than the one the model was trained
-    with (e.g. --set data.knowledge_graph=shuffled.jsonl), read with the model's relation ids."""
+    with (e.g. --set data.knowledge_graph=shuffled.jsonl), read with the model's relation ids; null: none."""
     wanted, trained = config.data.knowledge_graph, saved.config.data.knowledge_graph
-    if wanted == trained or saved.knowledge_graph is None:
+    if wanted == trained:
         return saved
-    if not wanted:
-        raise ConfigError("config key 'data.knowledge_graph': this model was trained with one; evaluate it with a "
-                          "knowledge graph (leave the key as saved, or name another file)")
+    if saved.knowledge_graph is None:
+        raise ConfigError("config key 'data.knowledge_graph': this model was trained without a knowledge graph and "
+                          "cannot read one: leave the key out (null)")
+    if not wanted:  # an ablation: the scene graphs alone
+        print("note: evaluating without the knowledge graph the model was trained with", file=sys.stderr)
+        return replace(saved, knowledge_graph=None)
     path = configured_path(config.data)
     graph = with_vocabulary(read_knowledge_graph(path), saved.knowledge_graph.vocabulary, path)
     print(f"note: evaluating with the knowledge graph {path}, not the one the model was trained with",

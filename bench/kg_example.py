@@ -22,6 +22,7 @@ each colour, so its answer never changes.)
 
     python -m bench.kg_example OUT [--images 1200]
     vlfuse train configs/kg_shapes.yaml --set data.root=OUT
+    bash bench/kg_example.sh OUT RUNS       # everything: both runs, the controls, RUNS/results.md
 """
 
 from __future__ import annotations
@@ -99,13 +100,37 @@ def write_split(out: Path, split: str, seed: int) -> None:
         write_jsonl(out / "kg" / "test_shuffled.jsonl", shuffled)
 
 
+FAMILIES = ("kg_weight", "kg_closest_weight", "kg_material", "kg_count_material", "kg_left_weight")
+ROWS = (("with the graph", "with_kg/eval.json"), ("without the graph", "without_kg/eval.json"),
+        ("with the graph, shuffled at test", "with_kg/eval_shuffled_graph.json"),
+        ("with the graph, removed at test", "with_kg/eval_no_graph.json"),
+        ("shuffled graph's answers: with the shuffled graph", "with_kg/eval_shuffled_answers.json"),
+        ("shuffled graph's answers: without the graph", "without_kg/eval_shuffled_answers.json"))
+
+
+def table(runs: Path) -> str:
+    """Test accuracy (%) per run and family, as markdown, from the eval JSONs bench/kg_example.sh writes."""
+    lines = ["| model, test graph | overall | " + " | ".join(FAMILIES) + " |", "|---" * (len(FAMILIES) + 2) + "|"]
+    for label, name in ROWS:
+        if not (runs / name).is_file():
+            continue
+        metrics = json.loads((runs / name).read_text(encoding="utf-8"))
+        cells = [metrics["overall"]] + [metrics["families"].get(f, {"accuracy": float("nan")}) for f in FAMILIES]
+        lines.append(f"| {label} | " + " | ".join(f"{100 * c['accuracy']:.1f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, help="where to write the data (with --table: the runs folder to read)")
+    parser.add_argument("--table", action="store_true", help="print the results table of bench/kg_example.sh")
     parser.add_argument("--images", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.out))
+        return
     generate(args.out, images=args.images, questions_per_image=1, size=args.size, seed=args.seed,
              val_fraction=0.1, test_fraction=0.2, progress=False, dialogs=False)
     (args.out / "kg").mkdir(exist_ok=True)

@@ -11,8 +11,8 @@ import torch
 
 from vlfuse.config import load_config
 from vlfuse.data.knowledge_graph import KG_LINK, join_knowledge_graph, make_knowledge_graph, relation_ids
-from vlfuse.data.scene_graph import RELATION_ID, batch_scene_graphs, encode_scene_graphs, shapes_scene
 from vlfuse.data.formats.fields import Where
+from vlfuse.data.scene_graph import batch_scene_graphs, encode_scene_graphs, shapes_scene
 from vlfuse.data.tokenizer import build_tokenizer
 
 GRAPH_FUSION = "model.fusion={name: graph, layers: 1, heads: 2, spatial_k: 3, relations: 20, dropout: 0.0}"

@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config
 from ..data.answers import AnswerVocab
 from ..data.feature_cache import check_cache_current, check_cache_task, feature_collate, feature_loader
-from ..data.loading import check_task_format, read_split
 from ..data.knowledge_graph import (join_scene_graphs, knowledge_graph_summary, relation_ids, save_knowledge_graph,
                                     training_knowledge_graph)
+from ..data.loading import check_task_format, read_split
 from ..data.scene_graph import (SceneGraphCollate, encode_scene_graphs, entity_names, read_scene_graphs,
                                 scene_graph_summary, training_scene_graphs)
 from ..data.subsample import sample_images

@@ -59,23 +59,27 @@ def closest(objects: list[dict], anchor: dict, size: float) -> dict | None:
 
 
 def questions(objects: list[dict], size: float, weights: dict, materials: dict, rng: random.Random) -> list[tuple]:
-    """(family, question, answer) about one scene, answered by the graph (weights, materials)."""
+    """(family, question, answer, the colour whose weight the answer reads or None) about one scene,
+    answered by the graph (weights, materials)."""
     by_colour = {o["color"]: o for o in objects}
     asked = []
     for colour in rng.sample(sorted(by_colour), PER_FAMILY):
-        asked.append(("kg_weight", f"Is the {colour} object heavy?", "yes" if weights[colour] == "heavy" else "no"))
+        asked.append(("kg_weight", f"Is the {colour} object heavy?", "yes" if weights[colour] == "heavy" else "no",
+                      colour))
     for colour in rng.sample(sorted(by_colour), len(by_colour)):
         near = closest(objects, by_colour[colour], size)
-        if near is not None and sum(f == "kg_closest_weight" for f, _, _ in asked) < PER_FAMILY:
+        if near is not None and sum(q[0] == "kg_closest_weight" for q in asked) < PER_FAMILY:
             asked.append(("kg_closest_weight", f"Is the object closest to the {colour} object heavy?",
-                          "yes" if weights[near["color"]] == "heavy" else "no"))
+                          "yes" if weights[near["color"]] == "heavy" else "no", near["color"]))
     for colour in rng.sample(sorted(by_colour), PER_FAMILY):
-        asked.append(("kg_material", f"What is the {colour} object made of?", materials[by_colour[colour]["shape"]]))
+        asked.append(("kg_material", f"What is the {colour} object made of?", materials[by_colour[colour]["shape"]],
+                      None))
     for material in rng.sample(sorted(set(materials.values())), PER_FAMILY):
         count = sum(materials[o["shape"]] == material for o in objects)
-        asked.append(("kg_count_material", f"How many objects are made of {material}?", str(count)))
+        asked.append(("kg_count_material", f"How many objects are made of {material}?", str(count), None))
     leftmost = min(objects, key=lambda o: o["x"])
-    asked.append(("kg_left_weight", "What is the weight of the leftmost object?", weights[leftmost["color"]]))
+    asked.append(("kg_left_weight", "What is the weight of the leftmost object?", weights[leftmost["color"]],
+                  leftmost["color"]))
     return asked
 
 
@@ -83,8 +87,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def write_split(out: Path, split: str, seed: int) -> None:
-    """kg/{split}.jsonl (and, for test, the same questions answered by the shuffled graph)."""
+def write_split(out: Path, split: str, seed: int, hold_out: frozenset[str] = frozenset()) -> None:
+    """kg/{split}.jsonl (and, for test, the same questions answered by the shuffled graph). A question
+    whose answer reads the weight of a colour in `hold_out` is left out of train and val, and is of
+    family "{family}_unseen" in test: only the graph says what such a colour weighs."""
     scenes = json.loads((out / "scenes" / f"{split}_scenes.json").read_text(encoding="utf-8"))
     rows, shuffled = [], []
     for scene in scenes["scenes"]:
@@ -93,14 +99,14 @@ def write_split(out: Path, split: str, seed: int) -> None:
             rng = random.Random(f"{seed}:{split}:{scene['image_id']}")  # the same questions under both graphs
             asked = questions(scene["objects"], scenes["size"], graph, target, rng)
             (rows if graph is WEIGHTS else shuffled).extend(
-                {**base, "question_id": scene["image_id"] * 100 + k, "question": q, "answer": a, "question_type": f}
-                for k, (f, q, a) in enumerate(asked))
+                {**base, "question_id": scene["image_id"] * 100 + k, "question": q, "answer": a,
+                 "question_type": f + ("_unseen" if colour in hold_out else "")}
+                for k, (f, q, a, colour) in enumerate(asked) if split == "test" or colour not in hold_out)
     write_jsonl(out / "kg" / f"{split}.jsonl", rows)
     if split == "test":
         write_jsonl(out / "kg" / "test_shuffled.jsonl", shuffled)
 
 
-FAMILIES = ("kg_weight", "kg_closest_weight", "kg_material", "kg_count_material", "kg_left_weight")
 ROWS = (("with the graph", "with_kg/eval.json"), ("without the graph", "without_kg/eval.json"),
         ("with the graph, shuffled at test", "with_kg/eval_shuffled_graph.json"),
         ("with the graph, removed at test", "with_kg/eval_no_graph.json"),
@@ -110,12 +116,12 @@ ROWS = (("with the graph", "with_kg/eval.json"), ("without the graph", "without_
 
 def table(runs: Path) -> str:
     """Test accuracy (%) per run and family, as markdown, from the eval JSONs bench/kg_example.sh writes."""
-    lines = ["| model, test graph | overall | " + " | ".join(FAMILIES) + " |", "|---" * (len(FAMILIES) + 2) + "|"]
-    for label, name in ROWS:
-        if not (runs / name).is_file():
-            continue
-        metrics = json.loads((runs / name).read_text(encoding="utf-8"))
-        cells = [metrics["overall"]] + [metrics["families"].get(f, {"accuracy": float("nan")}) for f in FAMILIES]
+    found = {label: json.loads((runs / name).read_text(encoding="utf-8")) for label, name in ROWS
+             if (runs / name).is_file()}
+    families = list(dict.fromkeys(f for metrics in found.values() for f in metrics["families"]))
+    lines = ["| model, test graph | overall | " + " | ".join(families) + " |", "|---" * (len(families) + 2) + "|"]
+    for label, metrics in found.items():
+        cells = [metrics["overall"]] + [metrics["families"].get(f, {"accuracy": float("nan")}) for f in families]
         lines.append(f"| {label} | " + " | ".join(f"{100 * c['accuracy']:.1f}" for c in cells) + " |")
     return "\n".join(lines)
 
@@ -127,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--hold-out", default="", help="colours (comma-separated) whose weight no train or val "
+                                                       "answer shows, e.g. gray,yellow")
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.out))
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         writer.writeheader()
         writer.writerows(triples(WEIGHTS, MATERIALS))
     for split in ("train", "val", "test"):
-        write_split(args.out, split, args.seed)
+        write_split(args.out, split, args.seed, frozenset(filter(None, args.hold_out.split(","))))
     counts = {s: sum(1 for _ in (args.out / "kg" / f"{s}.jsonl").open()) for s in ("train", "val", "test")}
     print(json.dumps({"out": str(args.out), "questions": counts}))
 

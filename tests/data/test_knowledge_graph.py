@@ -157,3 +157,17 @@ def test_a_model_without_a_knowledge_graph_refuses_one():
     wanted = load_config(None, ["data.scene_graphs=auto", "model.fusion={name: graph}", "data.knowledge_graph=kg.jsonl"])
     with pytest.raises(ConfigError, match="trained without a knowledge graph"):
         evaluation_knowledge_graph(saved, wanted)
+
+
+def test_join_links_as_links_does():
+    graph = make_knowledge_graph([("red square", "is_a", "thing"), ("square", "is_a", "thing"), ("Blue", "near", "red"),
+                                  ("thing", "is_a", "thing")])  # a self-loop counts once
+    joined = join_knowledge_graph(SCENE, graph, hops=0)
+    index = {name: i for i, name in enumerate(joined.names)}
+    found = {(joined.names[s], o) for s, r, o in joined.relations if r == KG_LINK}
+    assert found == {(e, i) for e in graph.entities for i in links(e, SCENE.names)}
+    assert found == {("red square", 2), ("square", 1), ("square", 2), ("Blue", 1), ("red", 0), ("red", 2)}
+    assert (index["Blue"], "near", index["red"]) in joined.relations
+    looped = join_knowledge_graph(SCENE, graph, hops=1)
+    assert [r for r in looped.relations if r[1] == "is_a" and r[0] == r[2]] == [(looped.names.index("thing"), "is_a",
+                                                                                  looped.names.index("thing"))]

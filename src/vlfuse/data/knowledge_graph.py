@@ -32,6 +32,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
@@ -54,9 +55,28 @@ class KnowledgeGraph:
     vocabulary: tuple[str, ...]
     source: str = ""
 
-    @property
+    @cached_property
     def entities(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(e for h, _, t in self.triples for e in (h, t)))
+
+    @cached_property
+    def by_word(self) -> dict[str, list[str]]:
+        """word -> the entities whose names hold it (in entity order): linking looks up, not scans."""
+        index: dict[str, list[str]] = {}
+        for entity in self.entities:
+            for word in words(entity):
+                index.setdefault(word, []).append(entity)
+        return index
+
+    @cached_property
+    def adjacent(self) -> dict[str, list[tuple[str, str, str]]]:
+        """entity -> the triples it is the head or tail of, in file order."""
+        index: dict[str, list[tuple[str, str, str]]] = {}
+        for triple in self.triples:
+            index.setdefault(triple[0], []).append(triple)
+            if triple[2] != triple[0]:
+                index.setdefault(triple[2], []).append(triple)
+        return index
 
     def relation_ids(self) -> dict[str, int]:
         ids = {**RELATION_ID, KG_LINK: len(RELATIONS)}
@@ -155,15 +175,22 @@ def links(entity: str, scene_names: tuple[str, ...]) -> list[int]:
     return [i for i, name in enumerate(scene_names) if own and own <= words(name)]
 
 
+def _linked(graph: KnowledgeGraph, scene_names: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(entity, scene index) of every link, as `links` finds them, through the graph's word index."""
+    order = {entity: k for k, entity in enumerate(graph.entities)}
+    found = []
+    for i, name in enumerate(scene_names):
+        own = words(name)
+        candidates = {e for word in own for e in graph.by_word.get(word, ())}
+        found += [(e, i) for e in candidates if words(e) <= own]
+    return sorted(found, key=lambda pair: (order[pair[0]], pair[1]))
+
+
 def _neighbourhood(graph: KnowledgeGraph, seeds: list[str], hops: int) -> list[str]:
     """`seeds`, then the entities within `hops` triples of them (breadth first, file order), capped."""
-    adjacent: dict[str, list[str]] = {}
-    for h, _, t in graph.triples:
-        adjacent.setdefault(h, []).append(t)
-        adjacent.setdefault(t, []).append(h)
     chosen, frontier = dict.fromkeys(seeds), list(seeds)
     for _ in range(hops):
-        frontier = [n for e in frontier for n in adjacent.get(e, ()) if n not in chosen]
+        frontier = [n for e in frontier for h, _, t in graph.adjacent.get(e, ()) for n in (h, t) if n not in chosen]
         chosen.update(dict.fromkeys(frontier))
     return list(chosen)[:MAX_KG_ENTITIES]
 
@@ -171,10 +198,11 @@ def _neighbourhood(graph: KnowledgeGraph, seeds: list[str], hops: int) -> list[s
 def join_knowledge_graph(scene: SceneGraph, graph: KnowledgeGraph, hops: int = 1) -> SceneGraph:
     """`scene` plus the knowledge-graph entities it links to and their `hops`-neighbourhood: entities
     after the scene's own, the triples among them, a kg_link from each linked entity to its scene entity."""
-    linked = [(entity, i) for entity in graph.entities for i in links(entity, scene.names)]
+    linked = _linked(graph, scene.names)
     chosen = _neighbourhood(graph, list(dict.fromkeys(e for e, _ in linked)), hops)
     index = {entity: len(scene.names) + k for k, entity in enumerate(chosen)}
-    triples = tuple((index[h], r, index[t]) for h, r, t in graph.triples if h in index and t in index)
+    triples = tuple((index[h], r, index[t]) for e in chosen for h, r, t in graph.adjacent.get(e, ())
+                    if h == e and t in index)  # each triple once: from its head
     link_triples = tuple((index[e], KG_LINK, i) for e, i in linked if e in index)
     return SceneGraph(scene.names + tuple(chosen), scene.boxes + (NO_BOX,) * len(chosen),
                       scene.relations + triples + link_triples)

@@ -146,17 +146,21 @@ def test_config_names_the_key_and_checks_its_range():
         check_relations(small, make_knowledge_graph(TRIPLES))
 
 
-def test_a_model_without_a_knowledge_graph_refuses_one():
-    from types import SimpleNamespace
-
+def test_evaluation_graph_follows_the_config(capsys):
     from vlfuse.data.knowledge_graph import evaluation_knowledge_graph
+    from vlfuse.models.saved import SavedModel
 
-    plain = load_config(None, ["data.scene_graphs=auto", "model.fusion={name: graph}"])
-    saved = SimpleNamespace(config=plain, knowledge_graph=None)
-    assert evaluation_knowledge_graph(saved, plain) is saved
-    wanted = load_config(None, ["data.scene_graphs=auto", "model.fusion={name: graph}", "data.knowledge_graph=kg.jsonl"])
+    plain = load_config(None, ["data.scene_graphs=auto", "model.fusion={name: graph, relations: 20}"])
+    wanted = load_config(None, ["data.scene_graphs=auto", "model.fusion={name: graph, relations: 20}",
+                                "data.knowledge_graph=kg.jsonl"])
+    without = SavedModel(None, plain, None, None)
+    assert evaluation_knowledge_graph(without, plain) is without
     with pytest.raises(ConfigError, match="trained without a knowledge graph"):
-        evaluation_knowledge_graph(saved, wanted)
+        evaluation_knowledge_graph(without, wanted)
+    trained = SavedModel(None, wanted, None, None, make_knowledge_graph(TRIPLES))
+    assert evaluation_knowledge_graph(trained, wanted) is trained  # the saved copy
+    ablated = evaluation_knowledge_graph(trained, plain)  # --set data.knowledge_graph=null: none
+    assert ablated.knowledge_graph is None and "without the knowledge graph" in capsys.readouterr().err
 
 
 def test_join_links_as_links_does():

@@ -63,6 +63,11 @@ class DataConfig:
     # (nlvr: structured_rep; vqa_v2: the built-in scenes/{split}_scenes.json); else a scenes JSON or
     # COCO instances JSON per split under data.root, "{split}" replaced by the split's name.
     scene_graphs: str | None = None
+    # A knowledge graph for graph fusion (vlfuse.data.knowledge_graph): .jsonl or .csv triples (head,
+    # relation, tail) under data.root, joined to each image's scene graph (needs data.scene_graphs).
+    knowledge_graph: str | None = None
+    # Per image, the knowledge-graph entities named in its scene graph and those this many triples away.
+    knowledge_hops: int = 1
     # Format webdataset, task vqa: stream the training images from the shards through DataLoader
     # workers instead of decoding them all into memory first (vlfuse.data.vqa_stream); the
     # shuffle buffer holds that many images. Validation images are still loaded whole.
@@ -321,7 +326,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     config = from_dict(Config, raw)
     check_ranges(config)
     check_multitask(config)
+    check_knowledge_graph(config)
     return config
+
+
+def check_knowledge_graph(config: Config) -> None:
+    """data.knowledge_graph is read by graph fusion alone, on VQA, joined to data.scene_graphs."""
+    if not config.data.knowledge_graph:
+        return
+    fusion = (config.model.fusion or {}).get("name")
+    if fusion != "graph" or config.task != "vqa":
+        raise ConfigError(f"config key 'data.knowledge_graph' is set, but task {config.task} with model.fusion "
+                          f"{fusion!r} reads no graph: use task vqa with model.fusion {{name: graph}} "
+                          "(configs/kg_shapes.yaml) or set data.knowledge_graph: null")
+    if not config.data.scene_graphs:
+        raise ConfigError("config key 'data.knowledge_graph' joins the scene graphs, but data.scene_graphs is null: "
+                          "set it (e.g. auto), or data.knowledge_graph: null")
 
 
 # Allowed ranges, (low, high, low inclusive): checked before anything runs, so a bad value is one line
@@ -335,7 +355,7 @@ RANGES = {
     "train.num_workers": _NON_NEGATIVE, "train.log_every_n_steps": _AT_LEAST_1,
     "train.checkpoint_every_n_steps": _AT_LEAST_1, "train.progress_every_n_steps": _NON_NEGATIVE,
     "data.image_size": (8, None, True), "data.max_question_length": _AT_LEAST_1, "data.max_answers": _AT_LEAST_1,
-    "data.train_fraction": _SHARE, "data.shuffle_buffer": _NON_NEGATIVE, "model.dim": _AT_LEAST_1,
+    "data.train_fraction": _SHARE, "data.shuffle_buffer": _NON_NEGATIVE, "data.knowledge_hops": (0, 4, True), "model.dim": _AT_LEAST_1,
     "retrieval.itm_weight": _NON_NEGATIVE, "retrieval.hinge_weight": _NON_NEGATIVE,
     "retrieval.hinge_margin": _NON_NEGATIVE, "retrieval.negatives_temperature": _NON_NEGATIVE,
     "retrieval.rerank_k": _NON_NEGATIVE, "retrieval.eval_batch": _AT_LEAST_1,

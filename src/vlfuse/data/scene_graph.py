@@ -387,8 +387,9 @@ class EncodedGraph:
     relations: torch.Tensor
 
 
-def encode_scene_graphs(graphs: dict[Path, SceneGraph], tokenizer,
-                        max_name_tokens: int = MAX_NAME_TOKENS) -> dict[Path, EncodedGraph]:
+def encode_scene_graphs(graphs: dict[Path, SceneGraph], tokenizer, max_name_tokens: int = MAX_NAME_TOKENS,
+                        relation_ids: dict[str, int] = RELATION_ID) -> dict[Path, EncodedGraph]:
+    """relation_ids: the model's (RELATIONS, plus a knowledge graph's: data/knowledge_graph.py)."""
     from .tokenizer import encode_ids
 
     specials = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
@@ -400,7 +401,7 @@ def encode_scene_graphs(graphs: dict[Path, SceneGraph], tokenizer,
         encoded[path] = EncodedGraph(
             name_ids, tuple(tuple(i not in specials for i in row) for row in name_ids),
             torch.tensor(graph.boxes, dtype=torch.float32).reshape(-1, 4),
-            torch.tensor([(s, o, RELATION_ID[r]) for s, r, o in graph.relations], dtype=torch.long).reshape(-1, 3))
+            torch.tensor([(s, o, relation_ids[r]) for s, r, o in graph.relations], dtype=torch.long).reshape(-1, 3))
     return encoded
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import Config, load_config, to_dict
 from ..data.answers import AnswerVocab
+from ..data.knowledge_graph import load_saved_knowledge_graph
 from ..errors import DataError
 
 CONFIG, WEIGHTS, TOKENIZER, ANSWERS = "config.yaml", "model.safetensors", "tokenizer.json", "answers.json"
@@ -26,6 +27,7 @@ class SavedModel:
     config: Config
     tokenizer: object
     answers: AnswerVocab | None  # None for task retrieval
+    knowledge_graph: object = None  # data.knowledge_graph.KnowledgeGraph, for a model trained with one
 
 
 def save_vocabularies(path: str | Path, config: Config, tokenizer, answers: AnswerVocab | None) -> Path:
@@ -82,4 +84,4 @@ def load_model_dir(path: str | Path, *, weights: bool = True, task: str | None =
         except Exception as exc:  # wrong shapes or a damaged file: say which file
             raise DataError(f"weights do not fit the config ({exc})", path=path / WEIGHTS) from None
     model.eval()
-    return SavedModel(model, config, tokenizer, answers)
+    return SavedModel(model, config, tokenizer, answers, load_saved_knowledge_graph(path, config))

@@ -8,6 +8,9 @@ as (src, dst, relation) over the fusion's node list [words, image tokens, entiti
   depicts            entity -> the image token whose box overlaps it most (IoU > 0): symbols to pixels
   mentions           question word -> each entity whose name holds that word (e.g. "red" -> "red circle")
 
+A knowledge graph (data/knowledge_graph.py) arrives already joined to the scene graph: its entities
+are more entities (placed nowhere, so none depicts a token), its triples and kg_link edges more triples.
+
 A graph belongs to an image; with image_index (one image, many questions) it is built once per
 image and repeated for each question (mentions alone depend on the question).
 """

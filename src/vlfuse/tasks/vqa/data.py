@@ -55,9 +55,10 @@ def vqa_datasets(config: Config, train_read, val_read, tokenizer, answers, loade
     return train_set, val_set
 
 
-def vqa_collate(config: Config, graphs: dict, tokenizer):
-    """Batches of image groups; with scene graphs each batch also carries its images' graphs."""
+def vqa_collate(config: Config, graphs: dict, tokenizer, relations: dict[str, int]):
+    """Batches of image groups; with scene graphs each batch also carries its images' graphs (relations:
+    the relation ids, a knowledge graph's included)."""
     collate = partial(collate_groups, with_samples=False)
     if graphs:
-        collate = SceneGraphCollate(collate, encode_scene_graphs(graphs, tokenizer))
+        collate = SceneGraphCollate(collate, encode_scene_graphs(graphs, tokenizer, relation_ids=relations))
     return feature_collate(config, collate)

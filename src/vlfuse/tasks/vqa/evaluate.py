@@ -13,6 +13,7 @@ import torch
 from ...config import Config
 from ...data.answers import normalize_answer
 from ...data.formats.common import SkipLog
+from ...data.knowledge_graph import evaluation_knowledge_graph
 from ...data.loading import read_split
 from ...data.records import VQASample
 from ...data.scene_graph import read_scene_graphs
@@ -86,9 +87,10 @@ def scene_graph_collate(saved: SavedModel, scene_graphs: dict | None):
         print("warning: this model was trained without scene graphs: the evaluation data's are ignored",
               file=sys.stderr)
         return collate_groups
-    from ...data.scene_graph import SceneGraphCollate, encode_scene_graphs
+    from ...data.knowledge_graph import encode_for_model
+    from ...data.scene_graph import SceneGraphCollate
 
-    return SceneGraphCollate(collate_groups, encode_scene_graphs(scene_graphs, saved.tokenizer))
+    return SceneGraphCollate(collate_groups, encode_for_model(scene_graphs, saved))  # with its knowledge graph
 
 
 def official_vqa_accuracy(records: list[dict]) -> dict | None:
@@ -140,6 +142,6 @@ def evaluate_vqa_split(model_dir: Path, config: Config, split: str, out_json: Pa
     """Task vqa: accuracy overall, per group and per question family, plus each prediction."""
     read = read_split(config.data, split)
     graphs = read_scene_graphs(config.data, split, read.samples) if config.data.scene_graphs else None
-    metrics, records = evaluate_samples(load_model_dir(model_dir), read.samples, read.skipped, progress=progress,
-                                        scene_graphs=graphs)
+    saved = evaluation_knowledge_graph(load_model_dir(model_dir), config)  # the saved graph, or the one config names
+    metrics, records = evaluate_samples(saved, read.samples, read.skipped, progress=progress, scene_graphs=graphs)
     return write_eval_json(out_json, metrics, records)

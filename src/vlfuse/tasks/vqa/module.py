@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from ...config import Config
 from ...data.feature_cache import feature_loader
+from ...data.knowledge_graph import (join_scene_graphs, knowledge_graph_summary, relation_ids, save_knowledge_graph,
+                                     training_knowledge_graph)
 from ...data.loading import read_split
 from ...data.scene_graph import entity_names, scene_graph_summary, training_scene_graphs
 from ...data.subsample import sample_images
@@ -57,9 +59,12 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
     if not any(s.answer is not None for s in train_read.samples):
         raise no_training_samples(train_read.skipped)
     val_read = read_split(config.data, "val") if config.data.val else None
-    graphs = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
+    scenes = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
+    knowledge = training_knowledge_graph(config)  # None without data.knowledge_graph
+    graphs = join_scene_graphs(scenes, knowledge, config.data.knowledge_hops)
     tokenizer, answers = vocabularies(config, train_read.samples, model_dir, resume, entity_names(graphs))
     save_vocabularies(model_dir, config, tokenizer, answers)
+    save_knowledge_graph(model_dir, knowledge)
     model = build_model(config, tokenizer.get_vocab_size(), len(answers))
     # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
     loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
@@ -77,6 +82,9 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
                                                                      questions=val_set.num_questions),
                           answers=len(answers))
     if graphs:
-        summary["scene_graphs"] = scene_graph_summary(graphs)
-    return Prepared(module, EpochDataModule(train_set, val_set, config, vqa_collate(config, graphs, tokenizer)),
+        summary["scene_graphs"] = scene_graph_summary(scenes)
+    if knowledge is not None:
+        summary["knowledge_graph"] = knowledge_graph_summary(knowledge, graphs, scenes)
+    collate = vqa_collate(config, graphs, tokenizer, relation_ids(knowledge))
+    return Prepared(module, EpochDataModule(train_set, val_set, config, collate),
                     lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, answers), summary)

@@ -51,7 +51,9 @@ class Predictor:
                 scene = sg.scene_from_json(read_json(scene), Where(Path(scene)))
             else:
                 scene = sg.scene_from_json(scene)
-        encoded = sg.encode_scene_graphs({Path("scene"): scene}, self.tokenizer)[Path("scene")]
+        from ...data.knowledge_graph import encode_for_model
+
+        encoded = encode_for_model({Path("scene"): scene}, self.saved)[Path("scene")]  # with its knowledge graph
         return sg.batch_scene_graphs([encoded])
 
     @torch.no_grad()

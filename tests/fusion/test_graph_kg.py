@@ -1,0 +1,162 @@
+"""Graph fusion reading a user's knowledge graph joined to the scene graphs (vlfuse.data.knowledge_graph):
+the fused graph's nodes and edges, padding, and train / eval / predict through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlfuse.config import load_config
+from vlfuse.data.knowledge_graph import KG_LINK, join_knowledge_graph, make_knowledge_graph, relation_ids
+from vlfuse.data.formats.fields import Where
+from vlfuse.data.scene_graph import batch_scene_graphs, encode_scene_graphs, shapes_scene
+from vlfuse.data.tokenizer import build_tokenizer
+
+GRAPH_FUSION = "model.fusion={name: graph, layers: 1, heads: 2, spatial_k: 3, relations: 20, dropout: 0.0}"
+TRIPLES = [("red", "has_weight", "heavy"), ("green", "has_weight", "light"), ("blue", "has_weight", "heavy"),
+           ("circle", "made_of", "wood")]
+
+
+def scene(*objects):
+    return shapes_scene([{"color": c, "shape": s, "x": x, "y": 20, "radius": 5} for c, s, x in objects], 64,
+                        Where(Path("scene")))
+
+
+@pytest.fixture(scope="module")
+def kg_model():
+    """A tiny graph-fusion model, two scenes (1 and 3 objects) with and without the knowledge graph."""
+    from vlfuse.models.factory import build_model
+
+    small, large = scene(("red", "circle", 10)), scene(("green", "square", 10), ("blue", "triangle", 30),
+                                                       ("red", "circle", 50))
+    knowledge = make_knowledge_graph(TRIPLES)
+    joined = {Path(k): join_knowledge_graph(g, knowledge) for k, g in (("small", small), ("large", large))}
+    plain = {Path("small"): small, Path("large"): large}
+    tokenizer = build_tokenizer(["is the red object heavy", *[n for g in joined.values() for n in g.names]])
+    config = load_config(None, [
+        "data.image_size=32", "model.dim=16", GRAPH_FUSION,
+        "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
+        "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
+        "model.head={name: classifier, hidden: 16, dropout: 0.0}"])
+    torch.manual_seed(0)
+    model = build_model(config, tokenizer.get_vocab_size(), 5).eval()
+    encoded = {"kg": encode_scene_graphs(joined, tokenizer, relation_ids=relation_ids(knowledge)),
+               "plain": encode_scene_graphs(plain, tokenizer)}
+    ids = torch.tensor([tokenizer.encode("is the red object heavy").ids] * 2)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return model, knowledge, encoded, images, ids
+
+
+def fused_graph(model, graph, images, ids):
+    from vlfuse.models.scene_graph_input import external_graph
+
+    mask = ids != 0
+    image, text = model.image_encoder(images), model.text_encoder(ids, mask)
+    return external_graph(model.text_encoder, model.fusion, graph, image, text, ids, mask, None), ids.shape[1], \
+        image.tokens.shape[1]
+
+
+def edge_counts(external, ids: dict[str, int]) -> dict[str, list[int]]:
+    real = external.edge_mask
+    return {name: (real & (external.edges[..., 2] == i)).sum(1).tolist() for name, i in ids.items()}
+
+
+def test_knowledge_graph_adds_nodes_and_edges(kg_model):
+    model, knowledge, encoded, images, ids = kg_model
+    kinds = relation_ids(knowledge)
+    counted = {n: kinds[n] for n in ("has_weight", "made_of", KG_LINK, "mentions", "depicts", "left_of")}
+    with torch.no_grad():
+        plain, nt, nv = fused_graph(model, batch_scene_graphs([encoded["plain"][Path("small")],
+                                                                encoded["plain"][Path("large")]]), images, ids)
+        joined, _, _ = fused_graph(model, batch_scene_graphs([encoded["kg"][Path("small")],
+                                                               encoded["kg"][Path("large")]]), images, ids)
+    # entities: small 1 -> 1 + {red, circle, heavy, wood}; large 3 -> 3 + {red, green, blue, circle, heavy, light, wood}
+    assert plain.node_mask.sum(1).tolist() == [1, 3] and joined.node_mask.sum(1).tolist() == [5, 10]
+    assert edge_counts(plain, counted) == {"has_weight": [0, 0], "made_of": [0, 0], KG_LINK: [0, 0],
+                                           "mentions": [1, 1], "depicts": [1, 3], "left_of": [0, 3]}
+    # "red" -> scene red circle and KG red; "heavy" -> KG heavy; knowledge entities depict no image token
+    assert edge_counts(joined, counted) == {"has_weight": [1, 3], "made_of": [1, 1], KG_LINK: [2, 4],
+                                            "mentions": [3, 3], "depicts": [1, 3], "left_of": [0, 3]}
+    # every edge of a knowledge relation runs between knowledge entities (after the scene's own)
+    first = nt + nv
+    kg_edges = joined.edge_mask[1] & (joined.edges[1, :, 2] == kinds["has_weight"])
+    assert joined.edges[1][kg_edges][:, :2].ge(first + 3).all()
+
+
+def test_knowledge_graph_changes_the_answer_and_padding_does_not(kg_model):
+    model, _, encoded, images, ids = kg_model
+    small, large = encoded["kg"][Path("small")], encoded["kg"][Path("large")]
+    mask = ids != 0
+    with torch.no_grad():
+        without, _ = model(images, ids, mask, graph=batch_scene_graphs([encoded["plain"][Path("small")]] * 2))
+        alone, _ = model(images[:1], ids[:1], mask[:1], graph=batch_scene_graphs([small]))
+        beside, _ = model(images, ids, mask, graph=batch_scene_graphs([small, large]))  # padded to 10 entities
+        padded_text = torch.cat([ids, torch.zeros(2, 3, dtype=ids.dtype)], 1)
+        longer, _ = model(images, padded_text, padded_text != 0, graph=batch_scene_graphs([small, large]))
+    assert not torch.allclose(without[0], alone[0], atol=1e-4)
+    torch.testing.assert_close(beside[0], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(longer, beside, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def kg_data(tmp_path_factory) -> Path:
+    from bench.kg_example import main
+
+    root = tmp_path_factory.mktemp("kg_shapes")
+    main([str(root), "--images", "12", "--size", "32"])
+    (root / "kg_unknown.jsonl").write_text('{"head": "red", "relation": "colour_of", "tail": "x"}\n')
+    return root
+
+
+def test_cli_trains_evaluates_and_predicts_with_a_knowledge_graph(cli_main, kg_data, write_config, tmp_path):
+    import vlfuse
+
+    splits = {s: f"data.{s}={{path: kg/{s}.jsonl, images: images/{s}}}" for s in ("train", "val", "test")}
+    config = write_config(tmp_path / "kg.yaml", kg_data, tmp_path / "run", GRAPH_FUSION, "data.format=jsonl",
+                          *splits.values(), "data.scene_graphs=scenes/{split}_scenes.json",
+                          "data.knowledge_graph=kg.jsonl", "train.epochs=1")
+    result = cli_main("train", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["knowledge_graph"]["triples"] == 9 and run["knowledge_graph"]["relations"] == ["has_weight", "made_of"]
+    assert run["knowledge_graph"]["entities_per_image"] > 6  # the colours, weights, shapes, materials of a scene
+    model_dir = tmp_path / "run" / "model"
+    saved = json.loads((model_dir / "knowledge_graph.json").read_text())
+    assert saved["relations"] == ["has_weight", "made_of"] and ["red", "has_weight", "heavy"] in saved["triples"]
+
+    (kg_data / "kg.jsonl").rename(kg_data / "kg_moved.jsonl")  # eval reads the model's copy, not the file
+    try:
+        again = cli_main("eval", model_dir, "--out", tmp_path / "again.json")
+    finally:
+        (kg_data / "kg_moved.jsonl").rename(kg_data / "kg.jsonl")
+    assert again.returncode == 0, again.stderr
+    assert (json.loads((tmp_path / "again.json").read_text())["overall"]
+            == json.loads((tmp_path / "run" / "eval.json").read_text())["overall"])
+    shuffled = cli_main("eval", model_dir, "--out", tmp_path / "shuffled.json",
+                        "--set", "data.knowledge_graph=kg_shuffled.jsonl")
+    assert shuffled.returncode == 0 and "evaluating with the knowledge graph" in shuffled.stderr
+    unknown = cli_main("eval", model_dir, "--set", "data.knowledge_graph=kg_unknown.jsonl")
+    assert unknown.returncode != 0 and "relation 'colour_of' is not one the model was trained with" in unknown.stderr
+
+    scenes = json.loads((kg_data / "scenes" / "test_scenes.json").read_text())
+    first = scenes["scenes"][0]
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps({"size": scenes["size"], "objects": first["objects"]}))
+    image, question = kg_data / "images" / "test" / first["file_name"], "Is the red object heavy?"
+    predicted = cli_main("predict", model_dir, "--image", image, "--question", question, "--scene", scene_file)
+    assert predicted.returncode == 0, predicted.stderr
+    predictor = vlfuse.load(model_dir)
+    assert predictor.saved.knowledge_graph.triples[0] == ("red", "has_weight", "heavy")
+    assert predicted.stdout.splitlines()[0] == predictor.predict(image, question, scene=scene_file).answer
+
+
+def test_cli_refuses_a_knowledge_graph_for_other_fusions(cli_main, kg_data, tmp_path):
+    result = cli_main("train", "configs/kg_shapes.yaml", "--set", f"data.root={kg_data}",
+                      "--set", "model.fusion={name: concat}")
+    assert result.returncode != 0
+    assert "'data.knowledge_graph' is set, but task vqa with model.fusion 'concat' reads no graph" in result.stderr

@@ -32,3 +32,14 @@ def test_the_chinese_readme_names_the_same_commands():
     english = _commands(README)
     assert len(english) >= 10  # the quick start, one command per task, development
     assert _commands(README.with_name("README.zh-CN.md")) == english
+
+
+def test_every_config_the_readmes_name_exists_and_loads():
+    from vlfuse.config import load_config
+
+    named = set()
+    for readme in (README, README.with_name("README.zh-CN.md")):
+        named |= set(re.findall(r"\b(configs/[\w/.-]+\.yaml)\b", readme.read_text(encoding="utf-8")))
+    assert len(named) >= 10
+    for path in sorted(named):
+        assert load_config(README.parent / path).task, path

@@ -181,6 +181,17 @@ def test_length_penalty_favours_longer_captions_as_alpha_grows():
     assert length_penalty(10, 0.0) == 1.0
 
 
+def test_a_first_step_eos_never_wins_as_an_empty_caption():
+    # The young model's "end" first (0.9) beats "a b" (0.1 * 0.8) summed; a caption has at least one word.
+    table = {(): {EOS: 0.9, A: 0.1}, (A,): {B: 0.8, EOS: 0.2}, (A, B): {EOS: 0.9, C: 0.1}}
+    decoder, image = TableDecoder(table, JUNK), image_features(batch=1)
+    for search in (lambda **kw: greedy_search(decoder, image, BOS, EOS, 6, BLOCKED, **kw),
+                   lambda **kw: beam_search(decoder, image, BOS, EOS, 6, 3, 0.6, BLOCKED, **kw)):
+        assert search().ids[0] in ([A], [A, B])
+        assert search(min_length=0).ids == [[]]  # allowed, the empty caption wins
+        assert search(min_length=2).ids == [[A, B]]
+
+
 @pytest.mark.parametrize("kind", ["transformer", "lstm"])
 def test_beam_of_one_is_greedy(kind):
     decoder, image = make_decoder(kind, seed=3), image_features(batch=4)

@@ -13,7 +13,9 @@ them: log-probs only fall as a prefix grows, so a prefix's best final rank is at
 divided by the largest lp it could still reach. With alpha 0, beam_size 1 is greedy search; with
 alpha > 0 it may look past an early EOS for a longer caption that ranks higher.
 A prefix that reaches `max_length` tokens without EOS is finished as it stands. `blocked` token
-ids (padding, BOS, unknown) are never generated.
+ids (padding, BOS, unknown) are never generated, and EOS is not before `min_length` words (default 1:
+a young model's "end" as the first token would otherwise win beam search as an empty caption, whose
+one-token sum beats any real caption's).
 """
 
 from __future__ import annotations
@@ -54,9 +56,14 @@ def _next_log_probs(decoder, state, tokens: torch.Tensor, blocked: tuple[int, ..
     return log_probs, state
 
 
+def _blocked_at(blocked: tuple[int, ...], eos: int, t: int, min_length: int) -> tuple[int, ...]:
+    """The tokens blocked at step t: EOS too while the caption is shorter than min_length words."""
+    return (*blocked, eos) if t < min_length else blocked
+
+
 @torch.no_grad()
-def greedy_search(decoder, image: Features, bos: int, eos: int, max_length: int, blocked: tuple[int, ...] = ()
-                  ) -> Generated:
+def greedy_search(decoder, image: Features, bos: int, eos: int, max_length: int, blocked: tuple[int, ...] = (),
+                  min_length: int = 1) -> Generated:
     """The most likely next token at every step, for every image of the batch at once."""
     _check(max_length)
     batch = image.tokens.shape[0]
@@ -67,7 +74,7 @@ def greedy_search(decoder, image: Features, bos: int, eos: int, max_length: int,
     lengths = torch.full((batch,), max_length, dtype=torch.long, device=device)
     scores = torch.zeros(batch, device=device)
     for t in range(max_length):
-        log_probs, state = _next_log_probs(decoder, state, tokens, blocked)
+        log_probs, state = _next_log_probs(decoder, state, tokens, _blocked_at(blocked, eos, t, min_length))
         best, token = log_probs.max(-1)
         scores += torch.where(finished, torch.zeros_like(best), best)
         token = token.masked_fill(finished, eos)  # finished rows repeat EOS, outside their caption
@@ -91,7 +98,7 @@ def _best_reachable(score: float, shortest: int, longest: int, alpha: float) -> 
 
 @torch.no_grad()
 def beam_search(decoder, image: Features, bos: int, eos: int, max_length: int, beam_size: int = 3,
-                alpha: float = 0.0, blocked: tuple[int, ...] = ()) -> Generated:
+                alpha: float = 0.0, blocked: tuple[int, ...] = (), min_length: int = 1) -> Generated:
     """The best of `beam_size` hypotheses per image by log-prob / lp (see the module docstring)."""
     _check(max_length, beam_size)
     batch, k = image.tokens.shape[0], beam_size
@@ -103,7 +110,7 @@ def beam_search(decoder, image: Features, bos: int, eos: int, max_length: int, b
     hypotheses: list[list[tuple[float, float, list[int]]]] = [[] for _ in range(batch)]  # (ranked, log-prob, ids)
     done = [False] * batch
     for t in range(max_length):
-        log_probs, state = _next_log_probs(decoder, state, tokens, blocked)
+        log_probs, state = _next_log_probs(decoder, state, tokens, _blocked_at(blocked, eos, t, min_length))
         vocab = log_probs.shape[-1]
         candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)

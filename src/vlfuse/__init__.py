@@ -6,7 +6,9 @@ __all__ = ["load", "load_captioner", "__version__"]
 
 
 def load(model_dir, device: str = "cpu"):
-    """Load a saved model directory and return a Predictor (`.predict(image, question)`)."""
+    """Load a saved (or exported) model directory as its task's Python face: a Predictor (`.predict(image,
+    question)`), a Captioner (`.caption(image)`), a Chooser (`.choose(image, question, choices)`) or a
+    text-to-image Generator."""
     from .predict import load as _load
 
     return _load(model_dir, device)

@@ -1,4 +1,4 @@
-"""Scene graphs supplied with the data, for graph fusion's external nodes (fusion/graph.py ExternalGraph).
+"""Scene graphs supplied with the data, for graph fusion's external nodes (types.ExternalGraph, fusion/graph.py).
 
 A scene graph is a handful of entities, each named by its attributes as text ("red circle",
 "yellow small triangle", "dog"), its box (x0, y0, x1, y1) in [0, 1] image coordinates, and

@@ -63,4 +63,4 @@ def evaluate_split(model_dir: Path, config: Config, split: str, out_json: Path |
 
 # Multi-task training runs the single tasks above as its members: it is handed this table (and the
 # evaluation with its empty-split check) rather than importing the package that lists it.
-TASKS["multitask"] = multitask.multitask_task({name: task for name, task in TASKS.items()}, evaluate_split)
+TASKS["multitask"] = multitask.multitask_task(dict(TASKS), evaluate_split)

@@ -4,7 +4,6 @@ slots for DDP, a mid-epoch resume that continues where the stream stopped, and t
 from __future__ import annotations
 
 from collections import Counter
-from functools import partial
 
 import pytest
 import torch

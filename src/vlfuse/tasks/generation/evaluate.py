@@ -10,7 +10,6 @@ the real images' R@1 under the same model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

@@ -170,6 +170,19 @@ def extra_fields(entry: dict, used: set[str] | frozenset[str]) -> dict:
     return {key: value for key, value in entry.items() if key not in used}
 
 
+def add_unique(make_sample, where: Where, id_field: str, seen: set, samples: list, skipped) -> None:
+    """Append `make_sample(where)` to `samples`; a bad sample, or one whose question_id is in `seen`
+    (named by `id_field` in the message), is counted in `skipped` instead."""
+    try:
+        sample = make_sample(where)
+        if sample.question_id in seen:
+            raise where.at(id_field).error(f"duplicate {id_field} {sample.question_id!r}")
+        seen.add(sample.question_id)
+        samples.append(sample)
+    except DataError as error:
+        skipped.add(error)
+
+
 def read_unique_lines(path: Path, skipped, make_sample, id_field: str) -> list:
     """`make_sample(row, where)` for every JSON line of `path`; a bad row or a repeated
     question_id (named by `id_field` in the message) is a bad sample, counted in `skipped`."""
@@ -177,13 +190,5 @@ def read_unique_lines(path: Path, skipped, make_sample, id_field: str) -> list:
 
     samples, seen = [], set()
     for line, row in iter_jsonl(path, skipped):
-        where = Where(path, line)
-        try:
-            sample = make_sample(row, where)
-            if sample.question_id in seen:
-                raise where.at(id_field).error(f"duplicate {id_field} {sample.question_id!r}")
-            seen.add(sample.question_id)
-            samples.append(sample)
-        except DataError as error:
-            skipped.add(error)
+        add_unique(lambda where: make_sample(row, where), Where(path, line), id_field, seen, samples, skipped)
     return samples

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlfuse.data.formats.common import ReadResult, SkipLog, check_choices, read_json
-from vlfuse.data.formats.fields import (Where, as_list, as_object, extra_fields, identifier, image_file, image_folder,
+from vlfuse.data.formats.fields import (Where, add_unique, as_list, as_object, extra_fields, identifier, image_file, image_folder,
                                         plain_name, question_text, require, required_text, text)
 from vlfuse.data.records import VQASample
 from vlfuse.errors import DataError
@@ -51,15 +51,8 @@ def read_v7w(path: str | Path, image_dir: str | Path | None = None, *, split: st
             skipped.add(error, samples=max(len(pairs) if isinstance(pairs, list) else 1, 1))
             continue
         for number, qa in enumerate(pairs):
-            at = where.at("qa_pairs").at(number)
-            try:
-                sample = _sample(qa, at, image_id, image_path)
-                if sample.question_id in seen:
-                    raise at.at("qa_id").error(f"duplicate qa_id {sample.question_id}")
-                seen.add(sample.question_id)
-                samples.append(sample)
-            except DataError as error:
-                skipped.add(error)
+            add_unique(lambda at: _sample(qa, at, image_id, image_path), where.at("qa_pairs").at(number), "qa_id",
+                       seen, samples, skipped)
     return ReadResult(samples=samples, skipped=skipped)
 
 

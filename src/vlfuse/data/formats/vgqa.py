@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlfuse.data.formats.common import ReadResult, SkipLog, read_json
-from vlfuse.data.formats.fields import (Where, as_list, as_object, brief, extra_fields, identifier, image_folder,
+from vlfuse.data.formats.fields import (Where, add_unique, as_list, as_object, brief, extra_fields, identifier, image_folder,
                                         is_file, plain_name, question_text, require, required_text)
 from vlfuse.data.records import VQASample
 from vlfuse.errors import DataError
@@ -45,14 +45,8 @@ def read_vgqa(qa_json: str | Path, image_dir: str | Path | None = None, *, on_ba
             skipped.add(error, samples=max(len(qas) if isinstance(qas, list) else 1, 1))
             continue
         for number, qa in enumerate(qas):
-            try:
-                sample = _sample(qa, where.at("qas").at(number), image_id, image_path)
-                if sample.question_id in seen:
-                    raise where.at("qas").at(number).at("qa_id").error(f"duplicate qa_id {sample.question_id}")
-                seen.add(sample.question_id)
-                samples.append(sample)
-            except DataError as error:
-                skipped.add(error)
+            add_unique(lambda at: _sample(qa, at, image_id, image_path), where.at("qas").at(number), "qa_id",
+                       seen, samples, skipped)
     return ReadResult(samples=samples, skipped=skipped)
 
 

@@ -16,8 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.geometry import pair_features_dim, pair_geometry
 from ..layers.transformer import TransformerBlock
 from ..types import Features, masked_mean
+
+
+RELATIVE_RANKS = 8  # distance-rank slots of the pair features (past the 8th nearest / furthest, one slot)
 
 
 @dataclass
@@ -161,12 +165,16 @@ class RegionImageEncoder(nn.Module):
     Input: images [B, 3, H, W] in [0, 1]. Output: Features [B, max_regions, dim] with mask True on
     real regions (an image may hold fewer); pooled is the mean of the real tokens.
 
+    With `relative_geometry`, every pair's offset, distance and distance ranks
+    (vlfuse.layers.geometry) join that pair's keys and values in the blocks, so each object can
+    read what its nearest and furthest neighbours are.
+
     `cache_regions`: how many images' proposals to keep (RegionCache), 0 to search every time.
     """
 
     def __init__(self, dim: int = 128, max_regions: int = 10, crop_size: int = 16, channels: list[int] = (32, 64),
                  threshold: float = 0.25, min_area: int = 4, layers: int = 0, heads: int = 4,
-                 geometry_bias: bool = False, cache_regions: int = 200_000):
+                 geometry_bias: bool = False, relative_geometry: bool = False, cache_regions: int = 200_000):
         super().__init__()
         self.max_regions, self.crop_size, self.threshold, self.min_area = max_regions, crop_size, threshold, min_area
         self.region_cache = RegionCache(cache_regions) if cache_regions > 0 else None
@@ -184,7 +192,9 @@ class RegionImageEncoder(nn.Module):
         self.color = nn.Linear(3, dim)
         # each part normalised before the sum (as UNITER does for region and box), so none drowns another
         self.part_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(layers))
+        self.relative_geometry = relative_geometry
+        relative_dim = pair_features_dim(RELATIVE_RANKS) if relative_geometry else 0
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, relative_dim=relative_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.pair_bias = None
         if geometry_bias:
@@ -211,8 +221,9 @@ class RegionImageEncoder(nn.Module):
         parts = (appearance, self.geometry(geometry), self.color(regions.colors * 2 - 1))
         tokens = sum(norm(part) for norm, part in zip(self.part_norms, parts))
         bias = self._pair_bias(regions.centroids) if self.pair_bias is not None else None
+        relative = pair_geometry(regions.boxes, regions.mask, RELATIVE_RANKS) if self.relative_geometry else None
         for block in self.blocks:
-            tokens, _ = block(tokens, regions.mask, bias=bias)
+            tokens, _ = block(tokens, regions.mask, bias=bias, relative=relative)
         tokens = self.norm(tokens)
         tokens = tokens * regions.mask[..., None]
         return Features(tokens, regions.mask, masked_mean(tokens, regions.mask), regions.boxes)

@@ -11,32 +11,59 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers.geometry import pair_features_dim, pair_geometry
 from ..layers.transformer import CrossAttentionBlock
 from ..types import Features, FusionOutput, masked_mean
 
 
 class CrossAttentionFusion(nn.Module):
+    """With `anchored_geometry`, a word reads the image relative to what it attended to in the layer
+    before: from the second layer on, each image token's key and value also carry its geometry
+    (offset, distance, distance ranks; vlfuse.layers.geometry) seen from that word's previous focus,
+    the attention-weighted mix of the pair features. "The object closest to the red one" is then
+    two steps: find the red object, then read whichever token is its nearest. Needs image boxes
+    (regions or a grid); without them the layers read plainly.
+    """
+
     token_layout = ("text",)  # the words, each having read the image
     accepts_image_index = True  # the image stream is read-only: its keys and values are computed once per image
     reads_text_embeddings = False
     accepts_graph = False
 
-    def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 anchored_geometry: bool = False):
         super().__init__()
-        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.anchored_geometry = anchored_geometry
+        relative_dim = pair_features_dim(ANCHOR_RANKS) if anchored_geometry else 0
+        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio, dropout, relative_dim if i else 0)
+                                    for i in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, image: Features, text: Features, need_weights: bool = False,
                 image_index: torch.Tensor | None = None) -> FusionOutput:
         """With image_index [B_text], `image` holds one row per image, read by text row i at image_index[i]."""
-        x, attentions = text.tokens, {}
+        x, attentions, relative = text.tokens, {}, None
+        pairs = self._pairs(image, image_index)
         for i, block in enumerate(self.blocks):
-            x, self_w, cross_w = block(x, text.mask, image.tokens, image.mask, need_weights, image_index)
+            x, self_w, cross_w = block(x, text.mask, image.tokens, image.mask, need_weights or pairs is not None,
+                                       image_index, relative)
+            if pairs is not None:  # the next layer sees the image from where this one looked
+                relative = torch.einsum("bhtk,bkjf->btjf", cross_w.float(), pairs) / cross_w.shape[1]
             if need_weights:
                 attentions[f"layer{i}.text_self"] = self_w
                 attentions[f"layer{i}.text_to_image"] = cross_w
         x = self.norm(x)
         return FusionOutput(masked_mean(x, text.mask), x, attentions)
+
+    def _pairs(self, image: Features, image_index: torch.Tensor | None) -> torch.Tensor | None:
+        """Pair features [B_text, K, K, F] of the image each text row reads, or None."""
+        if not self.anchored_geometry or image.boxes is None or len(self.blocks) < 2:
+            return None
+        pairs = pair_geometry(image.boxes, image.mask, ANCHOR_RANKS)
+        return pairs if image_index is None else pairs.index_select(0, image_index)
+
+
+ANCHOR_RANKS = 8
 
 
 class CoAttentionFusion(nn.Module):

@@ -54,14 +54,22 @@ class MultiHeadAttention(nn.Module):
     key/value row kv_index[i]: the projections run once per distinct row (e.g. once per image
     for all of its questions) instead of once per query row. `bias` [B, heads, Nq, Nk] is added
     to the scores.
+
+    With `relative_dim` F > 0, forward takes `relative` [B, Nq, Nk, F], features of each
+    (query, key) pair, added to that pair's key and value (relative position representations, Shaw et
+    al., NAACL 2018): score = q.(k + W_k r) and output = sum w (v + W_v r), per head.
     """
 
-    def __init__(self, dim: int, heads: int = 4, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int = 4, dropout: float = 0.0, relative_dim: int = 0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.dropout = heads, dropout
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
+        if relative_dim:
+            scale = relative_dim ** -0.5
+            self.relative_k = nn.Parameter(torch.randn(relative_dim, heads, dim // heads) * scale)
+            self.relative_v = nn.Parameter(torch.randn(relative_dim, heads, dim // heads) * scale)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -69,15 +77,30 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_mask: torch.Tensor | None = None, need_weights: bool = False,
-                kv_index: torch.Tensor | None = None, bias: torch.Tensor | None = None):
+                kv_index: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                relative: torch.Tensor | None = None):
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
         if kv_index is not None:
             k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
             key_mask = None if key_mask is None else key_mask.index_select(0, kv_index)
-        out, weights = scaled_dot_product_attention(q, k, v, key_mask, need_weights,
-                                                    self.dropout if self.training else 0.0, bias)
+        dropout = self.dropout if self.training else 0.0
+        if relative is None:
+            out, weights = scaled_dot_product_attention(q, k, v, key_mask, need_weights, dropout, bias)
+        else:
+            out, weights = self._relative_attention(q, k, v, key_mask, dropout, bias, relative.to(q.dtype))
         out = out.transpose(1, 2).reshape(query.shape)
         return self.out_proj(out), weights
+
+    def _relative_attention(self, q, k, v, key_mask, dropout, bias, relative):
+        """Attention whose keys and values also carry the pair features; the pair terms are formed
+        in the F-dim feature space (q projected down, weights summed over F) so that no
+        [B, heads, Nq, Nk, head_dim] tensor is ever built."""
+        relative_k, relative_v = self.relative_k.to(q.dtype), self.relative_v.to(q.dtype)
+        pair_scores = torch.einsum("bhqf,bqkf->bhqk", torch.einsum("bhqd,fhd->bhqf", q, relative_k), relative)
+        bias = pair_scores / math.sqrt(q.shape[-1]) if bias is None else bias + pair_scores / math.sqrt(q.shape[-1])
+        out, weights = scaled_dot_product_attention(q, k, v, key_mask, True, dropout, bias)
+        pair_values = torch.einsum("bhqf,fhd->bhqd", torch.einsum("bhqk,bqkf->bhqf", weights, relative), relative_v)
+        return out + pair_values, weights
 
 
 class AdditiveAttention(nn.Module):

@@ -18,18 +18,20 @@ class FeedForward(nn.Sequential):
 class TransformerBlock(nn.Module):
     """x + SelfAttn(LN(x)), then x + FFN(LN(x)). Returns (x, attention weights or None).
 
-    `bias` [B, heads, N, N] is added to the attention scores (see MultiHeadAttention)."""
+    `bias` [B, heads, N, N] is added to the attention scores and `relative` [B, N, N, relative_dim]
+    to each pair's key and value (see MultiHeadAttention)."""
 
-    def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 relative_dim: int = 0):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, heads, dropout)
+        self.attn = MultiHeadAttention(dim, heads, dropout, relative_dim)
         self.ffn = FeedForward(dim, mlp_ratio, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False,
-                bias: torch.Tensor | None = None):
+                bias: torch.Tensor | None = None, relative: torch.Tensor | None = None):
         h = self.norm1(x)
-        attended, weights = self.attn(h, h, h, mask, need_weights, bias=bias)
+        attended, weights = self.attn(h, h, h, mask, need_weights, bias=bias, relative=relative)
         x = x + attended
         return x + self.ffn(self.norm2(x)), weights
 
@@ -39,22 +41,26 @@ class CrossAttentionBlock(nn.Module):
 
     x [B, N, D] attends to context [B, M, D] (or [B_ctx, M, D] with context_index [B], see
     MultiHeadAttention); returns (x, self weights, cross weights), the weights None unless need_weights.
+    `relative` [B, N, M, relative_dim]: features of each (x token, context token) pair for the
+    cross-attention (see MultiHeadAttention).
     """
 
-    def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 relative_dim: int = 0):
         super().__init__()
         self.norm_self, self.norm_cross, self.norm_ctx, self.norm_ffn = (nn.LayerNorm(dim) for _ in range(4))
         self.self_attn = MultiHeadAttention(dim, heads, dropout)
-        self.cross_attn = MultiHeadAttention(dim, heads, dropout)
+        self.cross_attn = MultiHeadAttention(dim, heads, dropout, relative_dim)
         self.ffn = FeedForward(dim, mlp_ratio, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
-                need_weights: bool = False, context_index: torch.Tensor | None = None):
+                need_weights: bool = False, context_index: torch.Tensor | None = None,
+                relative: torch.Tensor | None = None):
         h = self.norm_self(x)
         attended, self_weights = self.self_attn(h, h, h, mask, need_weights)
         x = x + attended
         ctx = self.norm_ctx(context)
         attended, cross_weights = self.cross_attn(self.norm_cross(x), ctx, ctx, context_mask, need_weights,
-                                                 context_index)
+                                                 context_index, relative=relative)
         x = x + attended
         return x + self.ffn(self.norm_ffn(x)), self_weights, cross_weights

@@ -1,0 +1,38 @@
+"""How every image token lies relative to every other: the pair features of relative attention.
+
+Spatial questions ("the object closest to X", "is A closer to X than B is") are relations between
+pairs of tokens. Relation-aware VQA models give attention the pair's geometry explicitly (ReGAT's
+spatial relations, Li et al., ICCV 2019; relative position representations, Shaw et al., NAACL
+2018) instead of leaving it to be rediscovered from absolute positions. Besides the offset and the
+distance, each pair carries its distance rank (j is i's nearest, second nearest, ... and furthest,
+second furthest, ...): "nearest" is then one comparison away rather than a sharp softmax over
+distances that must be learnt.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pair_features_dim(ranks: int) -> int:
+    return 4 + 2 * ranks
+
+
+def pair_geometry(boxes: torch.Tensor, mask: torch.Tensor, ranks: int = 8) -> torch.Tensor:
+    """Features [B, N, N, 4 + 2 * ranks] of token j seen from token i, from boxes [B, N, 4] in [0, 1].
+
+    (dx, dy, distance, same token), then one-hot of j's rank among i's real neighbours by distance,
+    nearest first (rank 0 is i itself), and by distance from the far end. Ranks past `ranks` share
+    the last slot; padded tokens (mask False) get all-zero rank slots.
+    """
+    boxes = boxes.float()
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    offset = centre[:, None, :, :] - centre[:, :, None, :]  # [B, i, j, 2]
+    distance = offset.norm(dim=-1)
+    real = mask[:, None, :].expand_as(distance)
+    near = distance.masked_fill(~real, float("inf")).argsort(dim=-1, stable=True).argsort(dim=-1)
+    far = (mask.sum(-1)[:, None, None] - 1 - near).clamp(min=0)
+    one_hot = [F.one_hot(rank.clamp(max=ranks - 1), ranks) * real[..., None] for rank in (near, far)]
+    same = torch.eye(mask.shape[1], device=boxes.device).expand_as(distance)
+    return torch.cat([offset * 4, distance[..., None] * 4, same[..., None], *(h.float() for h in one_hot)], -1)

@@ -181,9 +181,8 @@ def test_training_reads_cached_features_and_never_runs_the_backbone(shapes_root,
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert not result.interrupted and (result.model_dir / "model.safetensors").is_file(), summary
     assert summary["steps"] == 4, summary
-    # 4 training steps and the validation, all from the cache; then the evaluation on val (no test split
-    # here) encodes its one image: VQA evaluation reads images, not the cache
-    assert TinyFrozenEncoder.backbone_calls == 1, (TinyFrozenEncoder.backbone_calls, cache_info(cache_dir))
+    # 4 training steps, the validation and the evaluation on val (no test split here), all from the cache
+    assert TinyFrozenEncoder.backbone_calls == 0, (TinyFrozenEncoder.backbone_calls, cache_info(cache_dir))
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["overall"]["count"] == 4
     assert cache_info(cache_dir)[0]["images"] == 15, cache_info(cache_dir)
 

@@ -5,7 +5,8 @@ The config's task (retrieval, vqa, matching or classification) through the share
 configs/retrieval_coco_mini.yaml; Flickr8k: `--config configs/retrieval_flickr8k.yaml`; the Flickr8k
 3-class set: `--config configs/classification_real.yaml`):
 
-  1. no cache: every step runs EfficientNet over the batch's images and the text encoder over its texts;
+  1. no cache: every step runs EfficientNet over the batch's images and the text encoder over its texts
+     (classification and matching: their in-memory copy of the image features is turned off too);
   2. cache, cold (only without --cache): the cache folder is empty, so setup computes every image's
      (and caption's) frozen features once;
   3. image cache, warm (data.cache_text=false): the frozen text encoder still runs at every step;
@@ -29,6 +30,7 @@ import argparse
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -53,6 +55,21 @@ class EpochTimer(L.Callback):
         self.seconds.append(time.perf_counter() - self._start)
         self.cpu_seconds.append(time.process_time() - self._cpu)
         self.steps.append(trainer.global_step - self._step)
+
+
+@contextmanager
+def no_memory_copy():
+    """Without data.feature_cache, tasks matching and classification still run a frozen image backbone once
+    per image at setup and keep its features in memory (tasks.labelled.data.cache_frozen_images); "no
+    cache" turns that off too, so that every step runs the backbone, as it does for the other tasks."""
+    from vlfuse.tasks.labelled import module
+
+    keep = module.cache_frozen_images
+    module.cache_frozen_images = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        module.cache_frozen_images = keep
 
 
 def run(name: str, config_file: Path, overrides: list[str], out: Path) -> dict:
@@ -90,7 +107,8 @@ def main() -> None:
             "train.early_stopping=null",
             "train.progress_bar=false", "train.checkpoint_every_n_steps=1000000", *args.overrides]
     cached = base + [f"data.feature_cache={args.cache or args.out / 'features'}"]
-    results = [run("no_cache", args.config, base + ["data.feature_cache=null"], args.out)]
+    with no_memory_copy():
+        results = [run("no_cache", args.config, base + ["data.feature_cache=null"], args.out)]
     if args.cache is None:
         results.append(run("cache_cold", args.config, cached, args.out))
     results += [run("image_cache", args.config, cached + ["data.cache_text=false"], args.out),

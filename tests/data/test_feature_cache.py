@@ -339,6 +339,7 @@ def test_retrieval_on_two_frozen_encoders_trains_from_both_caches(shapes_root, t
     result = cli_main("train", config)
     assert result.returncode == 0, result.stderr
     assert calls == [] and TinyFrozenEncoder.backbone_calls == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["frozen_text_states_cached"] is True
     cached = json.loads((tmp_path / "run" / "eval.json").read_text())
     result = cli_main("eval", tmp_path / "run" / "model", "--set", "data.feature_cache=null",
                       "--out", tmp_path / "plain.json")

@@ -9,6 +9,7 @@ import torch
 
 from ...config import Config, RetrievalConfig, TrainConfig
 from ...data.caption_dataset import CaptionDataset, PairSampler
+from ...data.cached_inputs import WithTextStates
 from ...data.feature_cache import feature_loader
 from ...data.loading import read_split
 from ...data.subsample import sample_images
@@ -104,7 +105,8 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
     module = RetrievalModule(model, config.retrieval, config.train,
                              steps_per_epoch(config, len(train_set)) * config.train.epochs, config.seed)
     summary = run_summary("retrieval", model, tokenizer, captioned_split(train_set, train_read),
-                          None if val_set is None else captioned_split(val_set, val_read))
+                          None if val_set is None else captioned_split(val_set, val_read),
+                          frozen_text_states_cached=isinstance(train_items, WithTextStates))
     datamodule = EpochDataModule(train_items, val_items, config, collate, PairSampler)
     return Prepared(module, datamodule, lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, None),
                     summary)

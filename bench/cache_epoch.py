@@ -1,10 +1,12 @@
 """Epoch time with and without the feature cache (a script, not a test).
 
-Task retrieval through the shared training loop (`prepare_retrieval` + `make_trainer`), runs of
-EPOCHS epochs each on one config (default configs/retrieval_coco_mini.yaml; Flickr8k:
-`--config configs/retrieval_flickr8k.yaml`):
+The config's task (retrieval, vqa, matching or classification) through the shared training loop (its
+`prepare` + `make_trainer`), runs of EPOCHS epochs each on one config (default
+configs/retrieval_coco_mini.yaml; Flickr8k: `--config configs/retrieval_flickr8k.yaml`; the Flickr8k
+3-class set: `--config configs/classification_real.yaml`):
 
-  1. no cache: every step runs EfficientNet over the batch's images and the text encoder over its captions;
+  1. no cache: every step runs EfficientNet over the batch's images and the text encoder over its texts
+     (classification and matching: their in-memory copy of the image features is turned off too);
   2. cache, cold (only without --cache): the cache folder is empty, so setup computes every image's
      (and caption's) frozen features once;
   3. image cache, warm (data.cache_text=false): the frozen text encoder still runs at every step;
@@ -18,6 +20,8 @@ be shared) and the ratio of the mean epoch times (no cache / both caches). Evalu
     nice -n 5 python bench/cache_epoch.py [--epochs 2] [--out runs/bench_cache] [--set key=value ...]
     nice -n 5 python bench/cache_epoch.py --config configs/retrieval_flickr8k.yaml --cache cache/features \\
         --epochs 1 --set data.train_fraction=0.25
+    nice -n 5 python bench/cache_epoch.py --config configs/classification_real.yaml --cache cache/features \\
+        --epochs 1 --set data.train_fraction=0.1
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import argparse
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 
 from vlfuse.config import load_config
-from vlfuse.tasks.retrieval.module import prepare_retrieval
+from vlfuse.tasks import TASKS
 from vlfuse.train.run import RunDirs, fit, make_trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "retrieval_coco_mini.yaml"
@@ -52,12 +57,27 @@ class EpochTimer(L.Callback):
         self.steps.append(trainer.global_step - self._step)
 
 
+@contextmanager
+def no_memory_copy():
+    """Without data.feature_cache, tasks matching and classification still run a frozen image backbone once
+    per image at setup and keep its features in memory (tasks.labelled.data.cache_frozen_images); "no
+    cache" turns that off too, so that every step runs the backbone, as it does for the other tasks."""
+    from vlfuse.tasks.labelled import module
+
+    keep = module.cache_frozen_images
+    module.cache_frozen_images = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        module.cache_frozen_images = keep
+
+
 def run(name: str, config_file: Path, overrides: list[str], out: Path) -> dict:
     config = load_config(config_file, overrides + [f"out_dir={out / name}"])
     L.seed_everything(config.seed, workers=True, verbose=False)
     dirs = RunDirs(Path(config.out_dir))
     start = time.perf_counter()
-    prepared = prepare_retrieval(config, dirs.model_dir, resume=False, progress=False)
+    prepared = TASKS[config.task].prepare(config, dirs.model_dir, False, False)
     setup = time.perf_counter() - start
     trainer = make_trainer(config, dirs, progress=False)
     timer = EpochTimer()
@@ -84,9 +104,11 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     base = [f"train.epochs={args.epochs}", "train.max_minutes=null", "data.val=null", "data.test=null",
+            "train.early_stopping=null",
             "train.progress_bar=false", "train.checkpoint_every_n_steps=1000000", *args.overrides]
     cached = base + [f"data.feature_cache={args.cache or args.out / 'features'}"]
-    results = [run("no_cache", args.config, base + ["data.feature_cache=null"], args.out)]
+    with no_memory_copy():
+        results = [run("no_cache", args.config, base + ["data.feature_cache=null"], args.out)]
     if args.cache is None:
         results.append(run("cache_cold", args.config, cached, args.out))
     results += [run("image_cache", args.config, cached + ["data.cache_text=false"], args.out),

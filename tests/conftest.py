@@ -123,6 +123,16 @@ def shapes_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def table_root(shapes_root, tmp_path_factory) -> Path:
+    """The tiny shapes data with its classification tables (classification_{split}.jsonl, 2 texts per image)."""
+    from vlfuse.data.shapes_classification import write_tables
+
+    root = Path(shutil.copytree(shapes_root, tmp_path_factory.mktemp("cls") / "shapes"))
+    write_tables(root, per_image=2, seed=0)
+    return root
+
+
 @pytest.fixture
 def copy_shapes(shapes_root, tmp_path):
     """A private copy of the tiny dataset, for tests that damage it."""
@@ -213,6 +223,32 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         BertModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_words(tiny_bert_dir, tmp_path_factory) -> Path:
+    """tiny_bert_dir with a word-level tokenizer.json of a few shapes words (any other word is [UNK]): a
+    frozen pretrained text encoder with its own tokenizer, as the real-photo recipes use MiniLM, but
+    fast and offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path = Path(shutil.copytree(tiny_bert_dir, tmp_path_factory.mktemp("tiny_bert_words") / "bert"))
+    words = ["[PAD]", "[UNK]", "a", "the", "red", "green", "blue", "circle", "square", "is", "of", "and"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(path / "tokenizer.json"))
+    return path
+
+
+@pytest.fixture
+def tiny_frozen_in_factory(monkeypatch) -> str:
+    """helpers.TinyFrozenEncoder as image encoder "tiny_frozen" (a cacheable frozen encoder); returns the
+    override that selects it."""
+    from helpers import TinyFrozenEncoder
+    from vlfuse.models.factory import IMAGE_ENCODERS
+
+    monkeypatch.setitem(IMAGE_ENCODERS, "tiny_frozen", TinyFrozenEncoder)
+    return "model.image_encoder={name: tiny_frozen}"
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ SplitOption = Annotated[Optional[list[str]], typer.Option("--split", help="Split
 def cache_build(config: Path, split: SplitOption = None, set_: SetOption = None,
                 chunk_size: int = typer.Option(64, help="Images per chunk file (the unit an interrupted build "
                                                         "resumes from).")) -> None:
-    """Compute the frozen encoders' outputs for every image (and, task retrieval, caption) of the config's
-    splits into data.feature_cache.
+    """Compute the frozen encoders' outputs for every image (and, with a frozen pretrained text encoder, every
+    caption, question or text) of the config's splits into data.feature_cache.
 
     Items already cached are skipped (an interrupted build resumes); corrupt chunks are named and rebuilt.
     """
@@ -54,12 +54,30 @@ def cache_build(config: Path, split: SplitOption = None, set_: SetOption = None,
         typer.echo(f"not cached: {error}", err=True)
     if len(cached.errors) > 5:
         typer.echo(f"... and {len(cached.errors) - 5} more images not cached", err=True)
-    if cfg.task == "retrieval" and cfg.data.cache_text:
-        _build_text_cache(cfg, [c for read in reads for s in read.samples for c in s.captions])
+    texts = _encoded_texts(cfg, splits, reads)
+    if texts is not None and cfg.data.cache_text:
+        _build_text_cache(cfg, texts)
 
 
-def _build_text_cache(cfg, captions: list[str]) -> None:
-    """The frozen text encoder's states of `captions` into data.feature_cache (when it is frozen and pretrained)."""
+TEXT_NAMES = {"retrieval": "captions", "vqa": "questions", "matching": "statements", "classification": "texts"}
+
+
+def _encoded_texts(cfg, splits: list[str], reads: list) -> list[str] | None:
+    """What a run of the config's task feeds its text encoder, split by split; None for a task that
+    reads no cached text states."""
+    if cfg.task == "retrieval":
+        return [c for read in reads for s in read.samples for c in s.captions]
+    if cfg.task == "matching":  # statements made from captions or tables, as training makes them
+        from .tasks.labelled.data import read_labelled
+
+        return [s.question for name in splits for s in read_labelled(cfg, name).samples]
+    if cfg.task in ("vqa", "classification"):
+        return [s.question for read in reads for s in read.samples]
+    return None
+
+
+def _build_text_cache(cfg, texts: list[str]) -> None:
+    """The frozen text encoder's states of `texts` into data.feature_cache (when it is frozen and pretrained)."""
     from .data.feature_cache import FeatureCache, ensure_text_features, text_cacheable
     from .data.tokenizer import encode_ids, load_tokenizer
     from .models.factory import TEXT_ENCODERS, build_component, text_tokenizer_file
@@ -77,10 +95,10 @@ def _build_text_cache(cfg, captions: list[str]) -> None:
     cache = FeatureCache.for_text_encoder(cfg.data.feature_cache, encoder)
     for path in cache.drop_corrupt():
         typer.echo(f"rebuilding corrupt chunk {path}", err=True)
-    ids = encode_ids(tokenizer, captions, cfg.data.max_question_length) if captions else []
+    ids = encode_ids(tokenizer, texts, cfg.data.max_question_length) if texts else []
     states, computed = ensure_text_features(cache, encoder, ids)
-    typer.echo(f"{cache.folder}: {len(states)} captions cached ({computed} computed now, the rest already there); "
-               f"states of width {encoder.hidden_size}")
+    typer.echo(f"{cache.folder}: {len(states)} {TEXT_NAMES[cfg.task]} cached ({computed} computed now, the rest "
+               f"already there); states of width {encoder.hidden_size}")
 
 
 @cache_app.command("info")

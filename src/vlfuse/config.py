@@ -48,8 +48,9 @@ class DataConfig:
     # A folder for a frozen image encoder's features (vlfuse.data.feature_cache): computed once per
     # image, reused by every epoch and run; only with model.image_encoder {name: efficientnet, freeze: true}.
     feature_cache: str | None = None
-    # With data.feature_cache, task retrieval: cache a frozen pretrained text encoder's states too (per
-    # caption, below model.text_encoder.tune_layers), so neither frozen encoder runs at training steps.
+    # With data.feature_cache (tasks retrieval, vqa, matching, classification): cache a frozen pretrained
+    # text encoder's states too (per caption or question, below model.text_encoder.tune_layers), so
+    # neither frozen encoder runs in training or evaluation.
     cache_text: bool = True
     # Share of the training images kept (with all their questions), drawn by the run's seed: e.g. 0.1
     # trains on 10% of the labels. 1.0 keeps every image.

@@ -157,14 +157,6 @@ def test_efficientnet_split_gives_its_forward(tmp_path):
         check_cacheable(EfficientNetImageEncoder(dim=8, freeze=False))
 
 
-@pytest.fixture
-def tiny_frozen_in_factory(monkeypatch):
-    from vlfuse.models.factory import IMAGE_ENCODERS
-
-    monkeypatch.setitem(IMAGE_ENCODERS, "tiny_frozen", TinyFrozenEncoder)
-    return "model.image_encoder={name: tiny_frozen}"
-
-
 def test_training_reads_cached_features_and_never_runs_the_backbone(shapes_root, tiny_config, tmp_path,
                                                                    tiny_frozen_in_factory):
     from vlfuse.data.loading import read_split
@@ -181,9 +173,8 @@ def test_training_reads_cached_features_and_never_runs_the_backbone(shapes_root,
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert not result.interrupted and (result.model_dir / "model.safetensors").is_file(), summary
     assert summary["steps"] == 4, summary
-    # 4 training steps and the validation, all from the cache; then the evaluation on val (no test split
-    # here) encodes its one image: VQA evaluation reads images, not the cache
-    assert TinyFrozenEncoder.backbone_calls == 1, (TinyFrozenEncoder.backbone_calls, cache_info(cache_dir))
+    # 4 training steps, the validation and the evaluation on val (no test split here), all from the cache
+    assert TinyFrozenEncoder.backbone_calls == 0, (TinyFrozenEncoder.backbone_calls, cache_info(cache_dir))
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["overall"]["count"] == 4
     assert cache_info(cache_dir)[0]["images"] == 15, cache_info(cache_dir)
 
@@ -326,19 +317,10 @@ def test_a_corrupt_text_chunk_is_named_and_rebuilt(tiny_bert_dir, tmp_path):
 
 
 def test_retrieval_on_two_frozen_encoders_trains_from_both_caches(shapes_root, tmp_path, cli_main, write_config,
-                                                                 tiny_frozen_in_factory, tiny_bert_dir, monkeypatch):
+                                                                 tiny_frozen_in_factory, tiny_bert_words, monkeypatch):
     """`vlfuse cache build` fills both sides; training and evaluation then never run a frozen part, and
     evaluating from the caches gives the numbers of evaluating without them."""
-    import shutil
-
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    bert = tmp_path / "bert"  # the tiny BERT with a word-level tokenizer of its 32 ids: fast, offline
-    shutil.copytree(tiny_bert_dir, bert)
-    words = ["[PAD]", "[UNK]", "a", "the", "red", "green", "blue", "circle", "square", "is", "of", "and"]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(bert / "tokenizer.json"))
+    bert = tiny_bert_words
     sets = [tiny_frozen_in_factory, "task=retrieval", "data.format=coco_captions",
             "data.train={annotations: captions/captions_train.json, images: images/train}",
             "data.val=null", "data.test={annotations: captions/captions_train.json, images: images/train}",
@@ -357,6 +339,7 @@ def test_retrieval_on_two_frozen_encoders_trains_from_both_caches(shapes_root, t
     result = cli_main("train", config)
     assert result.returncode == 0, result.stderr
     assert calls == [] and TinyFrozenEncoder.backbone_calls == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["frozen_text_states_cached"] is True
     cached = json.loads((tmp_path / "run" / "eval.json").read_text())
     result = cli_main("eval", tmp_path / "run" / "model", "--set", "data.feature_cache=null",
                       "--out", tmp_path / "plain.json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -252,8 +253,9 @@ def test_frozen_image_features_cached_once_give_the_same_loss(shapes_root):
     from vlfuse.data.tokenizer import build_tokenizer
     from vlfuse.data.vqa_dataset import GroupedVQADataset, collate_groups
     from vlfuse.models.factory import build_model
+    from vlfuse.data.feature_cache import ImagesAreFeatures
     from vlfuse.tasks.labelled.data import cache_frozen_images, read_labelled
-    from vlfuse.tasks.labelled.module import LabelledModule
+    from vlfuse.tasks.vqa.module import VQAModule
 
     config = load_config(REPO / "configs" / "matching_shapes.yaml",
                          [f"data.root={shapes_root}", *TINY, "model.image_encoder={name: efficientnet, freeze: true}"])
@@ -262,11 +264,12 @@ def test_frozen_image_features_cached_once_give_the_same_loss(shapes_root):
     dataset = GroupedVQADataset(samples, tokenizer, AnswerVocab(list(LABELS)), 32, 64, SkipLog("error"), False)
     model = build_model(config, tokenizer.get_vocab_size(), 2).eval()
     batch = collate_groups([dataset[i] for i in range(len(dataset))], with_samples=False)
-    plain = LabelledModule(model, config.train, 1).losses(batch)["loss"]
+    module = VQAModule(model, config.train, 1)
+    plain = module.losses(batch)["loss"]
     assert cache_frozen_images(model.image_encoder, dataset, progress=False)
     assert dataset.images.dtype == torch.float16 and dataset.images.shape[1:] == (1280, 7, 7)
-    cached = LabelledModule(model, config.train, 1, cached_images=True).losses(
-        collate_groups([dataset[i] for i in range(len(dataset))], with_samples=False))["loss"]
+    features = ImagesAreFeatures(partial(collate_groups, with_samples=False))  # as prepare_labelled batches them
+    cached = module.losses(features([dataset[i] for i in range(len(dataset))]))["loss"]
     assert cached.item() == pytest.approx(plain.item(), abs=1e-3)
     model.image_encoder.unfreeze()  # a trainable encoder must see the images at every step
     assert not cache_frozen_images(model.image_encoder, dataset, progress=False)

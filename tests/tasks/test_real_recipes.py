@@ -240,15 +240,6 @@ def test_early_stopping_without_a_val_split_is_a_config_error(shapes_root, tmp_p
 
 # --------------------------------------------------------------------------- classification on cached features
 
-@pytest.fixture(scope="module")
-def table_root(shapes_root, tmp_path_factory) -> Path:
-    from vlfuse.data.shapes_classification import write_tables
-
-    root = Path(shutil.copytree(shapes_root, tmp_path_factory.mktemp("cls") / "shapes"))
-    write_tables(root, per_image=2, seed=0)
-    return root
-
-
 CLASSIFICATION_TINY = [
     "model.dim=16", "model.text_encoder={name: transformer, layers: 1, heads: 2, dropout: 0.0}",
     "model.fusion={name: cross_attention, layers: 1, heads: 2}", "model.head={name: classifier, hidden: 16}",

@@ -66,8 +66,17 @@ class CaptionDataset(Dataset):
         return first + (i + epoch) % count
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
+        return self.images[key[0] if isinstance(key, tuple) else key], self.caption_ids[self.text_rows(key)[0]]
+
+    # The texts the frozen text encoder's cache serves (vlfuse.data.cached_inputs): every caption, and
+    # the one an item brings.
+    @property
+    def text_ids(self) -> list[list[int]]:
+        return self.caption_ids
+
+    def text_rows(self, key: int | tuple[int, int]) -> list[int]:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
-        return self.images[i], self.caption_ids[self.caption_for(i, epoch)]
+        return [self.caption_for(i, epoch)]
 
 
 class PairSampler(EpochSampler):

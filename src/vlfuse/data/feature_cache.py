@@ -18,7 +18,8 @@ renamed when complete, then its index line is appended, so an interrupted build 
 chunks behind and resumes where it stopped; a torn last index line is ignored. A chunk whose bytes
 no longer match its sha256 is reported by name (training) or rebuilt (`vlfuse cache build`).
 
-Text (task retrieval, a frozen pretrained text encoder, data.cache_text): the same folders hold the
+Text (tasks retrieval, vqa, matching and classification: a frozen pretrained text encoder,
+data.cache_text; vlfuse.data.cached_inputs puts the states in the batches): the same folders hold the
 text encoder's frozen states, `DIR/<text fingerprint>/`. A caption's key is the sha256 of its token
 ids (the text as the encoder reads it, truncation included); the fingerprint hashes the encoder's
 class, its frozen weights, where the frozen part stops (`tune_layers`) and the tokenizer file, so
@@ -368,7 +369,7 @@ def ensure_features(cache: FeatureCache, encoder: torch.nn.Module, paths: Iterab
     return CachedImages(features, {p: row[keys[p]] for p in good}, errors, computed)
 
 
-class _RenameImages:
+class ImagesAreFeatures:
     """A collate whose items carry cached features instead of images: the batch's "images" become
     "image_features", which the model passes to the encoder's from_frozen. A class: picklable for
     DataLoader workers, unlike a closure."""
@@ -422,7 +423,7 @@ def feature_loader(config, image_encoder: torch.nn.Module, samples: Iterable, pr
 
 def feature_collate(config, collate: Callable[[list], dict]) -> Callable[[list], dict]:
     """`collate` as it is, or (data.feature_cache) renaming the batch's images to image_features."""
-    return _RenameImages(collate) if config.data.feature_cache else collate
+    return ImagesAreFeatures(collate) if config.data.feature_cache else collate
 
 
 def text_key(ids: list[int]) -> str:
@@ -469,11 +470,16 @@ def ensure_text_features(cache: FeatureCache, encoder: torch.nn.Module, caption_
     return cache.get_ragged(keys) if keys else [], len(todo)
 
 
+def caches_text(config, text_encoder: torch.nn.Module) -> bool:
+    """Whether a run reads `text_encoder`'s states from the cache: data.feature_cache and data.cache_text
+    are set and the encoder is frozen below the part that trains."""
+    return bool(config.data.feature_cache and config.data.cache_text and text_cacheable(text_encoder))
+
+
 def text_feature_states(config, text_encoder: torch.nn.Module, caption_ids: list[list[int]],
                         progress: bool = True) -> list[torch.Tensor] | None:
-    """A task's hook: the cached frozen text states of `caption_ids`, or None (no data.feature_cache, no
-    data.cache_text, or a text encoder that trains whole)."""
-    if not (config.data.feature_cache and config.data.cache_text and text_cacheable(text_encoder)):
+    """A task's hook: the cached frozen text states of `caption_ids`, or None (`caches_text` is False)."""
+    if not caches_text(config, text_encoder):
         return None
     cache = FeatureCache.for_text_encoder(config.data.feature_cache, text_encoder)
     text_encoder.feature_cache_fingerprint = cache.fingerprint  # for check_cache_current

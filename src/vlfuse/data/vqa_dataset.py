@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -95,6 +96,22 @@ class GroupedVQADataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ImageGroup]:
         return self.images[i], self.groups[i]
+
+    # The texts the frozen text encoder's cache serves (vlfuse.data.cached_inputs): every question,
+    # image by image, and those of image i, in the order collate_groups batches them.
+    @property
+    def text_ids(self) -> list[list[int]]:
+        return [ids for group in self.groups for ids in group.token_ids]
+
+    @cached_property
+    def first_text(self) -> list[int]:
+        starts = [0]
+        for group in self.groups:
+            starts.append(starts[-1] + len(group.token_ids))
+        return starts
+
+    def text_rows(self, i: int) -> range:
+        return range(self.first_text[i], self.first_text[i + 1])
 
 
 def collate_groups(items: list[tuple[torch.Tensor, ImageGroup]], with_samples: bool = True) -> dict:

@@ -8,6 +8,7 @@ from torch import nn
 from ..config import Config
 from ..heads.generation import Generated, beam_search, greedy_search
 from ..types import Features
+from .inputs import encode_images
 
 
 class CaptioningModel(nn.Module):
@@ -18,13 +19,8 @@ class CaptioningModel(nn.Module):
         self.image_encoder, self.decoder = image_encoder, decoder
 
     def encode_images(self, images: torch.Tensor | None, image_features: torch.Tensor | None = None) -> Features:
-        """images [B, 3, H, W], uint8 or float in [0, 1] -> the image encoder's Features; or, given
-        image_features (a frozen encoder's cached output, data.feature_cache), Features from those."""
-        if image_features is not None:
-            return self.image_encoder.from_frozen(image_features)
-        if images.dtype == torch.uint8:
-            images = images.float() / 255
-        return self.image_encoder(images)
+        """Images (or a frozen encoder's cached output, data.feature_cache) -> Features: models.inputs."""
+        return encode_images(self.image_encoder, images, image_features)
 
     def forward(self, images: torch.Tensor | None, input_ids: torch.Tensor, image_index: torch.Tensor | None = None,
                 image_features: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..types import Features, fusion_trait
+from .inputs import encode_images, encode_texts
 from .vlm import check_text_input
 
 
@@ -35,21 +36,13 @@ class RetrievalModel(nn.Module):
         return self.itm_head is not None
 
     def encode_images(self, images: torch.Tensor | None, image_features: torch.Tensor | None = None) -> Features:
-        """images [B, 3, H, W], uint8 or float in [0, 1] -> the image encoder's Features; or, given
-        image_features (a frozen encoder's cached output, data.feature_cache), from those."""
-        if image_features is not None:
-            return self.image_encoder.from_frozen(image_features)
-        if images.dtype == torch.uint8:
-            images = images.float() / 255
-        return self.image_encoder(images)
+        """Images (or a frozen encoder's cached output, data.feature_cache) -> Features: models.inputs."""
+        return encode_images(self.image_encoder, images, image_features)
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      text_states: torch.Tensor | None = None) -> Features:
-        """Token ids -> the text encoder's Features; or, given text_states (a frozen text encoder's
-        cached states, data.feature_cache), from those."""
-        if text_states is not None:
-            return self.text_encoder.from_frozen(text_states, attention_mask)
-        return self.text_encoder(input_ids, attention_mask)
+        """Token ids (or a frozen text encoder's cached states, data.feature_cache) -> Features: models.inputs."""
+        return encode_texts(self.text_encoder, input_ids, attention_mask, text_states)
 
     def match(self, image: Features, text: Features) -> torch.Tensor:
         """ITM logits [B, 2] (class 1 = match) of row-aligned image and text Features."""

@@ -1,5 +1,7 @@
 """Task classification: a label per (image, text) from a JSONL/CSV table (hateful memes, MM-IMDb style);
-accuracy, macro-F1, AUROC. It shares its implementation with matching: vlfuse.tasks.labelled."""
+accuracy, macro-F1, AUROC. It shares its implementation with matching: vlfuse.tasks.labelled. With
+data.feature_cache the frozen encoders' outputs (image grid, text states) come from the cache, in training
+and evaluation alike."""
 
 from ..base import Task
 from ..labelled.evaluate import evaluate_labelled_split

@@ -7,35 +7,33 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from ...config import Config
 from ...data.formats.common import SkipLog
 from ...data.matching import sentence_id
 from ...data.records import VQASample
-from ...data.vqa_dataset import GroupedVQADataset, collate_groups
+from ...data.vqa_dataset import collate_groups
 from ...errors import DataError
 from ...metrics.classification import accuracy, auroc, macro_f1, nlvr_consistency, per_class_accuracy
 from ...models.saved import SavedModel, load_model_dir
-from ...progress import track
 from ..base import write_eval_json
+from ..vqa.evaluate import evaluation_batches, evaluation_dataset
+from ..vqa.module import answer_logits
 from .data import check_known_labels, read_labelled, split_source
 
 POSITIVE_NAMES = ("true", "1", "yes", "positive")  # the class whose score a binary AUROC ranks by
 
 
 @torch.no_grad()
-def class_probabilities(saved: SavedModel, dataset: GroupedVQADataset, batch_images: int = 32,
-                        progress: bool = True) -> tuple[torch.Tensor, list[VQASample]]:
+def class_probabilities(saved: SavedModel, dataset: Dataset, batch_images: int = 32, progress: bool = True,
+                        collate=collate_groups) -> tuple[torch.Tensor, list[VQASample]]:
     """Softmax over the classes for every example of `dataset` ([N, C]), and the examples in that order."""
     model = saved.model.eval()
     device = next(model.parameters()).device
     probs, samples = [], []
-    starts = range(0, len(dataset), batch_images)
-    for start in track(starts, "Evaluating", total=len(starts), enabled=progress):
-        batch = collate_groups([dataset[i] for i in range(start, min(start + batch_images, len(dataset)))])
-        logits, _ = model(batch["images"].to(device), batch["input_ids"].to(device),
-                          batch["attention_mask"].to(device), batch["image_index"].to(device))
-        probs.append(logits.float().softmax(-1).cpu())
+    for batch in evaluation_batches(dataset, batch_images, collate, device, progress):
+        probs.append(answer_logits(model, batch).float().softmax(-1).cpu())
         samples += batch["samples"]
     return (torch.cat(probs) if probs else torch.empty(0, len(saved.answers))), samples
 
@@ -76,19 +74,19 @@ def labelled_metrics(probs: torch.Tensor, target: torch.Tensor, classes: list[st
 
 
 def evaluate_labelled(saved: SavedModel, samples: list[VQASample], skip_log: SkipLog, source: Path | str,
-                      progress: bool = True) -> tuple[dict, list[dict]]:
-    """(metrics, one record per example) of a matching or classification model on labelled `samples`."""
+                      progress: bool = True, cache_config: Config | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, one record per example) of a matching or classification model on labelled `samples`;
+    cache_config: a config whose data.feature_cache serves the frozen encoders' outputs."""
     config, labels = saved.config, saved.answers
     samples = [s for s in samples if s.answer is not None]
     check_known_labels(samples, labels, Path(source))
     cfg = config.data
-    dataset = GroupedVQADataset(samples, saved.tokenizer, labels, cfg.image_size, cfg.max_question_length, skip_log,
-                                progress=progress)
+    dataset, items, collate = evaluation_dataset(saved, samples, skip_log, collate_groups, progress, cache_config)
     if dataset.num_questions == 0:
         raise DataError("no labelled examples to evaluate" + (f" ({skip_log.summary()})" if skip_log.count else ""),
                         path=source)
     clock = time.perf_counter()
-    probs, ordered = class_probabilities(saved, dataset, progress=progress)
+    probs, ordered = class_probabilities(saved, items, progress=progress, collate=collate)
     seconds = time.perf_counter() - clock
     target = torch.tensor([labels.index(s.answer) for s in ordered])
     matching = config.task == "matching"
@@ -117,5 +115,6 @@ def evaluate_labelled_split(model_dir: Path, config: Config, split: str, out_jso
     """Evaluate the model in `model_dir` on one split of `config.data`; write metrics (+ predictions) as JSON."""
     saved = load_model_dir(model_dir, task=config.task)
     read = read_labelled(config, split)
-    metrics, records = evaluate_labelled(saved, read.samples, read.skipped, split_source(config, split), progress)
+    metrics, records = evaluate_labelled(saved, read.samples, read.skipped, split_source(config, split), progress,
+                                         cache_config=config)
     return write_eval_json(out_json, metrics, records)

@@ -1,4 +1,5 @@
-"""Tasks matching and classification: the LightningModule and `prepare_labelled`."""
+"""Tasks matching and classification: `prepare_labelled` (their LightningModule is VQAModule: cross-entropy
+over the classes)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-import torch
-
-from ...config import Config, TrainConfig
+from ...config import Config
 from ...data.answers import AnswerVocab
-from ...data.feature_cache import feature_collate, feature_loader
+from ...data.cached_inputs import WithTextStates, cached_inputs
+from ...data.feature_cache import ImagesAreFeatures, feature_loader
 from ...data.vqa_dataset import GroupedVQADataset, collate_groups
 from ...errors import ConfigError
 from ...models.factory import build_model
@@ -19,22 +19,6 @@ from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skippe
 from ..base import run_summary, run_tokenizer, split_summary
 from ..vqa.module import VQAModule
 from .data import build_labels, cache_frozen_images, check_known_labels, read_labelled, split_source
-
-
-class LabelledModule(VQAModule):
-    """VQAModule (cross-entropy over the classes) that can read frozen image features from the batch."""
-
-    def __init__(self, model, train_config: TrainConfig, total_steps: int, cached_images: bool = False):
-        super().__init__(model, train_config, total_steps)
-        self.cached_images = cached_images
-
-    def logits(self, batch: dict) -> torch.Tensor:
-        if not self.cached_images:  # images, or data.feature_cache's features (batch["image_features"])
-            return super().logits(batch)
-        image = self.model.image_encoder.from_frozen(batch["images"].float())
-        logits, _ = self.model.from_image_features(image, batch["input_ids"], batch["attention_mask"],
-                                                   batch["image_index"])
-        return logits
 
 
 def labelled_split(dataset: GroupedVQADataset, read) -> dict:
@@ -67,17 +51,18 @@ def prepare_labelled(config: Config, model_dir: Path, resume: bool, progress: bo
                                  image_loader=loader) if val_read else None)
     warn_skipped(train=train_read, val=val_read)
 
-    cached = loader is None and cache_frozen_images(model.image_encoder, train_set, progress)
-    if cached and val_set is not None:
-        cached = cache_frozen_images(model.image_encoder, val_set, progress)
-        if not cached:
-            raise ConfigError("the validation images' frozen features do not fit in memory beside the training "
-                              "ones: set data.val=null")
-    module = LabelledModule(model, config.train, steps_per_epoch(config, len(train_set)) * config.train.epochs,
-                            cached)
+    in_memory = loader is None and cache_frozen_images(model.image_encoder, train_set, progress)
+    if in_memory and val_set is not None and not cache_frozen_images(model.image_encoder, val_set, progress):
+        raise ConfigError("the validation images' frozen features do not fit in memory beside the training "
+                          "ones: set data.val=null")
+    collate = partial(collate_groups, with_samples=False)
+    # data.feature_cache (or the features held in memory): the items carry the frozen encoders' outputs
+    (train_items, val_items), collate = cached_inputs(config, model.text_encoder, [train_set, val_set],
+                                                      ImagesAreFeatures(collate) if in_memory else collate, progress)
+    module = VQAModule(model, config.train, steps_per_epoch(config, len(train_set)) * config.train.epochs)
     summary = run_summary(config.task, model, tokenizer, labelled_split(train_set, train_read),
                           None if val_set is None else labelled_split(val_set, val_read), classes=labels.answers,
-                          frozen_image_features_cached="data.feature_cache" if loader is not None else cached)
-    collate = feature_collate(config, partial(collate_groups, with_samples=False))
-    return Prepared(module, EpochDataModule(train_set, val_set, config, collate),
+                          frozen_image_features_cached="data.feature_cache" if loader is not None else in_memory,
+                          frozen_text_states_cached=isinstance(train_items, WithTextStates))
+    return Prepared(module, EpochDataModule(train_items, val_items, config, collate),
                     lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, labels), summary)

@@ -9,7 +9,8 @@ import torch
 
 from ...config import Config, RetrievalConfig, TrainConfig
 from ...data.caption_dataset import CaptionDataset, PairSampler
-from ...data.feature_cache import feature_collate, feature_loader
+from ...data.cached_inputs import WithTextStates
+from ...data.feature_cache import feature_loader
 from ...data.loading import read_split
 from ...data.subsample import sample_images
 from ...errors import ConfigError
@@ -20,7 +21,7 @@ from ...models.retrieval import RetrievalModel
 from ...models.saved import save_model_dir, save_vocabularies
 from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
 from ..base import TaskModule, captioned_split, run_summary, run_tokenizer
-from .data import with_text_states
+from .data import retrieval_items
 
 
 def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -99,12 +100,13 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
     val_set = CaptionDataset(val_read.samples, *args, val_read.skipped, progress, "Loading val images",
                              image_loader=loader) if val_read else None
     warn_skipped(train=train_read, val=val_read)
-    (train_items, val_items), collate = with_text_states(config, model, [train_set, val_set], progress)
+    (train_items, val_items), collate = retrieval_items(config, model, [train_set, val_set], progress)
 
     module = RetrievalModule(model, config.retrieval, config.train,
                              steps_per_epoch(config, len(train_set)) * config.train.epochs, config.seed)
     summary = run_summary("retrieval", model, tokenizer, captioned_split(train_set, train_read),
-                          None if val_set is None else captioned_split(val_set, val_read))
-    datamodule = EpochDataModule(train_items, val_items, config, feature_collate(config, collate), PairSampler)
+                          None if val_set is None else captioned_split(val_set, val_read),
+                          frozen_text_states_cached=isinstance(train_items, WithTextStates))
+    datamodule = EpochDataModule(train_items, val_items, config, collate, PairSampler)
     return Prepared(module, datamodule, lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, None),
                     summary)

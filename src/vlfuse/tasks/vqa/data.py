@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ...config import Config
 from ...data.answers import AnswerVocab
-from ...data.feature_cache import feature_collate
 from ...data.scene_graph import SceneGraphCollate, encode_scene_graphs
 from ...data.vqa_dataset import GroupedVQADataset, collate_groups
 from ...data.vqa_stream import StreamedVQADataset
@@ -55,10 +54,10 @@ def vqa_datasets(config: Config, train_read, val_read, tokenizer, answers, loade
     return train_set, val_set
 
 
-def vqa_collate(config: Config, graphs: dict, tokenizer, relations: dict[str, int]):
+def vqa_collate(graphs: dict, tokenizer, relations: dict[str, int]):
     """Batches of image groups; with scene graphs each batch also carries its images' graphs (relations:
     the relation ids, a knowledge graph's included)."""
     collate = partial(collate_groups, with_samples=False)
     if graphs:
         collate = SceneGraphCollate(collate, encode_scene_graphs(graphs, tokenizer, relation_ids=relations))
-    return feature_collate(config, collate)
+    return collate

@@ -6,12 +6,16 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from ...config import Config
 from ...data.answers import normalize_answer
+from ...data.cached_inputs import cached_inputs
+from ...data.feature_cache import feature_loader
 from ...data.formats.common import SkipLog
 from ...data.knowledge_graph import evaluation_knowledge_graph
 from ...data.loading import read_split
@@ -21,6 +25,7 @@ from ...data.vqa_dataset import GroupedVQADataset, collate_groups, group_by_imag
 from ...models.saved import SavedModel, load_model_dir
 from ...progress import track
 from ..base import write_eval_json
+from .module import answer_logits
 
 
 def family_groups() -> dict[str, str]:
@@ -49,21 +54,39 @@ def accuracy_table(records: list[dict]) -> dict:
     return {"overall": summarise([r["correct"] for r in records]), "groups": groups, "families": families}
 
 
+def evaluation_batches(dataset, batch_images: int, collate, device, progress: bool = True) -> Iterator[dict]:
+    """`dataset` in order, `batch_images` items a batch, collated and on `device`."""
+    starts = range(0, len(dataset), batch_images)
+    for start in track(starts, "Evaluating", total=len(starts), enabled=progress):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_images, len(dataset)))])
+        yield {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def evaluation_dataset(saved: SavedModel, samples: list[VQASample], skip_log: SkipLog, collate, progress: bool,
+                       cache_config: Config | None = None) -> tuple[GroupedVQADataset, Dataset, Callable]:
+    """(the dataset of `samples` grouped by image, the items evaluation reads, their collate). With
+    cache_config.data.feature_cache, the frozen encoders' outputs come from (and go to) that cache: the
+    items carry cached image features and text states, the same numbers without running the frozen parts."""
+    cfg, model = saved.config.data, saved.model
+    cached = cache_config is not None and bool(cache_config.data.feature_cache)
+    loader = feature_loader(cache_config, model.image_encoder, samples, progress) if cached else None
+    dataset = GroupedVQADataset(samples, saved.tokenizer, saved.answers, cfg.image_size, cfg.max_question_length,
+                                skip_log, progress=progress, image_loader=loader)
+    if not cached:
+        return dataset, dataset, collate
+    (items,), collate = cached_inputs(cache_config, model.text_encoder, [dataset], collate, progress)
+    return dataset, items, collate
+
+
 @torch.no_grad()
-def predict_dataset(saved: SavedModel, dataset: GroupedVQADataset, batch_images: int = 64, top_k: int = 1,
+def predict_dataset(saved: SavedModel, dataset: Dataset, batch_images: int = 64, top_k: int = 1,
                     progress: bool = True, collate=collate_groups) -> list[dict]:
     """One record per question: question, answer, prediction, confidence, correct, family, image."""
     model, answers = saved.model.eval(), saved.answers
     device = next(model.parameters()).device
     records = []
-    starts = range(0, len(dataset), batch_images)
-    for start in track(starts, "Evaluating", total=len(starts), enabled=progress):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_images, len(dataset)))])
-        graph = batch.get("scene_graph")
-        logits, _ = model(batch["images"].to(device), batch["input_ids"].to(device),
-                          batch["attention_mask"].to(device), batch["image_index"].to(device),
-                          graph=None if graph is None else graph.to(device))
-        probs = logits.float().softmax(-1)
+    for batch in evaluation_batches(dataset, batch_images, collate, device, progress):
+        probs = answer_logits(model, batch).float().softmax(-1)
         conf, pred = probs.max(-1)
         for sample, p, c in zip(batch["samples"], pred.tolist(), conf.tolist()):
             truth = None if sample.answer is None else normalize_answer(sample.answer)
@@ -108,23 +131,22 @@ def official_vqa_accuracy(records: list[dict]) -> dict | None:
 
 
 def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: SkipLog, batch_images: int = 64,
-                     progress: bool = True, scene_graphs: dict | None = None,
-                     chunk_images: int = 2048) -> tuple[dict, list[dict]]:
+                     progress: bool = True, scene_graphs: dict | None = None, chunk_images: int = 2048,
+                     cache_config: Config | None = None) -> tuple[dict, list[dict]]:
     """(metrics, per-question records) for samples that have answers; scene_graphs: each image's
-    SceneGraph by image path (vlfuse.data.scene_graph), for a model trained with them.
+    SceneGraph by image path (vlfuse.data.scene_graph), for a model trained with them; cache_config: a
+    config whose data.feature_cache serves the frozen encoders' outputs (`evaluation_dataset`).
 
     Images are decoded `chunk_images` at a time, so a split of any size evaluates in bounded memory.
     """
     groups = group_by_image([s for s in samples if s.answer is not None])
-    cfg = saved.config.data
     collate = scene_graph_collate(saved, scene_graphs)
     records, seconds, unanswerable = [], 0.0, 0
     for first in range(0, len(groups), chunk_images):
         chunk = [s for group in groups[first:first + chunk_images] for s in group.samples]
-        dataset = GroupedVQADataset(chunk, saved.tokenizer, saved.answers, cfg.image_size, cfg.max_question_length,
-                                    skip_log, progress=progress)
+        dataset, items, chunk_collate = evaluation_dataset(saved, chunk, skip_log, collate, progress, cache_config)
         start = time.perf_counter()
-        records += predict_dataset(saved, dataset, batch_images, progress=progress, collate=collate)
+        records += predict_dataset(saved, items, batch_images, progress=progress, collate=chunk_collate)
         seconds += time.perf_counter() - start
         unanswerable += dataset.unanswerable
     metrics = accuracy_table(records)
@@ -143,5 +165,6 @@ def evaluate_vqa_split(model_dir: Path, config: Config, split: str, out_json: Pa
     read = read_split(config.data, split)
     graphs = read_scene_graphs(config.data, split, read.samples) if config.data.scene_graphs else None
     saved = evaluation_knowledge_graph(load_model_dir(model_dir), config)  # the saved graph, or the one config names
-    metrics, records = evaluate_samples(saved, read.samples, read.skipped, progress=progress, scene_graphs=graphs)
+    metrics, records = evaluate_samples(saved, read.samples, read.skipped, progress=progress, scene_graphs=graphs,
+                                        cache_config=config)
     return write_eval_json(out_json, metrics, records)

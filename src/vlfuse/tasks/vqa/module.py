@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ...config import Config
+from ...data.cached_inputs import WithTextStates, cached_inputs
 from ...data.feature_cache import feature_loader
 from ...data.knowledge_graph import (join_scene_graphs, knowledge_graph_summary, relation_ids, save_knowledge_graph,
                                      training_knowledge_graph)
@@ -23,20 +24,22 @@ from ..base import TaskModule, run_summary, split_summary
 from .data import no_training_samples, vocabularies, vqa_collate, vqa_datasets
 
 
+def answer_logits(model, batch: dict) -> torch.Tensor:
+    """The model's logits for a collated batch: its images or (data.feature_cache) their cached features,
+    its token ids with (a frozen text encoder's cache) their cached states, its scene graphs if any."""
+    logits, _ = model(batch.get("images"), batch["input_ids"], batch["attention_mask"], batch["image_index"],
+                      graph=batch.get("scene_graph"), image_features=batch.get("image_features"),
+                      text_states=batch.get("text_states"))
+    return logits
+
+
 class VQAModule(TaskModule):
     """Cross-entropy over the answer classes (or BCE on VQA soft scores); logs loss and accuracy."""
 
     shown = ("loss", "acc")
 
     def logits(self, batch: dict) -> torch.Tensor:
-        if "image_features" in batch:  # data.feature_cache: the frozen backbone's output, read from disk
-            image = self.model.image_encoder.from_frozen(batch["image_features"])
-            logits, _ = self.model.from_image_features(image, batch["input_ids"], batch["attention_mask"],
-                                                       batch["image_index"], graph=batch.get("scene_graph"))
-        else:
-            logits, _ = self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"],
-                                   graph=batch.get("scene_graph"))
-        return logits
+        return answer_logits(self.model, batch)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         logits, labels = self.logits(batch), batch["labels"]
@@ -66,7 +69,7 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
     save_vocabularies(model_dir, config, tokenizer, answers)
     save_knowledge_graph(model_dir, knowledge)
     model = build_model(config, tokenizer.get_vocab_size(), len(answers))
-    # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
+    # data.feature_cache: the items carry the frozen encoders' cached outputs, not images (and text states).
     loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
                             progress)
     train_set, val_set = vqa_datasets(config, train_read, val_read, tokenizer, answers, loader, progress)
@@ -85,6 +88,8 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
         summary["scene_graphs"] = scene_graph_summary(scenes)
     if knowledge is not None:
         summary["knowledge_graph"] = knowledge_graph_summary(knowledge, graphs, scenes)
-    collate = vqa_collate(config, graphs, tokenizer, relation_ids(knowledge))
-    return Prepared(module, EpochDataModule(train_set, val_set, config, collate),
+    (train_items, val_items), collate = cached_inputs(config, model.text_encoder, [train_set, val_set],
+                                                      vqa_collate(graphs, tokenizer, relation_ids(knowledge)), progress)
+    summary["frozen_text_states_cached"] = isinstance(train_items, WithTextStates)
+    return Prepared(module, EpochDataModule(train_items, val_items, config, collate),
                     lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, answers), summary)

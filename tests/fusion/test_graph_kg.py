@@ -160,7 +160,9 @@ def test_cli_trains_evaluates_and_predicts_with_one_knowledge_graph(cli_main, kg
     assert predicted.stdout.splitlines()[0] == predictor.predict(image, question, scene=scene_file).answer
 
 
-def test_cli_trains_and_evaluates_with_a_graph_per_sample(cli_main, kg_data, write_config, tmp_path):
+def test_cli_trains_evaluates_and_predicts_with_a_graph_per_sample(cli_main, kg_data, write_config, tmp_path):
+    import vlfuse
+
     result = cli_main("train", kg_config(write_config, kg_data, tmp_path / "kg.yaml", "data.knowledge_graph=per_sample"))
     assert result.returncode == 0, result.stdout + result.stderr
     run = json.loads((tmp_path / "run" / "run.json").read_text())["knowledge_graph"]
@@ -184,6 +186,25 @@ def test_cli_trains_and_evaluates_with_a_graph_per_sample(cli_main, kg_data, wri
         tmp_path / f"{k}_predictions.jsonl").read_text().splitlines())} for k in ("own", "swapped"))
     assert own.keys() == swapped.keys() and own != swapped
     assert "without the knowledge graph" in cli_main("eval", model_dir, "--set", "data.knowledge_graph=null").stderr
+
+    scenes = json.loads((kg_data / "scenes" / "test_scenes.json").read_text())
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps({"size": scenes["size"], "objects": scenes["scenes"][0]["objects"]}))
+    image = kg_data / "images" / "test" / scenes["scenes"][0]["file_name"]
+    ask = ("predict", model_dir, "--image", image, "--question", "Is the red object heavy?", "--scene", scene_file)
+    facts = [tmp_path / f"{w}.jsonl" for w in ("heavy", "light")]
+    for path in facts:
+        path.write_text(json.dumps({"head": "red", "relation": "has_weight", "tail": path.stem}) + "\n")
+    given = cli_main(*ask, "--knowledge-graph", facts[0])
+    assert given.returncode == 0 and "note:" not in given.stderr, given.stderr
+    predictor = vlfuse.load(model_dir)
+    heavy, light = (predictor.predict(image, ask[5], scene=scene_file, knowledge_graph=f) for f in facts)
+    assert given.stdout.splitlines()[0] == heavy.answer
+    assert heavy.top != light.top  # the facts given are read: other facts, other probabilities
+    alone = cli_main(*ask)
+    assert alone.returncode == 0 and "reads a knowledge graph per sample" in alone.stderr
+    unknown = cli_main(*ask, "--knowledge-graph", kg_data / "kg_unknown.jsonl")
+    assert unknown.returncode != 0 and "relation 'colour_of' is not one the model was trained with" in unknown.stderr
 
     (kg_data / "kg" / "bad.jsonl").write_text(re.sub(r"graphs/test_\d+", "graphs/test_009",
                                                      (kg_data / "kg" / "test.jsonl").read_text()))

@@ -190,6 +190,9 @@ def predict(
     scene: Optional[Path] = typer.Option(None, help="Models trained with scene graphs (data.scene_graphs): the "
                                                     "image's scene as JSON (built-in {size, objects}, NLVR "
                                                     "structured_rep, or {boxes, categories})."),
+    knowledge_graph: Optional[Path] = typer.Option(None, help="Models trained with data.knowledge_graph: the "
+                                                   "image's facts (.jsonl / .csv triples) joined to --scene "
+                                                   "instead of the model's own graph (per_sample models need it)."),
 ) -> None:
     """Answer a question about an image (top-k probabilities too), choose among --choices (a multiple-choice
     model), or caption it (a captioning model)."""
@@ -221,7 +224,7 @@ def predict(
         raise ConfigError(f"--question is required: {model_dir} holds a {predictor.config.task} model")
     with warnings.catch_warnings(record=True) as notes:  # e.g. a scene-graph model given no --scene
         warnings.simplefilter("always")
-        result = predictor.predict(image, question, top_k=top_k, scene=scene)
+        result = predictor.predict(image, question, top_k=top_k, scene=scene, knowledge_graph=knowledge_graph)
     for note in notes:
         typer.echo(f"note: {note.message}", err=True)
     typer.echo(result.answer)

@@ -65,7 +65,8 @@ class DataConfig:
     # COCO instances JSON per split under data.root, "{split}" replaced by the split's name.
     scene_graphs: str | None = None
     # A knowledge graph for graph fusion (vlfuse.data.knowledge_graph): .jsonl or .csv triples (head,
-    # relation, tail) under data.root, joined to each image's scene graph (needs data.scene_graphs).
+    # relation, tail) under data.root, joined to each image's scene graph (needs data.scene_graphs); or
+    # per_sample: each row of a JSONL/CSV table names its own graph in its knowledge_graph field.
     knowledge_graph: str | None = None
     # Per image, the knowledge-graph entities named in its scene graph and those this many triples away.
     knowledge_hops: int = 1
@@ -343,6 +344,9 @@ def check_knowledge_graph(config: Config) -> None:
     if not config.data.scene_graphs:
         raise ConfigError("config key 'data.knowledge_graph' joins the scene graphs, but data.scene_graphs is null: "
                           "set it (e.g. auto), or data.knowledge_graph: null")
+    if config.data.knowledge_graph == "per_sample" and config.data.format != "jsonl":
+        raise ConfigError(f"config key 'data.knowledge_graph' is per_sample, but data.format is {config.data.format}: "
+                          "only JSONL/CSV tables (format jsonl) name a graph per row, in their knowledge_graph field")
 
 
 # Allowed ranges, (low, high, low inclusive): checked before anything runs, so a bad value is one line

@@ -3,12 +3,18 @@ entities, joining them to scene graphs, and the config that names them."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
 from vlfuse.config import load_config
-from vlfuse.data.knowledge_graph import (KG_LINK, NO_BOX, check_relations, join_knowledge_graph, links,
-                                         make_knowledge_graph, read_knowledge_graph, relation_ids,
-                                         save_knowledge_graph, with_vocabulary)
+from vlfuse.data.knowledge_graph import (KG_LINK, NO_BOX, check_relations, join_knowledge_graph, join_scene_graphs,
+                                         links, make_knowledge_graph, read_knowledge_graph, relation_ids,
+                                         sample_knowledge_graphs, save_knowledge_graph, training_knowledge_graph,
+                                         vocabulary_graph, with_vocabulary)
 from vlfuse.data.scene_graph import RELATION_ID, RELATIONS, SceneGraph
 from vlfuse.errors import ConfigError, DataError
 
@@ -175,3 +181,123 @@ def test_join_links_as_links_does():
     looped = join_knowledge_graph(SCENE, graph, hops=1)
     assert [r for r in looped.relations if r[1] == "is_a" and r[0] == r[2]] == [(looped.names.index("thing"), "is_a",
                                                                                   looped.names.index("thing"))]
+
+
+# --------------------------------------------------------------------------- a graph per sample
+
+def per_sample_table(tmp_path, refs: list, images=("a.png", "a.png", "b.png")) -> list:
+    """A JSONL table whose rows name their graphs (refs: the knowledge_graph values, None: no field)."""
+    rows = []
+    for k, (image, ref) in enumerate(zip(images, refs)):
+        row = {"image": image, "question": "Is the red object heavy?", "answer": "yes", "question_id": k}
+        rows.append(json.dumps(row if ref is None else {**row, "knowledge_graph": ref}))
+    return rows
+
+
+def read_table(path, rows):
+    from vlfuse.data.formats.jsonl import read_vqa_jsonl
+
+    return read_vqa_jsonl(write_jsonl(path, rows), check_images=False).samples
+
+
+def test_rows_name_their_own_graphs_and_each_image_joins_its_own(tmp_path):
+    (tmp_path / "graphs").mkdir()
+    write_jsonl(tmp_path / "graphs" / "g1.jsonl", jsonl_rows([("red", "has_weight", "heavy")]))
+    (tmp_path / "graphs" / "g2.csv").write_text("head,relation,tail\nred,has_weight,light\nred,made_of,wood\n",
+                                                encoding="utf-8")
+    table = tmp_path / "train.jsonl"
+    samples = read_table(table, per_sample_table(tmp_path, ["graphs/g1.jsonl", "./graphs/g1.jsonl", "graphs/g2.csv"]))
+    assert samples[0].extra["knowledge_graph"] == str(tmp_path / "graphs" / "g1.jsonl")  # resolved by the table
+    per_image = sample_knowledge_graphs(samples, table)
+    a, b = samples[0].image_path, samples[2].image_path
+    assert per_image[a].triples == (("red", "has_weight", "heavy"),)
+    assert per_image[b].triples == (("red", "has_weight", "light"), ("red", "made_of", "wood"))
+    model_graph = vocabulary_graph(per_image.values())
+    assert model_graph.triples == () and model_graph.vocabulary == ("has_weight", "made_of")
+
+    scene = SceneGraph(("red circle",), ((0.1, 0.1, 0.2, 0.2),), ())
+    joined = join_scene_graphs({a: scene, b: scene, Path("c.png"): scene}, model_graph, 1, per_image)
+    facts = {image: {(g.names[s], r, g.names[o]) for s, r, o in g.relations if r != KG_LINK}
+             for image, g in joined.items()}
+    assert facts == {a: {("red", "has_weight", "heavy")}, b: {("red", "has_weight", "light"), ("red", "made_of", "wood")},
+                     Path("c.png"): set()}  # an image that names no graph is left as it is
+    assert join_scene_graphs({a: scene}, model_graph, 1) == {a: scene}  # the model's own graph holds no triples
+
+
+def test_per_sample_config_reads_the_train_and_val_rows(tmp_path):
+    (tmp_path / "kg").mkdir()
+    write_jsonl(tmp_path / "kg" / "g1.jsonl", jsonl_rows([("red", "has_weight", "heavy")]))
+    write_jsonl(tmp_path / "kg" / "g2.jsonl", jsonl_rows([("circle", "made_of", "wood")]))
+    train = SimpleNamespace(samples=read_table(tmp_path / "kg" / "train.jsonl", per_sample_table(
+        tmp_path, ["g1.jsonl"] * 3)))
+    val = SimpleNamespace(samples=read_table(tmp_path / "kg" / "val.jsonl", per_sample_table(
+        tmp_path, ["g2.jsonl"], images=("v.png",))))
+    config = load_config(None, ["data.format=jsonl", f"data.root={tmp_path}", "data.train={path: kg/train.jsonl}",
+                                "data.val={path: kg/val.jsonl}", "data.scene_graphs=scenes.json",
+                                "model.fusion={name: graph, relations: 18}", "data.knowledge_graph=per_sample"])
+    graph, per_image = training_knowledge_graph(config, train=train, val=val)
+    assert graph.vocabulary == ("has_weight", "made_of") and len(per_image) == 3
+    assert per_image[train.samples[2].image_path].triples == (("red", "has_weight", "heavy"),)
+    with pytest.raises(ConfigError, match="is 17, but .* use 18 relations"):
+        training_knowledge_graph(replace(config, model=replace(config.model, fusion={"name": "graph", "relations": 17})),
+                                 train=train, val=val)
+    with pytest.raises(ConfigError, match="'data.knowledge_graph' is per_sample, but data.format is vqa_v2"):
+        load_config(None, ["data.format=vqa_v2", "data.scene_graphs=auto", "model.fusion={name: graph, relations: 20}",
+                           "data.knowledge_graph=per_sample"])
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("graphs/none.jsonl", r"t.jsonl:2 \[knowledge_graph\]: knowledge graph file not found: .*graphs/none.jsonl"),
+    ("../g.jsonl", r"t.jsonl:2 \[knowledge_graph\]: knowledge_graph must be a relative path below the table's folder"),
+    ("/etc/g.jsonl", r"t.jsonl:2 \[knowledge_graph\]: knowledge_graph must be a relative path"),
+    (3, r"t.jsonl:2 \[knowledge_graph\]: knowledge_graph must be a relative path .*got 3"),
+    ("g.ttl", r"t.jsonl:2 \[knowledge_graph\]: knowledge_graph must name a .jsonl or .csv file"),
+])
+def test_a_bad_graph_reference_names_the_row_and_field(tmp_path, ref, message):
+    from vlfuse.data.formats.jsonl import read_vqa_jsonl
+
+    write_jsonl(tmp_path / "g.jsonl", jsonl_rows())
+    (tmp_path / "g.ttl").write_text("x", encoding="utf-8")
+    rows = per_sample_table(tmp_path, ["g.jsonl", ref])
+    with pytest.raises(DataError, match=message) as caught:
+        read_vqa_jsonl(write_jsonl(tmp_path / "t.jsonl", rows), check_images=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_per_sample_graphs_are_one_per_image_named_and_known(tmp_path):
+    write_jsonl(tmp_path / "g1.jsonl", jsonl_rows([("red", "has_weight", "heavy")]))
+    write_jsonl(tmp_path / "g2.jsonl", jsonl_rows([("red", "colour_of", "x")]))
+    write_jsonl(tmp_path / "bad.jsonl", ['{"head": "red", "relation": "has_weight"}'])
+    table = tmp_path / "t.jsonl"
+    with pytest.raises(DataError, match=r"t.jsonl \[knowledge_graph \(question 1\)\]: names .*g2.jsonl, but another "
+                                        r"question about image a.png names .*g1.jsonl"):
+        sample_knowledge_graphs(read_table(table, per_sample_table(tmp_path, ["g1.jsonl", "g2.jsonl", "g1.jsonl"])), table)
+    with pytest.raises(DataError, match=r"t.jsonl \[knowledge_graph \(question 2\)\]: no knowledge graph named"):
+        sample_knowledge_graphs(read_table(table, per_sample_table(tmp_path, ["g1.jsonl", "g1.jsonl", None])), table)
+    with pytest.raises(DataError, match=r"bad.jsonl:1 \[tail\]: missing field 'tail'"):  # the graph's own line
+        sample_knowledge_graphs(read_table(table, per_sample_table(tmp_path, ["g1.jsonl", "g1.jsonl", "bad.jsonl"])),
+                                table)
+    # evaluation reads each image's graph with the model's relation ids, refusing a relation it never saw
+    samples = read_table(table, per_sample_table(tmp_path, ["g1.jsonl", "g1.jsonl", "g2.jsonl"]))
+    with pytest.raises(DataError, match=r"g2.jsonl \[relation\]: relation 'colour_of' is not one the model"):
+        sample_knowledge_graphs(samples, table, ("has_weight",))
+
+
+def test_a_per_sample_model_saves_its_relations_and_evaluates_either_way(tmp_path, capsys):
+    from vlfuse.data.knowledge_graph import evaluation_knowledge_graph, load_saved_knowledge_graph
+    from vlfuse.models.saved import SavedModel
+
+    common = ["data.format=jsonl", "data.scene_graphs=s.json", "model.fusion={name: graph, relations: 20}"]
+    per_sample = load_config(None, [*common, "data.knowledge_graph=per_sample"])
+    save_knowledge_graph(tmp_path, vocabulary_graph([make_knowledge_graph(TRIPLES)]))
+    saved = load_saved_knowledge_graph(tmp_path, per_sample)
+    assert saved.triples == () and saved.vocabulary == ("has_weight", "made_of", "is_a")
+    trained = SavedModel(None, per_sample, None, None, saved)
+    assert evaluation_knowledge_graph(trained, per_sample) is trained
+    assert evaluation_knowledge_graph(trained, load_config(None, common)).knowledge_graph is None
+    # a model trained with one global graph can be evaluated with each sample's
+    global_graph = SavedModel(None, load_config(None, [*common, "data.knowledge_graph=kg.jsonl"]), None, None,
+                              make_knowledge_graph(TRIPLES))
+    swapped = evaluation_knowledge_graph(global_graph, per_sample)
+    assert swapped.knowledge_graph.triples == () and swapped.knowledge_graph.vocabulary == saved.vocabulary
+    assert "each sample's knowledge graph" in capsys.readouterr().err

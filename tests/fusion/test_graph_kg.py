@@ -4,6 +4,7 @@ the fused graph's nodes and edges, padding, and train / eval / predict through t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -108,38 +109,42 @@ def kg_data(tmp_path_factory) -> Path:
     from bench.kg_example import main
 
     root = tmp_path_factory.mktemp("kg_shapes")
-    main([str(root), "--images", "12", "--size", "32"])
+    main([str(root), "--images", "12", "--size", "32", "--graphs", "4"])
     (root / "kg_unknown.jsonl").write_text('{"head": "red", "relation": "colour_of", "tail": "x"}\n')
     return root
 
 
-def test_cli_trains_evaluates_and_predicts_with_a_knowledge_graph(cli_main, kg_data, write_config, tmp_path):
+def kg_config(write_config, kg_data, path, *extra):
+    splits = [f"data.{s}={{path: kg/{s}.jsonl, images: images/{s}}}" for s in ("train", "val", "test")]
+    return write_config(path, kg_data, path.parent / "run", GRAPH_FUSION, "data.format=jsonl", *splits,
+                        "data.scene_graphs=scenes/{split}_scenes.json", "train.epochs=1", *extra)
+
+
+def test_cli_trains_evaluates_and_predicts_with_one_knowledge_graph(cli_main, kg_data, write_config, tmp_path):
     import vlfuse
 
-    splits = {s: f"data.{s}={{path: kg/{s}.jsonl, images: images/{s}}}" for s in ("train", "val", "test")}
-    config = write_config(tmp_path / "kg.yaml", kg_data, tmp_path / "run", GRAPH_FUSION, "data.format=jsonl",
-                          *splits.values(), "data.scene_graphs=scenes/{split}_scenes.json",
-                          "data.knowledge_graph=kg.jsonl", "train.epochs=1")
-    result = cli_main("train", config)
+    result = cli_main("train", kg_config(write_config, kg_data, tmp_path / "kg.yaml",
+                                         "data.knowledge_graph=kg/graphs/train_000.jsonl"))
     assert result.returncode == 0, result.stdout + result.stderr
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["knowledge_graph"]["triples"] == 9 and run["knowledge_graph"]["relations"] == ["has_weight", "made_of"]
     assert run["knowledge_graph"]["entities_per_image"] > 6  # the colours, weights, shapes, materials of a scene
     model_dir = tmp_path / "run" / "model"
     saved = json.loads((model_dir / "knowledge_graph.json").read_text())
-    assert saved["relations"] == ["has_weight", "made_of"] and ["red", "has_weight", "heavy"] in saved["triples"]
+    first = json.loads((kg_data / "kg" / "graphs" / "train_000.jsonl").read_text().splitlines()[0])
+    assert saved["relations"] == ["has_weight", "made_of"] and list(first.values()) in saved["triples"]
 
-    (kg_data / "kg.jsonl").rename(kg_data / "kg_moved.jsonl")  # eval reads the model's copy, not the file
+    graph = kg_data / "kg" / "graphs" / "train_000.jsonl"
+    graph.rename(graph.with_suffix(".moved"))  # eval reads the model's copy, not the file
     try:
         again = cli_main("eval", model_dir, "--out", tmp_path / "again.json")
     finally:
-        (kg_data / "kg_moved.jsonl").rename(kg_data / "kg.jsonl")
+        graph.with_suffix(".moved").rename(graph)
     assert again.returncode == 0, again.stderr
     assert (json.loads((tmp_path / "again.json").read_text())["overall"]
             == json.loads((tmp_path / "run" / "eval.json").read_text())["overall"])
-    shuffled = cli_main("eval", model_dir, "--out", tmp_path / "shuffled.json",
-                        "--set", "data.knowledge_graph=kg_shuffled.jsonl")
-    assert shuffled.returncode == 0 and "evaluating with the knowledge graph" in shuffled.stderr
+    other = cli_main("eval", model_dir, "--set", "data.knowledge_graph=kg/graphs/test_000.jsonl")
+    assert other.returncode == 0 and "evaluating with the knowledge graph" in other.stderr
     unknown = cli_main("eval", model_dir, "--set", "data.knowledge_graph=kg_unknown.jsonl")
     assert unknown.returncode != 0 and "relation 'colour_of' is not one the model was trained with" in unknown.stderr
 
@@ -151,8 +156,62 @@ def test_cli_trains_evaluates_and_predicts_with_a_knowledge_graph(cli_main, kg_d
     predicted = cli_main("predict", model_dir, "--image", image, "--question", question, "--scene", scene_file)
     assert predicted.returncode == 0, predicted.stderr
     predictor = vlfuse.load(model_dir)
-    assert predictor.saved.knowledge_graph.triples[0] == ("red", "has_weight", "heavy")
+    assert predictor.saved.knowledge_graph.triples[0] == tuple(json.loads(graph.read_text().splitlines()[0]).values())
     assert predicted.stdout.splitlines()[0] == predictor.predict(image, question, scene=scene_file).answer
+
+
+def test_cli_trains_evaluates_and_predicts_with_a_graph_per_sample(cli_main, kg_data, write_config, tmp_path):
+    import vlfuse
+
+    result = cli_main("train", kg_config(write_config, kg_data, tmp_path / "kg.yaml", "data.knowledge_graph=per_sample"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())["knowledge_graph"]
+    named = {json.loads(line)["knowledge_graph"] for split in ("train", "val")
+             for line in (kg_data / "kg" / f"{split}.jsonl").read_text().splitlines()}
+    assert run["source"] == "per_sample" and run["graphs"] == len(named) > 1 and run["triples"] == 9
+    assert run["relations"] == ["has_weight", "made_of"] and run["entities_per_image"] > 6
+    model_dir = tmp_path / "run" / "model"
+    assert json.loads((model_dir / "knowledge_graph.json").read_text()) == {
+        "source": "per_sample", "relations": ["has_weight", "made_of"], "triples": []}
+    scores = {}
+    for name, extra in (("own", []), ("swapped", ["--set", "data.test.path=kg/test_swapped.jsonl"]),
+                        ("none", ["--set", "data.knowledge_graph=null"]),
+                        ("one", ["--set", "data.knowledge_graph=kg/graphs/test_000.jsonl"])):
+        evaluated = cli_main("eval", model_dir, "--out", tmp_path / f"{name}.json", *extra)
+        assert evaluated.returncode == 0, evaluated.stderr
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert scores["own"]["overall"] == json.loads((tmp_path / "run" / "eval.json").read_text())["overall"]
+    # each image read its own graph: naming another one changes the model's confidences
+    own, swapped = ({r["question_id"]: r["confidence"] for r in map(json.loads, (
+        tmp_path / f"{k}_predictions.jsonl").read_text().splitlines())} for k in ("own", "swapped"))
+    assert own.keys() == swapped.keys() and own != swapped
+    assert "without the knowledge graph" in cli_main("eval", model_dir, "--set", "data.knowledge_graph=null").stderr
+
+    scenes = json.loads((kg_data / "scenes" / "test_scenes.json").read_text())
+    scene_file = tmp_path / "scene.json"
+    scene_file.write_text(json.dumps({"size": scenes["size"], "objects": scenes["scenes"][0]["objects"]}))
+    image = kg_data / "images" / "test" / scenes["scenes"][0]["file_name"]
+    ask = ("predict", model_dir, "--image", image, "--question", "Is the red object heavy?", "--scene", scene_file)
+    facts = [tmp_path / f"{w}.jsonl" for w in ("heavy", "light")]
+    for path in facts:
+        path.write_text(json.dumps({"head": "red", "relation": "has_weight", "tail": path.stem}) + "\n")
+    given = cli_main(*ask, "--knowledge-graph", facts[0])
+    assert given.returncode == 0 and "note:" not in given.stderr, given.stderr
+    predictor = vlfuse.load(model_dir)
+    heavy, light = (predictor.predict(image, ask[5], scene=scene_file, knowledge_graph=f) for f in facts)
+    assert given.stdout.splitlines()[0] == heavy.answer
+    assert heavy.top != light.top  # the facts given are read: other facts, other probabilities
+    alone = cli_main(*ask)
+    assert alone.returncode == 0 and "reads a knowledge graph per sample" in alone.stderr
+    unknown = cli_main(*ask, "--knowledge-graph", kg_data / "kg_unknown.jsonl")
+    assert unknown.returncode != 0 and "relation 'colour_of' is not one the model was trained with" in unknown.stderr
+
+    (kg_data / "kg" / "bad.jsonl").write_text(re.sub(r"graphs/test_\d+", "graphs/test_009",
+                                                     (kg_data / "kg" / "test.jsonl").read_text()))
+    bad = cli_main("eval", model_dir, "--set", "data.test.path=kg/bad.jsonl", "--set", "data.on_bad_sample=error")
+    assert bad.returncode != 0
+    assert re.search(r"error: .*bad.jsonl:\d+ \[knowledge_graph\]: knowledge graph file not found: .*test_009.jsonl",
+                     bad.stderr)
 
 
 def test_cli_refuses_a_knowledge_graph_for_other_fusions(cli_main, kg_data, tmp_path):

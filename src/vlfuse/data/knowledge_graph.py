@@ -21,6 +21,12 @@ names in the order the file first uses them (a name equal to a built-in one shar
 vocabulary is saved with the model (knowledge_graph.json in the model directory: the triples too),
 so `vlfuse eval` / `predict` read the same graph with the same ids; a graph swapped in at
 evaluation (`--set data.knowledge_graph=...`) must use only relations the model knows.
+
+Per-sample graphs (`data.knowledge_graph: per_sample`): each question's row names its own graph file in
+its `knowledge_graph` field (formats/jsonl.py checks it), so facts can differ from image to image and
+only the graph tells them. The questions about one image name the same graph (the fusion graph is
+built per image). The model's relation vocabulary is then every training graph's relations, and its
+saved knowledge_graph.json holds that vocabulary without triples.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ KG_LINK = "kg_link"  # a knowledge-graph entity -> the scene entity whose name h
 KG_FILE = "knowledge_graph.json"  # the copy in a model directory
 MAX_KG_ENTITIES = 64  # per image: a large graph contributes its nearest entities, not all of them
 FIELDS = ("head", "relation", "tail")
+PER_SAMPLE = "per_sample"  # data.knowledge_graph: each row's `knowledge_graph` field names its graph
+SAMPLE_FIELD = "knowledge_graph"
 NO_BOX = (0.0, 0.0, 0.0, 0.0)  # zero area: overlaps no image token, so no `depicts` edge
 
 
@@ -208,19 +216,24 @@ def join_knowledge_graph(scene: SceneGraph, graph: KnowledgeGraph, hops: int = 1
                       scene.relations + triples + link_triples)
 
 
-def join_scene_graphs(graphs: dict, graph: KnowledgeGraph | None, hops: int) -> dict:
-    """Each image's scene graph joined with `graph` (unchanged without one)."""
-    if graph is None:
+def join_scene_graphs(graphs: dict, graph: KnowledgeGraph | None, hops: int, per_image: dict | None = None) -> dict:
+    """Each image's scene graph joined with its knowledge graph: `per_image`'s (by image path, per_sample
+    data) where given, else `graph`; unchanged without one (a per_sample model's `graph` holds no triples)."""
+    if per_image:
+        return {path: join_knowledge_graph(scene, per_image[path], hops) if path in per_image else scene
+                for path, scene in graphs.items()}
+    if graph is None or not graph.triples:
         return graphs
     return {path: join_knowledge_graph(scene, graph, hops) for path, scene in graphs.items()}
 
 
-def encode_for_model(graphs: dict, saved) -> dict:
-    """A saved model's view of scene graphs: joined with its knowledge graph, encoded with its ids."""
+def encode_for_model(graphs: dict, saved, per_image: dict | None = None) -> dict:
+    """A saved model's view of scene graphs: joined with its knowledge graph (or each image's, `per_image`),
+    encoded with its ids."""
     from .scene_graph import encode_scene_graphs
 
     knowledge = getattr(saved, "knowledge_graph", None)
-    joined = join_scene_graphs(graphs, knowledge, saved.config.data.knowledge_hops)
+    joined = join_scene_graphs(graphs, knowledge, saved.config.data.knowledge_hops, per_image)
     return encode_scene_graphs(joined, saved.tokenizer, relation_ids=relation_ids(knowledge))
 
 
@@ -240,13 +253,60 @@ def check_relations(config, graph: KnowledgeGraph) -> None:
                           f"{len(graph.vocabulary)} of the graph's): set it to at least {needed}")
 
 
-def training_knowledge_graph(config) -> KnowledgeGraph | None:
-    """data.knowledge_graph read (a path under data.root) and checked against the fusion; None when unset."""
+def training_knowledge_graph(config, **reads) -> tuple[KnowledgeGraph | None, dict]:
+    """(the model's graph, each image's graph) of the split reads (train=..., val=...): data.knowledge_graph
+    read (a path under data.root) and checked against the fusion, with {} per image; per_sample, a graph of
+    the relations every image's graph uses and those graphs by image path; (None, {}) when unset."""
     if not config.data.knowledge_graph:
-        return None
-    graph = read_knowledge_graph(configured_path(config.data))
+        return None, {}
+    per_image = {}
+    if config.data.knowledge_graph == PER_SAMPLE:
+        for split, read in reads.items():
+            if read is not None:
+                table = Path(config.data.root).expanduser() / getattr(config.data, split).path
+                per_image.update(sample_knowledge_graphs(read.samples, table))
+        graph = vocabulary_graph(per_image.values())
+    else:
+        graph = read_knowledge_graph(configured_path(config.data))
     check_relations(config, graph)
-    return graph
+    return graph, per_image
+
+
+def vocabulary_graph(graphs, vocabulary: tuple[str, ...] | None = None) -> KnowledgeGraph:
+    """A per_sample model's knowledge graph: no triples, the relations `graphs` use in first-use order
+    (or a saved `vocabulary`)."""
+    if vocabulary is None:
+        vocabulary = tuple(dict.fromkeys(r for g in graphs for r in g.vocabulary))
+    return KnowledgeGraph((), vocabulary, PER_SAMPLE)
+
+
+def image_graph_files(samples, table) -> dict[Path, Path]:
+    """image path -> the graph file its questions' `knowledge_graph` field names (one per image)."""
+    files: dict[Path, Path] = {}
+    for sample in samples:
+        named = sample.extra.get(SAMPLE_FIELD)
+        where = f"{SAMPLE_FIELD} (question {sample.question_id})"
+        if named is None:
+            raise DataError("no knowledge graph named (data.knowledge_graph is per_sample: each row names its "
+                            "graph file)", path=table, field=where)
+        image = Path(sample.image_path)
+        if files.setdefault(image, Path(named)) != Path(named):
+            raise DataError(f"names {named}, but another question about image {image.name} names "
+                            f"{files[image]}: the questions about one image share its graph", path=table, field=where)
+    return files
+
+
+def sample_knowledge_graphs(samples, table, vocabulary: tuple[str, ...] | None = None) -> dict[Path, KnowledgeGraph]:
+    """per_sample: each image's knowledge graph (each file read once); `vocabulary`, a trained model's
+    relations, refuses a graph that uses another."""
+    read: dict[Path, KnowledgeGraph] = {}
+    graphs = {}
+    for image, path in image_graph_files(samples, table).items():
+        if path not in read:
+            graph = read_knowledge_graph(path)
+            read[path] = graph if vocabulary is None else with_vocabulary(graph, vocabulary, path)
+        graphs[image] = read[path]
+    return graphs
 
 
 def save_knowledge_graph(model_dir: str | Path, graph: KnowledgeGraph | None) -> None:
@@ -259,12 +319,15 @@ def save_knowledge_graph(model_dir: str | Path, graph: KnowledgeGraph | None) ->
 
 
 def load_saved_knowledge_graph(model_dir: str | Path, config) -> KnowledgeGraph | None:
-    """The knowledge graph a model directory was trained with; None for a model trained without one."""
+    """The knowledge graph a model directory was trained with (per_sample: its relation vocabulary alone);
+    None for a model trained without one."""
     if not config.data.knowledge_graph:
         return None
     path = Path(model_dir) / KG_FILE
     if not path.is_file():
         raise DataError(f"the model was trained with data.knowledge_graph but {KG_FILE} is missing", path=path)
+    if config.data.knowledge_graph == PER_SAMPLE:
+        return vocabulary_graph((), _saved_triples(path)[1] or ())
     return read_knowledge_graph(path)
 
 
@@ -280,6 +343,10 @@ def evaluation_knowledge_graph(saved, config):
     if not wanted:  # an ablation: the scene graphs alone
         print("note: evaluating without the knowledge graph the model was trained with", file=sys.stderr)
         return replace(saved, knowledge_graph=None)
+    if wanted == PER_SAMPLE:  # each image's own graph, read with the model's relation ids
+        print("note: evaluating with each sample's knowledge graph, not the one the model was trained with",
+              file=sys.stderr)
+        return replace(saved, knowledge_graph=vocabulary_graph((), saved.knowledge_graph.vocabulary))
     path = configured_path(config.data)
     graph = with_vocabulary(read_knowledge_graph(path), saved.knowledge_graph.vocabulary, path)
     print(f"note: evaluating with the knowledge graph {path}, not the one the model was trained with",
@@ -287,8 +354,23 @@ def evaluation_knowledge_graph(saved, config):
     return replace(saved, knowledge_graph=graph)
 
 
-def knowledge_graph_summary(graph: KnowledgeGraph, graphs: dict, scenes: dict) -> dict:
-    """For run.json: the graph's size and how many of its entities joined each image, on average."""
+def image_knowledge_graphs(saved, config, split: str, samples) -> dict | None:
+    """Evaluating with data.knowledge_graph: per_sample, each image's graph as its rows name it, read with
+    the model's relation ids; None otherwise (the model's own graph, or none)."""
+    if config.data.knowledge_graph != PER_SAMPLE or saved.knowledge_graph is None:
+        return None
+    table = Path(config.data.root).expanduser() / getattr(config.data, split).path
+    return sample_knowledge_graphs(samples, table, saved.knowledge_graph.vocabulary)
+
+
+def knowledge_graph_summary(graph: KnowledgeGraph, graphs: dict, scenes: dict, per_image: dict) -> dict:
+    """For run.json: the graph's size (per_sample: how many graphs, triples on average) and how many of
+    its entities joined each image, on average."""
     added = [len(g.names) - len(scenes[p].names) for p, g in graphs.items()]
-    return {"source": graph.source, "triples": len(graph.triples), "entities": len(graph.entities),
-            "relations": list(graph.vocabulary), "entities_per_image": round(sum(added) / max(len(added), 1), 2)}
+    sizes = {"triples": len(graph.triples), "entities": len(graph.entities)}
+    if per_image:
+        distinct = {id(g): g for g in per_image.values()}.values()
+        sizes = {"graphs": len(distinct), "triples": round(sum(len(g.triples) for g in distinct) / len(distinct), 2),
+                 "entities": round(sum(len(g.entities) for g in distinct) / len(distinct), 2)}
+    return {"source": graph.source, **sizes, "relations": list(graph.vocabulary),
+            "entities_per_image": round(sum(added) / max(len(added), 1), 2)}

@@ -6,6 +6,10 @@ explicit id of that form is refused, so the two never collide), `image_id` (defa
 `question_type` and `answer_type`. Other keys are kept in `VQASample.extra`. In CSV the
 `answers` cell is `|`-separated, and all-digit ids become integers as they would be in JSON.
 
+A `knowledge_graph` field names the row's own knowledge graph (a `.jsonl` or `.csv` file of triples, a
+relative path resolved against the table's folder), read with `data.knowledge_graph: per_sample`
+(vlfuse.data.knowledge_graph); it must exist, and is kept in `VQASample.extra` as the resolved path.
+
 Multiple-choice tables (task vqa_mc) add `choices`, the candidate answers (a list; in CSV a
 `|`-separated cell), among which `answer` must be.
 
@@ -31,7 +35,7 @@ REQUIRED_COLUMNS = ("image", "question")
 ALIASES = {"question": "text", "answer": "label"}  # classification tables' names for the same fields
 IMPLICIT_ID, IMPLICIT_ID_FORM = "line-{}", re.compile(r"line-\d+")  # the question_id of a line without one
 KNOWN_KEYS = {"image", "question", "answer", "answers", "question_id", "image_id",
-              "question_type", "answer_type", "choices", *ALIASES.values()}
+              "question_type", "answer_type", "choices", "knowledge_graph", *ALIASES.values()}
 
 
 def read_vqa_table(path: str | Path, image_root: str | Path | None = None, *,
@@ -106,13 +110,16 @@ def _sample_from_record(record: Any, line: int, path: Path, base: Path, check_im
     choices = record.get("choices")
     if choices is not None:
         choices = check_choices(choices, answer, path=path, line=line, field="choices")
+    graph = record.get("knowledge_graph")
+    if graph is not None:
+        graph = _knowledge_graph_file(graph, Where(path, line, "knowledge_graph"))
     return VQASample(
         question_id=_question_id(record, line, path),
         image_id=_id(record, "image_id", str(record["image"]), line, path),
         image_path=image_path, question=question, answer=answer, answers=answers,
         question_type=_optional_str(record, "question_type", line, path) or "unknown",
         answer_type=_optional_str(record, "answer_type", line, path) or "unknown",
-        extra={**({"choices": choices} if choices else {}),
+        extra={**({"choices": choices} if choices else {}), **({"knowledge_graph": graph} if graph else {}),
                **{k: v for k, v in record.items() if k not in KNOWN_KEYS}},
     )
 
@@ -125,6 +132,20 @@ def _image_path(record: dict, line: int, path: Path, base: Path, check_images: b
     if check_images and not is_file(image_path):
         raise DataError(f"image not found: {image_path}", path=path, line=line, field="image")
     return image_path
+
+
+def _knowledge_graph_file(value: Any, where: Where) -> str:
+    """The row's knowledge graph file, below the table's folder: an existing .jsonl or .csv."""
+    try:
+        graph = where.path.parent / relative_path(value, where, "knowledge_graph")
+    except DataError:
+        raise where.error(f"knowledge_graph must be a relative path below the table's folder (no '..', not "
+                          f"absolute), got {value!r}") from None
+    if graph.suffix.lower() not in (".jsonl", ".csv"):
+        raise where.error(f"knowledge_graph must name a .jsonl or .csv file of triples, got {value!r}")
+    if not is_file(graph):
+        raise where.error(f"knowledge graph file not found: {graph}")
+    return str(graph)
 
 
 def _answers(record: dict, line: int, path: Path) -> tuple[str, ...]:

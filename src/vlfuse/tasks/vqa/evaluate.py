@@ -17,7 +17,7 @@ from ...data.answers import normalize_answer
 from ...data.cached_inputs import cached_inputs
 from ...data.feature_cache import feature_loader
 from ...data.formats.common import SkipLog
-from ...data.knowledge_graph import evaluation_knowledge_graph
+from ...data.knowledge_graph import evaluation_knowledge_graph, image_knowledge_graphs
 from ...data.loading import read_split
 from ...data.records import VQASample
 from ...data.scene_graph import read_scene_graphs
@@ -97,9 +97,10 @@ def predict_dataset(saved: SavedModel, dataset: Dataset, batch_images: int = 64,
     return records
 
 
-def scene_graph_collate(saved: SavedModel, scene_graphs: dict | None):
-    """collate_groups, plus the images' scene graphs when given; a model trained with scene graphs
-    and evaluated without them is said so (it runs on the image alone)."""
+def scene_graph_collate(saved: SavedModel, scene_graphs: dict | None, knowledge_graphs: dict | None = None):
+    """collate_groups, plus the images' scene graphs when given (joined with each image's knowledge graph,
+    `knowledge_graphs`, else the model's); a model trained with scene graphs and evaluated without them is
+    said so (it runs on the image alone)."""
     if scene_graphs is None:
         if saved.config.data.scene_graphs:
             print(f"warning: this model was trained with scene graphs (data.scene_graphs: "
@@ -113,7 +114,7 @@ def scene_graph_collate(saved: SavedModel, scene_graphs: dict | None):
     from ...data.knowledge_graph import encode_for_model
     from ...data.scene_graph import SceneGraphCollate
 
-    return SceneGraphCollate(collate_groups, encode_for_model(scene_graphs, saved))  # with its knowledge graph
+    return SceneGraphCollate(collate_groups, encode_for_model(scene_graphs, saved, knowledge_graphs))
 
 
 def official_vqa_accuracy(records: list[dict]) -> dict | None:
@@ -132,15 +133,16 @@ def official_vqa_accuracy(records: list[dict]) -> dict | None:
 
 def evaluate_samples(saved: SavedModel, samples: list[VQASample], skip_log: SkipLog, batch_images: int = 64,
                      progress: bool = True, scene_graphs: dict | None = None, chunk_images: int = 2048,
-                     cache_config: Config | None = None) -> tuple[dict, list[dict]]:
+                     cache_config: Config | None = None, knowledge_graphs: dict | None = None) -> tuple[dict, list[dict]]:
     """(metrics, per-question records) for samples that have answers; scene_graphs: each image's
     SceneGraph by image path (vlfuse.data.scene_graph), for a model trained with them; cache_config: a
-    config whose data.feature_cache serves the frozen encoders' outputs (`evaluation_dataset`).
+    config whose data.feature_cache serves the frozen encoders' outputs (`evaluation_dataset`);
+    knowledge_graphs: each image's KnowledgeGraph (data.knowledge_graph: per_sample).
 
     Images are decoded `chunk_images` at a time, so a split of any size evaluates in bounded memory.
     """
     groups = group_by_image([s for s in samples if s.answer is not None])
-    collate = scene_graph_collate(saved, scene_graphs)
+    collate = scene_graph_collate(saved, scene_graphs, knowledge_graphs)
     records, seconds, unanswerable = [], 0.0, 0
     for first in range(0, len(groups), chunk_images):
         chunk = [s for group in groups[first:first + chunk_images] for s in group.samples]
@@ -165,6 +167,7 @@ def evaluate_vqa_split(model_dir: Path, config: Config, split: str, out_json: Pa
     read = read_split(config.data, split)
     graphs = read_scene_graphs(config.data, split, read.samples) if config.data.scene_graphs else None
     saved = evaluation_knowledge_graph(load_model_dir(model_dir), config)  # the saved graph, or the one config names
+    per_image = image_knowledge_graphs(saved, config, split, read.samples) if graphs else None
     metrics, records = evaluate_samples(saved, read.samples, read.skipped, progress=progress, scene_graphs=graphs,
-                                        cache_config=config)
+                                        cache_config=config, knowledge_graphs=per_image)
     return write_eval_json(out_json, metrics, records)

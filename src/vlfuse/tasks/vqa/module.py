@@ -63,8 +63,9 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
         raise no_training_samples(train_read.skipped)
     val_read = read_split(config.data, "val") if config.data.val else None
     scenes = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
-    knowledge = training_knowledge_graph(config)  # None without data.knowledge_graph
-    graphs = join_scene_graphs(scenes, knowledge, config.data.knowledge_hops)
+    # None without data.knowledge_graph; per_image: each image's own graph (data.knowledge_graph: per_sample)
+    knowledge, per_image = training_knowledge_graph(config, train=train_read, val=val_read)
+    graphs = join_scene_graphs(scenes, knowledge, config.data.knowledge_hops, per_image)
     tokenizer, answers = vocabularies(config, train_read.samples, model_dir, resume, entity_names(graphs))
     save_vocabularies(model_dir, config, tokenizer, answers)
     save_knowledge_graph(model_dir, knowledge)
@@ -87,7 +88,7 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
     if graphs:
         summary["scene_graphs"] = scene_graph_summary(scenes)
     if knowledge is not None:
-        summary["knowledge_graph"] = knowledge_graph_summary(knowledge, graphs, scenes)
+        summary["knowledge_graph"] = knowledge_graph_summary(knowledge, graphs, scenes, per_image)
     (train_items, val_items), collate = cached_inputs(config, model.text_encoder, [train_set, val_set],
                                                       vqa_collate(graphs, tokenizer, relation_ids(knowledge)), progress)
     summary["frozen_text_states_cached"] = isinstance(train_items, WithTextStates)

@@ -29,8 +29,9 @@ class Predictor:
         self.model, self.config, self.tokenizer, self.answers = saved.model, saved.config, saved.tokenizer, saved.answers
         self._warned_no_scene = False
 
-    def _scene_graph(self, scene):
-        """The batch of one scene graph, or None (with a one-time warning when the model expects one)."""
+    def _scene_graph(self, scene, knowledge_graph=None):
+        """The batch of one scene graph (joined with `knowledge_graph` when given, else the model's own), or
+        None (with a one-time warning when the model expects one)."""
         from ...data import scene_graph as sg
 
         trained_with = self.config.data.scene_graphs
@@ -53,8 +54,24 @@ class Predictor:
                 scene = sg.scene_from_json(scene)
         from ...data.knowledge_graph import encode_for_model
 
-        encoded = encode_for_model({Path("scene"): scene}, self.saved)[Path("scene")]  # with its knowledge graph
+        own = self.saved.knowledge_graph
+        if knowledge_graph is None and own is not None and not own.triples:
+            warnings.warn("this model reads a knowledge graph per sample (data.knowledge_graph: per_sample); none "
+                          "was given, so it answers without facts (pass knowledge_graph=... / --knowledge-graph)",
+                          stacklevel=3)
+        per_image = None if knowledge_graph is None else {Path("scene"): self._knowledge_graph(knowledge_graph)}
+        encoded = encode_for_model({Path("scene"): scene}, self.saved, per_image)[Path("scene")]
         return sg.batch_scene_graphs([encoded])
+
+    def _knowledge_graph(self, graph):
+        """`graph` (a KnowledgeGraph, or a .jsonl / .csv path) read with the model's relation ids."""
+        from ...data import knowledge_graph as kg
+
+        if self.saved.knowledge_graph is None:
+            raise ConfigError("this model was trained without a knowledge graph: it cannot read one (leave it out)")
+        if not isinstance(graph, kg.KnowledgeGraph):
+            graph = kg.read_knowledge_graph(graph)
+        return kg.with_vocabulary(graph, self.saved.knowledge_graph.vocabulary, graph.source or "knowledge graph")
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -68,24 +85,27 @@ class Predictor:
         return logits.float().cpu()
 
     @torch.no_grad()
-    def predict(self, image, question: str, top_k: int = 5, scene=None) -> Prediction:
+    def predict(self, image, question: str, top_k: int = 5, scene=None, knowledge_graph=None) -> Prediction:
         """Answer one question about one image (a path, raw bytes or a PIL image). scene: the image's
-        scene graph, for a model trained with them (see `predict_many`)."""
-        return self.predict_many(image, [question], top_k, scene)[0]
+        scene graph, for a model trained with them; knowledge_graph: its facts (see `predict_many`)."""
+        return self.predict_many(image, [question], top_k, scene, knowledge_graph)[0]
 
     @torch.no_grad()
-    def predict_many(self, image, questions: list[str], top_k: int = 5, scene=None) -> list[Prediction]:
+    def predict_many(self, image, questions: list[str], top_k: int = 5, scene=None,
+                     knowledge_graph=None) -> list[Prediction]:
         """Several questions about the same image, encoding the image once.
 
         scene (models trained with data.scene_graphs only): a SceneGraph, a path to a JSON scene, or
         the scene itself (vlfuse.data.scene_graph.scene_from_json: built-in, NLVR or COCO-style).
         Without one such a model answers from the image alone, and says so once (a warning).
+        knowledge_graph (models trained with data.knowledge_graph): a .jsonl / .csv path or a KnowledgeGraph
+        joined to the scene instead of the model's own graph; a per_sample model reads no facts without it.
         """
         questions = [check_question(q) for q in questions]
         ids, mask = pad_ids(encode_ids(self.tokenizer, questions, self.config.data.max_question_length))
         images = image_tensor(image, self.config.data.image_size).unsqueeze(0)
         index = torch.zeros(len(questions), dtype=torch.long)
-        probs = self.logits(images, ids, mask, index, self._scene_graph(scene)).softmax(-1)
+        probs = self.logits(images, ids, mask, index, self._scene_graph(scene, knowledge_graph)).softmax(-1)
         values, indices = probs.topk(min(top_k, probs.shape[-1]), -1)
         results = []
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):

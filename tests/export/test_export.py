@@ -177,9 +177,15 @@ def test_import_vlfuse_loads_no_onnx():
 
 
 @pytest.mark.slow
-def test_region_matching_model_exports_with_its_proposal_outside_the_graph(trained_run, shapes_root, tmp_path):
-    """An untrained matching model of configs/matching_shapes.yaml (region encoder): the graph plus the
-    numpy proposal give the PyTorch logits."""
+@pytest.mark.parametrize("config_path, answers", [
+    (Path("configs") / "matching_shapes.yaml", ["false", "true"]),
+    # relative and anchored geometry: distance ranks computed by comparison, which the exporter traces
+    (Path("src") / "vlfuse" / "configs" / "demo.yaml", ["yes", "no", "circle", "square", "1", "2"]),
+])
+def test_region_model_exports_with_its_proposal_outside_the_graph(trained_run, shapes_root, tmp_path, config_path,
+                                                                  answers):
+    """An untrained region-encoder model of a shipped config: the graph plus the numpy proposal give the
+    PyTorch logits."""
     import vlfuse
     from vlfuse.config import load_config
     from vlfuse.data.answers import AnswerVocab
@@ -190,12 +196,12 @@ def test_region_matching_model_exports_with_its_proposal_outside_the_graph(train
 
     from conftest import REPO
 
-    config = load_config(REPO / "configs" / "matching_shapes.yaml", ["data.image_size=32"])
+    config = load_config(REPO / config_path, ["data.image_size=32"])
     tokenizer = load_tokenizer(trained_run.model_dir / "tokenizer.json")
     torch.manual_seed(0)
-    model = build_task_model(config, tokenizer.get_vocab_size(), 2).eval()
-    source = save_model_dir(tmp_path / "matching", model, config, tokenizer, AnswerVocab(["false", "true"]))
-    info = export_model(source, tmp_path / "matching_onnx")
+    model = build_task_model(config, tokenizer.get_vocab_size(), len(answers)).eval()
+    source = save_model_dir(tmp_path / "source", model, config, tokenizer, AnswerVocab(answers))
+    info = export_model(source, tmp_path / "onnx")
     assert info["region_proposal"] == {"max_regions": 10, "threshold": 0.25, "min_area": 4}
     torch_model, onnx_model = vlfuse.load(source), vlfuse.load(info["out_dir"])
     for batch in split_batches(shapes_root, torch_model):

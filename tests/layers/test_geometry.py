@@ -130,3 +130,13 @@ def test_region_encoder_with_relative_geometry_on_a_grid_of_boxes():
     assert (out.tokens[~out.mask] == 0).all()
     out.tokens.sum().backward()
     assert encoder.blocks[0].attn.relative_k.grad.abs().sum() > 0
+
+
+def test_distance_ranks_by_comparison_equal_a_stable_sort():
+    from vlfuse.layers.geometry import _distance_ranks
+
+    g = torch.Generator().manual_seed(0)
+    distance = torch.rand(3, 7, 7, generator=g)
+    distance[0, 0, 3] = distance[0, 0, 5]  # a tie: the earlier token ranks first
+    distance[1, :, 5:] = float("inf")  # padded tokens rank last
+    torch.testing.assert_close(_distance_ranks(distance), distance.argsort(dim=-1, stable=True).argsort(dim=-1))

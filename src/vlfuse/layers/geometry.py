@@ -12,7 +12,6 @@ distances that must be learnt.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def pair_features_dim(ranks: int) -> int:
@@ -31,8 +30,18 @@ def pair_geometry(boxes: torch.Tensor, mask: torch.Tensor, ranks: int = 8) -> to
     offset = centre[:, None, :, :] - centre[:, :, None, :]  # [B, i, j, 2]
     distance = offset.norm(dim=-1)
     real = mask[:, None, :].expand_as(distance)
-    near = distance.masked_fill(~real, float("inf")).argsort(dim=-1, stable=True).argsort(dim=-1)
+    near = _distance_ranks(distance.masked_fill(~real, float("inf")))
     far = (mask.sum(-1)[:, None, None] - 1 - near).clamp(min=0)
-    one_hot = [F.one_hot(rank.clamp(max=ranks - 1), ranks) * real[..., None] for rank in (near, far)]
+    slots = torch.arange(ranks, device=boxes.device)
+    one_hot = [(rank.clamp(max=ranks - 1)[..., None] == slots) & real[..., None] for rank in (near, far)]
     same = torch.eye(mask.shape[1], device=boxes.device).expand_as(distance)
     return torch.cat([offset * 4, distance[..., None] * 4, same[..., None], *(h.float() for h in one_hot)], -1)
+
+
+def _distance_ranks(distance: torch.Tensor) -> torch.Tensor:
+    """[B, i, j]: how many tokens k are nearer to i than j is (ties broken by index), counted by
+    comparison rather than by sorting, so that the ONNX exporter, which has no stable sort, traces it."""
+    d_ij, d_ik = distance[..., :, None], distance[..., None, :]
+    index = torch.arange(distance.shape[-1], device=distance.device)
+    earlier = index[None, :] < index[:, None]  # [j, k]: k before j
+    return ((d_ik < d_ij) | ((d_ik == d_ij) & earlier)).sum(-1)

@@ -21,9 +21,6 @@ from ..layers.transformer import TransformerBlock
 from ..types import Features, masked_mean
 
 
-RELATIVE_RANKS = 8  # distance-rank slots of the pair features (past the 8th nearest / furthest, one slot)
-
-
 @dataclass
 class Regions:
     """Up to K regions per image. boxes: [B, K, 4] (x0, y0, x1, y1) in [0, 1]; centroids: [B, K, 2]
@@ -193,7 +190,7 @@ class RegionImageEncoder(nn.Module):
         # each part normalised before the sum (as UNITER does for region and box), so none drowns another
         self.part_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
         self.relative_geometry = relative_geometry
-        relative_dim = pair_features_dim(RELATIVE_RANKS) if relative_geometry else 0
+        relative_dim = pair_features_dim() if relative_geometry else 0
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, relative_dim=relative_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.pair_bias = None
@@ -221,7 +218,7 @@ class RegionImageEncoder(nn.Module):
         parts = (appearance, self.geometry(geometry), self.color(regions.colors * 2 - 1))
         tokens = sum(norm(part) for norm, part in zip(self.part_norms, parts))
         bias = self._pair_bias(regions.centroids) if self.pair_bias is not None else None
-        relative = pair_geometry(regions.boxes, regions.mask, RELATIVE_RANKS) if self.relative_geometry else None
+        relative = pair_geometry(regions.boxes, regions.mask) if self.relative_geometry else None
         for block in self.blocks:
             tokens, _ = block(tokens, regions.mask, bias=bias, relative=relative)
         tokens = self.norm(tokens)

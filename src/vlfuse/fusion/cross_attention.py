@@ -34,7 +34,7 @@ class CrossAttentionFusion(nn.Module):
                  anchored_geometry: bool = False):
         super().__init__()
         self.anchored_geometry = anchored_geometry
-        relative_dim = pair_features_dim(ANCHOR_RANKS) if anchored_geometry else 0
+        relative_dim = pair_features_dim() if anchored_geometry else 0
         self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio, dropout, relative_dim if i else 0)
                                     for i in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -59,11 +59,8 @@ class CrossAttentionFusion(nn.Module):
         """Pair features [B_text, K, K, F] of the image each text row reads, or None."""
         if not self.anchored_geometry or image.boxes is None or len(self.blocks) < 2:
             return None
-        pairs = pair_geometry(image.boxes, image.mask, ANCHOR_RANKS)
+        pairs = pair_geometry(image.boxes, image.mask)
         return pairs if image_index is None else pairs.index_select(0, image_index)
-
-
-ANCHOR_RANKS = 8
 
 
 class CoAttentionFusion(nn.Module):

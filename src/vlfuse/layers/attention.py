@@ -94,7 +94,8 @@ class MultiHeadAttention(nn.Module):
     def _relative_attention(self, q, k, v, key_mask, dropout, bias, relative):
         """Attention whose keys and values also carry the pair features; the pair terms are formed
         in the F-dim feature space (q projected down, weights summed over F) so that no
-        [B, heads, Nq, Nk, head_dim] tensor is ever built."""
+        [B, heads, Nq, Nk, head_dim] tensor is ever built. (The pair values are summed with the weights
+        before attention dropout; the configs that use this train without it.)"""
         relative_k, relative_v = self.relative_k.to(q.dtype), self.relative_v.to(q.dtype)
         pair_scores = torch.einsum("bhqf,bqkf->bhqk", torch.einsum("bhqd,fhd->bhqf", q, relative_k), relative)
         bias = pair_scores / math.sqrt(q.shape[-1]) if bias is None else bias + pair_scores / math.sqrt(q.shape[-1])

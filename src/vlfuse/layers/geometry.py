@@ -14,11 +14,14 @@ from __future__ import annotations
 import torch
 
 
-def pair_features_dim(ranks: int) -> int:
+RANKS = 8  # distance-rank slots each way (past the 8th nearest / furthest, one shared slot)
+
+
+def pair_features_dim(ranks: int = RANKS) -> int:
     return 4 + 2 * ranks
 
 
-def pair_geometry(boxes: torch.Tensor, mask: torch.Tensor, ranks: int = 8) -> torch.Tensor:
+def pair_geometry(boxes: torch.Tensor, mask: torch.Tensor, ranks: int = RANKS) -> torch.Tensor:
     """Features [B, N, N, 4 + 2 * ranks] of token j seen from token i, from boxes [B, N, 4] in [0, 1].
 
     (dx, dy, distance, same token), then one-hot of j's rank among i's real neighbours by distance,

@@ -38,6 +38,16 @@ def test_markdown_and_chart(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_run_cut_before_its_planned_steps_is_marked_not_ranked_as_equal_work():
+    cut = _run("gated", 0, 0.75, 0.5)
+    cut.cut = True
+    rows = leaderboard([_run("concat", 0, 0.5, 0.4), cut])
+    assert [r["cut"] for r in rows] == [True, False]
+    md = to_markdown(rows, "vlfuse compare c.yaml --max-minutes 3")
+    assert "| 5 (cut) |" in md and "| 5 |" in md and "(cut): a run stopped before its planned steps" in md
+    assert "(cut)" not in to_markdown(leaderboard([_run("concat", 0, 0.5, 0.4)]), "vlfuse compare c.yaml")
+
+
 def test_fusion_config_changes_only_fusion_seed_budget_and_folder(tiny_config, shapes_root, tmp_path):
     base = tiny_config(shapes_root, tmp_path / "base")
     config = fusion_config(base, "concat", 5, 2.5, tmp_path / "x")

@@ -338,7 +338,9 @@ def explain_sanity(
 def compare(
     config: Path,
     fusions: Optional[str] = typer.Option(None, help="Comma-separated fusion names (default: all of them)."),
-    budget_minutes: Optional[float] = typer.Option(None, help="Training time cap per run, in minutes."),
+    max_minutes: Optional[float] = typer.Option(
+        None, help="A safety cap per run, in minutes; the budget is the config's train.epochs (a run the cap cuts "
+                   "is marked (cut) in the leaderboard)."),
     seeds: int = typer.Option(1, help="Seeds per fusion (config seed, +1, ...); spread is reported."),
     out: Path = typer.Option(Path("runs/compare"), help="Folder for the runs and the leaderboard."),
     set_: SetOption = None,
@@ -350,7 +352,7 @@ def compare(
 
     names = [f.strip() for f in fusions.split(",") if f.strip()] if fusions else list(FUSIONS)
     command = "vlfuse " + " ".join(sys.argv[1:])
-    md = run_compare(load_config(config, set_ or []), names, out, budget_minutes, seeds, command)
+    md = run_compare(load_config(config, set_ or []), names, out, max_minutes, seeds, command)
     typer.echo(md.read_text(encoding="utf-8").split("## Per question family")[0].rstrip())
     typer.echo(f"Leaderboard: {md}")
 

@@ -46,10 +46,12 @@ class RunSummary:
     train_seconds: float
     steps: int
     ms_per_question: float
+    cut: bool = False  # stopped before its planned steps (time cap, early stopping): not equal work
 
 
-def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | None, out_dir: Path) -> Config:
-    """`base` with only the fusion, seed, time budget and output folder changed.
+def fusion_config(base: Config, fusion: str, seed: int, max_minutes: float | None, out_dir: Path) -> Config:
+    """`base` with only the fusion, seed, time cap and output folder changed. The budget is the base's
+    train.epochs; `max_minutes` is only a safety cap, and a run it cuts is marked in the leaderboard.
 
     The fusion keeps the base config's settings when the base already uses it; otherwise it gets its
     constructor defaults, plus what that fusion needs of the rest of the model (fusion_needs).
@@ -68,8 +70,8 @@ def fusion_config(base: Config, fusion: str, seed: int, budget_minutes: float | 
         setattr(config.model, section, {**current, **spec} if same else copy.deepcopy(spec))
     config.seed = seed
     config.out_dir = str(out_dir)
-    if budget_minutes is not None:
-        config.train.max_minutes = budget_minutes
+    if max_minutes is not None:
+        config.train.max_minutes = max_minutes
     config.train.progress_bar = False  # one line per run reads better than a dozen bars
     return config
 
@@ -87,7 +89,8 @@ def run_one(config: Config, progress: bool = True) -> RunSummary:
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     metrics = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     return RunSummary(config.model.fusion["name"], config.seed, metrics, run["parameters"], run["wall_seconds"],
-                      run["steps"], metrics.get("ms_per_question", float("nan")))
+                      run["steps"], metrics.get("ms_per_question", float("nan")),
+                      run["steps"] < run.get("planned_steps", run["steps"]))
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -112,6 +115,7 @@ def leaderboard(runs: list[RunSummary]) -> list[dict]:
             "parameters": mine[0].parameters,
             "train_seconds": statistics.fmean(r.train_seconds for r in mine),
             "steps": statistics.fmean(r.steps for r in mine),
+            "cut": any(r.cut for r in mine),
             "ms_per_question": statistics.fmean(r.ms_per_question for r in mine),
         })
         rows[-1].update(class_scores(mine))
@@ -143,8 +147,8 @@ def to_markdown(rows: list[dict], command: str) -> str:
         cells = [row["fusion"], _pct(row["overall"]), *([_pct(row["macro_f1"]) if "macro_f1" in row else "–"] if f1
                                                         else []),
                  *(_pct(row["groups"][g]) if g in row["groups"] else "–" for g in groups),
-                 f"{row['parameters']:,}", f"{row['train_seconds']:.0f}", f"{row['steps']:.0f}",
-                 f"{row['ms_per_question']:.2f}"]
+                 f"{row['parameters']:,}", f"{row['train_seconds']:.0f}",
+                 f"{row['steps']:.0f}" + (" (cut)" if row.get("cut") else ""), f"{row['ms_per_question']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     families = list(dict.fromkeys(f for row in rows for f in row["families"]))
     fam_lines = ["| family | " + " | ".join(row["fusion"] for row in rows) + " |", "|" + "---|" * (len(rows) + 1)]
@@ -156,7 +160,9 @@ def to_markdown(rows: list[dict], command: str) -> str:
         "# Fusion leaderboard", "",
         f"Accuracy on the test split, mean ± standard deviation over {len(seeds)} seed(s) {seeds}; same data, "
         "encoders, budget and seeds for every fusion. Made with:", "", f"    {command}", "",
-        *lines, "", *_per_class_lines(rows), "## Per question family (accuracy %)", "", *fam_lines, "",
+        *lines, "", *(["(cut): a run stopped before its planned steps (the time cap or early stopping), so that "
+                        "row did less work than the others.", ""] if any(row.get("cut") for row in rows) else []),
+        *_per_class_lines(rows), "## Per question family (accuracy %)", "", *fam_lines, "",
     ])
 
 
@@ -196,7 +202,7 @@ def plot_leaderboard(rows: list[dict], out_png: Path) -> Path:
         return save_figure(fig, out_png)
 
 
-def compare(base: Config, fusions: list[str], out: Path, budget_minutes: float | None = None, seeds: int = 1,
+def compare(base: Config, fusions: list[str], out: Path, max_minutes: float | None = None, seeds: int = 1,
             command: str = "", progress: bool = True) -> Path:
     """Train every fusion with every seed (base.seed, base.seed + 1, ...); returns leaderboard.md's path."""
     if not fusions:
@@ -205,7 +211,7 @@ def compare(base: Config, fusions: list[str], out: Path, budget_minutes: float |
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     out = Path(out)
     jobs = [(f, base.seed + k) for f in fusions for k in range(seeds)]
-    configs = [fusion_config(base, f, s, budget_minutes, out / f / f"seed{s}") for f, s in jobs]  # validate all first
+    configs = [fusion_config(base, f, s, max_minutes, out / f / f"seed{s}") for f, s in jobs]  # validate all first
     runs = []
     for (fusion, seed), config in zip(jobs, configs):
         print(f"[{len(runs) + 1}/{len(jobs)}] {fusion}, seed {seed} -> {config.out_dir}", file=sys.stderr)

@@ -46,6 +46,54 @@ def test_dual_encoder_head_gives_unit_embeddings_in_a_shared_space():
     assert "contrastive.log_scale" in fixed.state_dict()
 
 
+def test_dual_encoder_head_attention_pool_and_mlp_give_unit_embeddings_that_train():
+    from vlfuse.heads.retrieval import DualEncoderHead
+
+    torch.manual_seed(0)
+    head = DualEncoderHead(dim=16, embed_dim=8, image_pool="attention", pool_queries=2, image_hidden=32)
+    image = Features(torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.bool), torch.randn(3, 16))
+    text = Features(torch.randn(3, 7, 16), torch.ones(3, 7, dtype=torch.bool), torch.randn(3, 16))
+    image_emb, text_emb = head(image, text)
+    assert image_emb.shape == (3, 8) and text_emb.shape == (3, 8)
+    assert torch.allclose(image_emb.norm(dim=-1), torch.ones(3), atol=1e-6)
+    head.loss(image_emb, text_emb).backward()
+    for name in ("image_pool.queries", "image_pool.attention.q_proj.weight", "image_mlp.0.weight", "image_proj.weight"):
+        grad = dict(head.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    # The pool reads the tokens, not only the mean: changing one token changes the embedding.
+    changed = image.tokens.clone()
+    changed[0, 2] += 1.0
+    moved = head.embed_image(Features(changed, image.mask, image.pooled))
+    assert not torch.allclose(moved[0], image_emb[0]) and torch.allclose(moved[1:], image_emb[1:])
+
+
+def test_dual_encoder_head_attention_pool_ignores_padding_tokens():
+    from vlfuse.heads.retrieval import DualEncoderHead
+
+    torch.manual_seed(0)
+    head = DualEncoderHead(dim=16, embed_dim=8, image_pool="attention")
+    tokens, pooled = torch.randn(2, 4, 16), torch.randn(2, 16)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    padded = tokens.clone()
+    padded[0, 3] = 100.0  # a padding token's value must not matter
+    a = head.embed_image(Features(tokens, mask, pooled))
+    b = head.embed_image(Features(padded, mask, pooled))
+    c = head.embed_image(Features(tokens[:1, :3], mask[:1, :3], pooled[:1]))
+    assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a[:1], c, atol=1e-6)
+
+
+def test_dual_encoder_head_defaults_keep_the_saved_layout_and_bad_options_are_named():
+    from vlfuse.heads.retrieval import DualEncoderHead
+
+    keys = set(DualEncoderHead(dim=16, embed_dim=8).state_dict())
+    assert keys == {"image_proj.weight", "image_proj.bias", "text_proj.weight", "text_proj.bias",
+                    "contrastive.log_scale"}
+    with pytest.raises(ValueError, match="image_pool"):
+        DualEncoderHead(dim=16, image_pool="max")
+    with pytest.raises(ValueError, match="image_hidden"):
+        DualEncoderHead(dim=16, image_hidden=-1)
+
+
 def test_itm_head_gives_two_logits_from_a_fusion_output():
     from vlfuse.heads.retrieval import ITMHead, match_score
 

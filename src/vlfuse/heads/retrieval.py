@@ -2,7 +2,9 @@
 
 DualEncoderHead projects each encoder's pooled features to `embed_dim` and L2-normalises them, so
 image-text similarity is a cosine; it owns the learnable temperature (through `ContrastiveLoss`),
-so the temperature is saved with the model. ITMHead turns a fusion's pooled output into two logits,
+so the temperature is saved with the model. Over a frozen image encoder the image side can be made
+richer than one Linear of the mean: `image_pool="attention"` lets learned queries weigh the image
+tokens (grid cells), `image_hidden` adds a GELU MLP beside the Linear. ITMHead turns a fusion's pooled output into two logits,
 no match / match (class 1 = match, as losses.itm expects), for LAVIS-style re-ranking.
 """
 
@@ -12,9 +14,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.attention import MultiHeadAttention
 from ..losses.contrastive import ContrastiveLoss
 from ..types import Features
 from .classifier import ClassifierHead
+
+
+class AttentionPool(nn.Module):
+    """Features -> [B, D]: the encoder's pooled vector plus what learned queries read from its tokens.
+
+    `queries` learned vectors attend over the tokens (padding ignored) through multi-head attention;
+    their outputs are averaged and added to `pooled`, so at the start the pool is close to the mean
+    pooling it replaces and the attention learns which tokens (e.g. which grid cells) matter.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, queries: int = 1):
+        super().__init__()
+        if queries < 1:
+            raise ValueError(f"queries must be >= 1, got {queries}")
+        self.queries = nn.Parameter(torch.randn(queries, dim) * dim ** -0.5)
+        self.attention = MultiHeadAttention(dim, heads)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, features: Features) -> torch.Tensor:
+        query = self.queries.expand(len(features.tokens), -1, -1)
+        read, _ = self.attention(query, features.tokens, features.tokens, features.mask)
+        return features.pooled + self.norm(read.mean(1))
 
 
 class DualEncoderHead(nn.Module):
@@ -22,18 +47,35 @@ class DualEncoderHead(nn.Module):
 
     `contrastive` is the InfoNCE loss with the learnable logit scale (1 / temperature, clamped to
     [1, 100]); it gathers the embeddings of every process under distributed training.
+    image_pool: "mean" embeds the image encoder's pooled vector (the mean of its tokens for the grid
+    encoders); "attention" adds an `AttentionPool` of `pool_queries` queries over its tokens.
+    image_hidden > 0: the image projection is Linear + a GELU MLP of that width (residual), so the
+    embedding of a frozen encoder's features is no longer linear in them.
     """
 
-    def __init__(self, dim: int, embed_dim: int = 256, temperature: float = 0.07, learnable_temperature: bool = True):
+    def __init__(self, dim: int, embed_dim: int = 256, temperature: float = 0.07, learnable_temperature: bool = True,
+                 image_pool: str = "mean", pool_heads: int = 4, pool_queries: int = 1, image_hidden: int = 0):
         super().__init__()
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+        if image_pool not in ("mean", "attention"):
+            raise ValueError(f"image_pool must be 'mean' or 'attention', got {image_pool!r}")
+        if image_hidden < 0:
+            raise ValueError(f"image_hidden must be >= 0, got {image_hidden}")
         self.image_proj = nn.Linear(dim, embed_dim)
         self.text_proj = nn.Linear(dim, embed_dim)
+        # Built only when asked, so models saved before these options load unchanged.
+        self.image_pool = AttentionPool(dim, pool_heads, pool_queries) if image_pool == "attention" else None
+        self.image_mlp = nn.Sequential(nn.Linear(dim, image_hidden), nn.GELU(), nn.Linear(image_hidden, embed_dim)) \
+            if image_hidden else None
         self.contrastive = ContrastiveLoss(temperature, learnable=learnable_temperature, gather=True)
 
     def embed_image(self, image: Features) -> torch.Tensor:
-        return F.normalize(self.image_proj(image.pooled), dim=-1)
+        pooled = image.pooled if self.image_pool is None else self.image_pool(image)
+        projected = self.image_proj(pooled)
+        if self.image_mlp is not None:
+            projected = projected + self.image_mlp(pooled)
+        return F.normalize(projected, dim=-1)
 
     def embed_text(self, text: Features) -> torch.Tensor:
         return F.normalize(self.text_proj(text.pooled), dim=-1)

@@ -13,7 +13,8 @@ import json
 import math
 from pathlib import Path
 
-from vlfuse.report import _draw_image, _plotting, _save, _wrap
+from vlfuse.plotting import pyplot, save_figure
+from vlfuse.report import _draw_image, _wrap
 
 
 def read_records(path: Path) -> list[dict]:
@@ -28,7 +29,7 @@ def spread(records: list[dict], count: int) -> list[dict]:
 
 def plot_caption_grid(records: list[dict], out_png: Path, columns: int = 4) -> Path:
     rows = math.ceil(len(records) / columns)
-    with _plotting() as plt:
+    with pyplot() as plt:
         fig = plt.figure(figsize=(3.4 * columns, 4.4 * rows))
         grid = fig.add_gridspec(2 * rows, columns, height_ratios=[2.4, 1.5] * rows, hspace=0.08, wspace=0.12)
         for i, record in enumerate(records):
@@ -42,7 +43,7 @@ def plot_caption_grid(records: list[dict], out_png: Path, columns: int = 4) -> P
                     transform=ax.transAxes, linespacing=1.25)
             ax.text(0.0, 0.45, f"human: {reference}" if reference else "", ha="left", va="top", fontsize=8,
                     color="#555555", transform=ax.transAxes, linespacing=1.25)
-        return _save(fig, out_png)
+        return save_figure(fig, out_png)
 
 
 def main() -> None:

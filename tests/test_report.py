@@ -203,3 +203,17 @@ def test_demo_report_says_when_the_time_cap_cut_training(tmp_path):
     report = run_demo(tmp_path / "demo", images=16, overrides=[*tiny, "train.max_minutes=60"])
     text = report.read_text(encoding="utf-8")
     assert "undertrained" not in text and f"{planned} of {planned} steps" in text
+
+
+def test_caption_grid_draws_an_unpicked_sample_of_captioned_photos(tmp_path):
+    """bench/caption_grid.py (the docs' caption figure) draws from the report's helpers."""
+    from bench.caption_grid import plot_caption_grid, read_records, spread
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (32, 24), (200, 40, 40)).save(photo)
+    records = [{"image": str(photo), "caption": f"a red square {i}", "references": ["a red photo"]} for i in range(10)]
+    (tmp_path / "eval_captions.jsonl").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
+    picked = spread(read_records(tmp_path / "eval_captions.jsonl"), 4)
+    assert [r["caption"][-1] for r in picked] == ["0", "2", "4", "6"]
+    out = plot_caption_grid(picked, tmp_path / "grid.png")
+    assert Image.open(out).size[0] > 0

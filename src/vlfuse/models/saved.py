@@ -54,6 +54,17 @@ def save_model_dir(path: str | Path, model: nn.Module, config: Config, tokenizer
     return path
 
 
+def checked_model_dir(path: Path, files: list[str], task: str, kind: str = "a vlfuse model directory") -> Config:
+    """The config of the model folder `path`, after checking it holds `files` and a model of `task`."""
+    for name in files:
+        if not (path / name).is_file():
+            raise DataError(f"not {kind}: {name} is missing", path=path)
+    config = load_config(path / CONFIG)
+    if config.task != task:
+        raise DataError(f"holds a {config.task} model, not a {task} model", path=path)
+    return config
+
+
 def load_model_dir(path: str | Path, *, weights: bool = True, task: str | None = None) -> SavedModel:
     """Rebuild the model in `path`; `task` (vqa, retrieval), when given, refuses a model of another task."""
     from safetensors.torch import load_model

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from ...config import Config, load_config
+from ...config import Config
 from ...data.tokenizer import encode_ids, load_tokenizer, pad_ids
 from ...errors import ConfigError, DataError
-from ...models.saved import CONFIG, TOKENIZER, WEIGHTS
+from ...models.saved import CONFIG, TOKENIZER, WEIGHTS, checked_model_dir
 from .model import TextToImage
 
 
@@ -43,12 +43,7 @@ def load_generator(model_dir: str | Path) -> Generator:
     from safetensors.torch import load_model
 
     path = Path(model_dir)
-    for name in (CONFIG, TOKENIZER, WEIGHTS):
-        if not (path / name).is_file():
-            raise DataError(f"not a vlfuse model directory: {name} is missing", path=path)
-    config = load_config(path / CONFIG)
-    if config.task != "generation":
-        raise DataError(f"holds a {config.task} model, not a generation model", path=path)
+    config = checked_model_dir(path, [CONFIG, TOKENIZER, WEIGHTS], "generation")
     tokenizer = load_tokenizer(path / TOKENIZER)
     model = build_generator(config, tokenizer.get_vocab_size())
     try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...config import Config, load_config
+from ...config import Config
 from ...data.tokenizer import load_tokenizer
 from ...errors import DataError
 from ...models.pretrain import PretrainModel, build_pretrain_model
-from ...models.saved import CONFIG, TOKENIZER, WEIGHTS, save_vocabularies
+from ...models.saved import CONFIG, TOKENIZER, WEIGHTS, checked_model_dir, save_vocabularies
 
 HEADS = "pretrain_heads.safetensors"
 
@@ -28,12 +28,7 @@ def load_pretrained_dir(path: str | Path) -> tuple[PretrainModel, Config, object
     from safetensors.torch import load_model
 
     path = Path(path)
-    for name in (CONFIG, TOKENIZER, WEIGHTS, HEADS):
-        if not (path / name).is_file():
-            raise DataError(f"not a pre-trained model directory: {name} is missing", path=path)
-    config = load_config(path / CONFIG)
-    if config.task != "pretrain":
-        raise DataError(f"holds a {config.task} model, not a pretrain one", path=path)
+    config = checked_model_dir(path, [CONFIG, TOKENIZER, WEIGHTS, HEADS], "pretrain", "a pre-trained model directory")
     tokenizer = load_tokenizer(path / TOKENIZER)
     model = build_pretrain_model(config, tokenizer)
     for part, name in ((model.backbone(), WEIGHTS), (model.heads, HEADS)):

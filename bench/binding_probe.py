@@ -6,11 +6,13 @@ colour. A fusion that lets words read objects solves it in one attention step. I
 fusion and seed, the first step whose training loss falls below `--loss`.
 
     python -m bench.binding_probe [--fusions cross_attention,single_stream] [--seeds 0 1]
+    python -m bench.binding_probe --fusions single_stream --options '{"readout": "words"}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +33,12 @@ def binding_batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
     return colours, shapes, torch.cat([corner, corner + 0.1], -1), asked
 
 
-def steps_to_bind(fusion_name: str, seed: int, steps: int, loss_below: float) -> int | None:
+def steps_to_bind(fusion_name: str, seed: int, steps: int, loss_below: float, options: dict | None = None) -> int | None:
     """The first step at which the training loss is below `loss_below`, or None within `steps`."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     colour, shape, word = nn.Embedding(COLOURS, DIM), nn.Embedding(SHAPES, DIM), nn.Embedding(COLOURS + 2, DIM)
-    fusion, head = FUSIONS[fusion_name](DIM, layers=2, heads=4), nn.Linear(DIM, SHAPES)
+    fusion, head = FUSIONS[fusion_name](DIM, layers=2, heads=4, **(options or {})), nn.Linear(DIM, SHAPES)
     modules = nn.ModuleList([colour, shape, word, fusion, head])
     optimizer = torch.optim.AdamW(modules.parameters(), lr=1e-3)
     rows = torch.arange(BATCH)
@@ -63,10 +65,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--loss", type=float, default=0.3)
+    parser.add_argument("--options", type=json.loads, default={}, help="the fusions' keyword arguments, as JSON")
     args = parser.parse_args()
     for name in args.fusions.split(","):
         for seed in args.seeds:
-            found = steps_to_bind(name, seed, args.steps, args.loss)
+            found = steps_to_bind(name, seed, args.steps, args.loss, args.options)
             print(f"{name:16} seed {seed}: loss < {args.loss} at step "
                   f"{found if found is not None else f'> {args.steps}'}")
 

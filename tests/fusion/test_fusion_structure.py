@@ -99,6 +99,18 @@ def test_single_stream_box_embedding_matters():
     assert not torch.allclose(with_boxes, without, atol=1e-4)
 
 
+def test_single_stream_word_readout_is_the_mean_of_the_real_word_states():
+    image, text = inputs()
+    out = single_stream(readout="words")(image, text)
+    nt = text.mask.shape[1]
+    torch.testing.assert_close(out.pooled, masked_mean(out.tokens[:, 1:1 + nt], text.mask))
+    assert out.pooled.shape == (2, DIM)
+    junk = features(torch.where(text.mask[..., None], text.tokens, 100.0), text.mask)  # the padded word is junk
+    torch.testing.assert_close(single_stream(readout="words")(image, junk).pooled, out.pooled, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="readout"):
+        single_stream(readout="mean")
+
+
 def test_single_stream_rejects_text_longer_than_positions():
     image, text = inputs(nt=5)
     with pytest.raises(ValueError, match="max_text_length"):

@@ -1,8 +1,9 @@
 """Pair geometry and the attention that reads it: ranks worked by hand, padding, reduction to plain
-attention, gradients, and the anchored cross-attention fusion."""
+attention, gradients, and the cross-attention fusion's anchored and word geometry."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vlfuse.encoders.regions import RegionImageEncoder
@@ -89,9 +90,13 @@ def _text(b: int, t: int = 4, dim: int = 16, seed: int = 1) -> Features:
     return Features(tokens, mask, masked_mean(tokens, mask))
 
 
-def test_anchored_fusion_reads_geometry_one_image_per_question_group_and_keeps_padding_out():
+GEOMETRIES = [{"anchored_geometry": True}, {"word_geometry": True}, {"anchored_geometry": True, "word_geometry": True}]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_fusion_reads_geometry_one_image_per_question_group_and_keeps_padding_out(geometry):
     torch.manual_seed(0)
-    fusion = CrossAttentionFusion(16, layers=2, heads=2, anchored_geometry=True).eval()
+    fusion = CrossAttentionFusion(16, layers=2, heads=2, **geometry).eval()
     image, text = _image(), _text(5)
     index = torch.tensor([0, 0, 1, 1, 1])
     out = fusion(image, text, image_index=index)
@@ -104,18 +109,46 @@ def test_anchored_fusion_reads_geometry_one_image_per_question_group_and_keeps_p
     junk_boxes[-1, -1] = torch.tensor([0.9, 0.9, 1.0, 1.0])
     padded = Features(junk, image.mask, image.pooled, junk_boxes)
     torch.testing.assert_close(fusion(padded, text, image_index=index).pooled, out.pooled, atol=1e-5, rtol=0)
+    longer = torch.cat([text.tokens, torch.full((5, 2, 16), 50.0)], 1)  # two more padded words, of junk
+    longer_mask = torch.cat([text.mask, torch.zeros(5, 2, dtype=torch.bool)], 1)
+    padded_text = Features(longer, longer_mask, text.pooled)
+    torch.testing.assert_close(fusion(image, padded_text, image_index=index).pooled, out.pooled, atol=1e-5, rtol=0)
     no_boxes = Features(image.tokens, image.mask, image.pooled)  # a layout-free encoder: read plainly
     assert fusion(no_boxes, text, image_index=index).pooled.shape == (5, 16)
 
 
-def test_anchored_fusion_gradients_reach_the_pair_weights_and_the_first_layer_focus():
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_fusion_gradients_reach_the_pair_weights_and_the_first_layer_focus(geometry):
     torch.manual_seed(0)
-    fusion = CrossAttentionFusion(16, layers=2, heads=2, anchored_geometry=True)
+    fusion = CrossAttentionFusion(16, layers=2, heads=2, **geometry)
     fusion(_image(), _text(2)).pooled.sum().backward()
-    second = fusion.blocks[1].cross_attn
-    assert second.relative_k.grad.abs().sum() > 0 and second.relative_v.grad.abs().sum() > 0
+    second = fusion.blocks[1]
+    readers = [attn for attn, key in ((second.cross_attn, "anchored_geometry"), (second.self_attn, "word_geometry"))
+               if geometry.get(key)]
+    for attn in readers:
+        assert attn.relative_k.grad.abs().sum() > 0 and attn.relative_v.grad.abs().sum() > 0
     assert fusion.blocks[0].cross_attn.q_proj.weight.grad.abs().sum() > 0
-    assert not hasattr(fusion.blocks[0].cross_attn, "relative_k")  # the first layer has no focus to start from
+    for attn in (fusion.blocks[0].cross_attn, fusion.blocks[0].self_attn):  # the first layer has no focus yet
+        assert not hasattr(attn, "relative_k")
+
+
+def test_word_geometry_is_the_geometry_between_what_the_two_words_found():
+    """The second layer's word pair (t, s) carries sum_i sum_j a(t -> i) a(s -> j) pairs(i, j), a the
+    first layer's attention on the image averaged over heads: worked term by term."""
+    torch.manual_seed(0)
+    fusion = CrossAttentionFusion(16, layers=2, heads=2, word_geometry=True).eval()
+    image, text = _image(), _text(2)
+    seen = {}
+    fusion.blocks[1].self_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(relative=kwargs["relative"]), with_kwargs=True)
+    out = fusion(image, text, need_weights=True)
+    focus = out.attentions["layer0.text_to_image"].mean(1)  # [B, T, K]
+    pairs = pair_geometry(image.boxes, image.mask)
+    b, t, s = 0, 0, 2
+    expected = sum(focus[b, t, i] * focus[b, s, j] * pairs[b, i, j]
+                   for i in range(pairs.shape[1]) for j in range(pairs.shape[2]))
+    torch.testing.assert_close(seen["relative"][b, t, s], expected, atol=1e-5, rtol=1e-5)
+    assert seen["relative"].shape == (2, text.tokens.shape[1], text.tokens.shape[1], pair_features_dim())
 
 
 def test_region_encoder_with_relative_geometry_on_a_grid_of_boxes():

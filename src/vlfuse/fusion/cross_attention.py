@@ -17,12 +17,17 @@ from ..types import Features, FusionOutput, masked_mean
 
 
 class CrossAttentionFusion(nn.Module):
-    """With `anchored_geometry`, a word reads the image relative to what it attended to in the layer
-    before: from the second layer on, each image token's key and value also carry its geometry
-    (offset, distance, distance ranks; vlfuse.layers.geometry) seen from that word's previous focus,
-    the attention-weighted mix of the pair features. "The object closest to the red one" is then
-    two steps: find the red object, then read whichever token is its nearest. Needs image boxes
-    (regions or a grid); without them the layers read plainly.
+    """Geometry seen from where each word looked (needs image boxes, from regions or a grid; without
+    them the layers read plainly). After each layer, a word's focus is its attention over the image
+    tokens (mean over heads), and the pair features of vlfuse.layers.geometry are read from there:
+
+    - `anchored_geometry`: in the next layer's cross-attention, each image token's key and value also
+      carry its geometry seen from the word's focus, Σ_i α(word → i) · pairs(i, j). "The object
+      closest to the red one" is then two steps: find the red object, then read its nearest token.
+    - `word_geometry`: in the next layer's self-attention, each pair of words carries the geometry
+      between their foci, Σ_i Σ_j α(t → i) α(s → j) · pairs(i, j). "How many objects are closer to
+      the red one than the blue one is" is then one step once both colours are found: the word "red"
+      reads the word "blue" and with it the blue object's distance rank seen from the red object.
     """
 
     token_layout = ("text",)  # the words, each having read the image
@@ -31,24 +36,30 @@ class CrossAttentionFusion(nn.Module):
     accepts_graph = False
 
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 anchored_geometry: bool = False):
+                 anchored_geometry: bool = False, word_geometry: bool = False):
         super().__init__()
-        self.anchored_geometry = anchored_geometry
-        relative_dim = pair_features_dim() if anchored_geometry else 0
-        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio, dropout, relative_dim if i else 0)
-                                    for i in range(layers))
+        self.anchored_geometry, self.word_geometry = anchored_geometry, word_geometry
+        pair_dim = pair_features_dim()
+        self.blocks = nn.ModuleList(
+            CrossAttentionBlock(dim, heads, mlp_ratio, dropout, relative_dim=pair_dim if i and anchored_geometry else 0,
+                                self_relative_dim=pair_dim if i and word_geometry else 0)
+            for i in range(layers))  # the first layer has no focus to start from
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, image: Features, text: Features, need_weights: bool = False,
                 image_index: torch.Tensor | None = None) -> FusionOutput:
         """With image_index [B_text], `image` holds one row per image, read by text row i at image_index[i]."""
-        x, attentions, relative = text.tokens, {}, None
+        x, attentions = text.tokens, {}
+        to_image = between_words = None  # the geometry from each word's previous focus
         pairs = self._pairs(image, image_index)
         for i, block in enumerate(self.blocks):
             x, self_w, cross_w = block(x, text.mask, image.tokens, image.mask, need_weights or pairs is not None,
-                                       image_index, relative)
+                                       image_index, relative=to_image, self_relative=between_words)
             if pairs is not None:  # the next layer sees the image from where this one looked
-                relative = torch.einsum("bhtk,bkjf->btjf", cross_w.float(), pairs) / cross_w.shape[1]
+                focus = cross_w.float().mean(1)  # [B, T, K]
+                seen = torch.einsum("btk,bkjf->btjf", focus, pairs)  # image token j from word t's focus
+                to_image = seen if self.anchored_geometry else None
+                between_words = torch.einsum("btjf,bsj->btsf", seen, focus) if self.word_geometry else None
             if need_weights:
                 attentions[f"layer{i}.text_self"] = self_w
                 attentions[f"layer{i}.text_to_image"] = cross_w
@@ -57,7 +68,8 @@ class CrossAttentionFusion(nn.Module):
 
     def _pairs(self, image: Features, image_index: torch.Tensor | None) -> torch.Tensor | None:
         """Pair features [B_text, K, K, F] of the image each text row reads, or None."""
-        if not self.anchored_geometry or image.boxes is None or len(self.blocks) < 2:
+        geometry = self.anchored_geometry or self.word_geometry
+        if not geometry or image.boxes is None or len(self.blocks) < 2:
             return None
         pairs = pair_geometry(image.boxes, image.mask)
         return pairs if image_index is None else pairs.index_select(0, image_index)

@@ -7,11 +7,16 @@ one sequence and let every layer's self-attention mix them freely:
   x_word = t_i + P_i + M_text                       (i = 1..Nt, learned text positions)
   x_img  = v_j + LN(W_b [x0, y0, x1, y1, w, h, w*h]_j) + M_image      (UNITER's box embedding)
   X^0    = LN([x_cls; x_word; x_img]),  X^l = TransformerBlock(X^{l-1}) with the joint key mask
-  pooled = LN(X^L)_cls
+  pooled = LN(X^L)_cls, or with readout="words" the mean of LN(X^L) over the words
 
 M_text / M_image are the modality (segment) embeddings: without them (and without positions and
 boxes) the layers could not tell which stream a token came from. Image Features without boxes
 get the whole-image box, so the embedding acts as a plain image-modality offset there.
+
+readout="words" is for training from scratch: a word that finds its object reaches the output in one
+step, where [CLS] must first learn which word to read (two hops; `bench/binding_probe.py` binds in
+about half the steps with it). UNITER's [CLS] is learnt in pre-training, which a model trained from
+scratch lacks.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from torch import nn
 
 from ..layers.transformer import TransformerBlock
-from ..types import Features, FusionOutput
+from ..types import Features, FusionOutput, masked_mean
 
 
 def box_features(boxes: torch.Tensor) -> torch.Tensor:
@@ -30,8 +35,9 @@ def box_features(boxes: torch.Tensor) -> torch.Tensor:
 
 
 class SingleStreamFusion(nn.Module):
-    """forward(image, text) -> FusionOutput(pooled = CLS state, tokens = joint sequence [B, 1+Nt+Nv, D]).
+    """forward(image, text) -> FusionOutput(pooled, tokens = joint sequence [B, 1+Nt+Nv, D]).
 
+    `readout`: "cls" (the [CLS] state, as UNITER) or "words" (the mean of the word states).
     With need_weights: "layer{i}.joint" [B, H, N, N] over the joint sequence ([CLS], words, image),
     and "layer{i}.text_to_image" [B, H, Nt, Nv]: the words' joint weights on the image tokens,
     renormalised over those tokens (where in the image each word looks, comparable with the
@@ -44,9 +50,11 @@ class SingleStreamFusion(nn.Module):
     accepts_graph = False
 
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, max_text_length: int = 64):
+                 dropout: float = 0.0, max_text_length: int = 64, readout: str = "cls"):
         super().__init__()
-        self.max_text_length = max_text_length
+        if readout not in ("cls", "words"):
+            raise ValueError(f"readout must be 'cls' or 'words', got {readout!r}")
+        self.max_text_length, self.readout = max_text_length, readout
         self.cls = nn.Parameter(torch.randn(dim) * 0.02)
         self.position = nn.Embedding(max_text_length + 1, dim)  # position 0 is [CLS]
         self.modality = nn.Embedding(2, dim)  # 0: text and [CLS], 1: image
@@ -77,4 +85,5 @@ class SingleStreamFusion(nn.Module):
                 attentions[f"layer{i}.joint"] = weights
                 attentions[f"layer{i}.text_to_image"] = to_image / to_image.sum(-1, keepdim=True).clamp_min(1e-12)
         x = self.norm(x)
-        return FusionOutput(x[:, 0], x, attentions)
+        pooled = x[:, 0] if self.readout == "cls" else masked_mean(x[:, 1:nt + 1], text.mask)
+        return FusionOutput(pooled, x, attentions)

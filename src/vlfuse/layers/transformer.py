@@ -42,22 +42,23 @@ class CrossAttentionBlock(nn.Module):
     x [B, N, D] attends to context [B, M, D] (or [B_ctx, M, D] with context_index [B], see
     MultiHeadAttention); returns (x, self weights, cross weights), the weights None unless need_weights.
     `relative` [B, N, M, relative_dim]: features of each (x token, context token) pair for the
-    cross-attention (see MultiHeadAttention).
+    cross-attention, `self_relative` [B, N, N, self_relative_dim] of each pair of x tokens for the
+    self-attention (see MultiHeadAttention).
     """
 
     def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 relative_dim: int = 0):
+                 relative_dim: int = 0, self_relative_dim: int = 0):
         super().__init__()
         self.norm_self, self.norm_cross, self.norm_ctx, self.norm_ffn = (nn.LayerNorm(dim) for _ in range(4))
-        self.self_attn = MultiHeadAttention(dim, heads, dropout)
+        self.self_attn = MultiHeadAttention(dim, heads, dropout, self_relative_dim)
         self.cross_attn = MultiHeadAttention(dim, heads, dropout, relative_dim)
         self.ffn = FeedForward(dim, mlp_ratio, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
                 need_weights: bool = False, context_index: torch.Tensor | None = None,
-                relative: torch.Tensor | None = None):
+                relative: torch.Tensor | None = None, self_relative: torch.Tensor | None = None):
         h = self.norm_self(x)
-        attended, self_weights = self.self_attn(h, h, h, mask, need_weights)
+        attended, self_weights = self.self_attn(h, h, h, mask, need_weights, relative=self_relative)
         x = x + attended
         ctx = self.norm_ctx(context)
         attended, cross_weights = self.cross_attn(self.norm_cross(x), ctx, ctx, context_mask, need_weights,

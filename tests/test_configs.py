@@ -27,7 +27,7 @@ MEASURED_MINUTES = {
     "configs/vqa_shapes.yaml": 21.2,  # docs/results.md: 1,274 s of training (2,256 steps), one thread
     "configs/vqa_mc_shapes.yaml": 16.2,  # docs/tasks/vqa_mc.md: 969 s of training
     "configs/generation_shapes.yaml": 30.0,  # docs/tasks/generation.md: 30 min 0 s of training
-    "src/vlfuse/configs/demo.yaml": 7.8,  # docs/results.md: 466 s of training (1,356 steps) from a fresh clone
+    "src/vlfuse/configs/demo.yaml": 7.2,  # docs/results.md: 429 s of training (1,356 steps) from a fresh clone
 }
 
 

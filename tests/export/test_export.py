@@ -181,6 +181,8 @@ def test_import_vlfuse_loads_no_onnx():
     (Path("configs") / "matching_shapes.yaml", ["false", "true"]),
     # relative and anchored geometry: distance ranks computed by comparison, which the exporter traces
     (Path("src") / "vlfuse" / "configs" / "demo.yaml", ["yes", "no", "circle", "square", "1", "2"]),
+    # single-stream's joint geometry: each word's place follows its attention from layer to layer
+    (Path("configs") / "fusions" / "single_stream.yaml", ["yes", "no", "circle", "square", "1", "2"]),
 ])
 def test_region_model_exports_with_its_proposal_outside_the_graph(trained_run, shapes_root, tmp_path, config_path,
                                                                   answers):

@@ -111,6 +111,32 @@ def test_single_stream_word_readout_is_the_mean_of_the_real_word_states():
         single_stream(readout="mean")
 
 
+def test_single_stream_joint_geometry_places_objects_at_their_boxes_and_words_where_they_looked():
+    """Layer 1: object pairs carry their pair geometry, words none (they have not looked yet); layer 2:
+    a word's row is the geometry seen from its layer-1 focus (its attention on the objects, mean over heads)."""
+    from vlfuse.layers.geometry import pair_geometry
+
+    fusion, (image, text) = single_stream(joint_geometry=True), inputs()
+    seen = []
+    for block in fusion.blocks:
+        block.attn.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["relative"]), with_kwargs=True)
+    out = fusion(image, text, need_weights=True)
+    nt, pairs = text.mask.shape[1], pair_geometry(image.boxes, image.mask)
+    torch.testing.assert_close(seen[0][:, nt + 1:, nt + 1:], pairs)
+    assert seen[0][:, :nt + 1].abs().sum() == 0 and seen[0][:, :, :nt + 1].abs().sum() == 0
+    joint = out.attentions["layer0.joint"][:, :, 1:nt + 1, nt + 1:].mean(1)
+    focus = joint / joint.sum(-1, keepdim=True)
+    torch.testing.assert_close(seen[1][:, 1:nt + 1, nt + 1:], torch.einsum("btk,bkjf->btjf", focus, pairs),
+                               atol=1e-5, rtol=1e-5)
+    junk = image.tokens.clone()
+    junk[1, -1] = 100.0  # the padded object
+    padded = features(junk, image.mask, image.boxes)
+    torch.testing.assert_close(fusion(padded, text).pooled, out.pooled, atol=1e-5, rtol=0)
+    fusion.train()
+    fusion(image, text).pooled.sum().backward()
+    assert all(block.attn.relative_k.grad.abs().sum() > 0 for block in fusion.blocks)
+
+
 def test_single_stream_rejects_text_longer_than_positions():
     image, text = inputs(nt=5)
     with pytest.raises(ValueError, match="max_text_length"):

@@ -17,6 +17,14 @@ readout="words" is for training from scratch: a word that finds its object reach
 step, where [CLS] must first learn which word to read (two hops; `bench/binding_probe.py` binds in
 about half the steps with it). UNITER's [CLS] is learnt in pre-training, which a model trained from
 scratch lacks.
+
+joint_geometry=True gives every pair of tokens the geometry between where the two are
+(vlfuse.layers.geometry's pair features, added to keys and values as relative attention): an image
+token is at its box; a word or [CLS] is where it looked in the layer before (its attention over the
+image tokens, mean over heads), and nowhere in the first layer. Between objects this is the region
+encoder's relative geometry; from a word to an object, the cross-attention fusion's anchored
+geometry; between two words, its word geometry. Needs image boxes; without them the layers read
+plainly.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers.geometry import pair_features_dim, pair_geometry
 from ..layers.transformer import TransformerBlock
 from ..types import Features, FusionOutput, masked_mean
 
@@ -37,7 +46,8 @@ def box_features(boxes: torch.Tensor) -> torch.Tensor:
 class SingleStreamFusion(nn.Module):
     """forward(image, text) -> FusionOutput(pooled, tokens = joint sequence [B, 1+Nt+Nv, D]).
 
-    `readout`: "cls" (the [CLS] state, as UNITER) or "words" (the mean of the word states).
+    `readout`: "cls" (the [CLS] state, as UNITER) or "words" (the mean of the word states);
+    `joint_geometry`: see the module docstring.
     With need_weights: "layer{i}.joint" [B, H, N, N] over the joint sequence ([CLS], words, image),
     and "layer{i}.text_to_image" [B, H, Nt, Nv]: the words' joint weights on the image tokens,
     renormalised over those tokens (where in the image each word looks, comparable with the
@@ -50,7 +60,7 @@ class SingleStreamFusion(nn.Module):
     accepts_graph = False
 
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, max_text_length: int = 64, readout: str = "cls"):
+                 dropout: float = 0.0, max_text_length: int = 64, readout: str = "cls", joint_geometry: bool = False):
         super().__init__()
         if readout not in ("cls", "words"):
             raise ValueError(f"readout must be 'cls' or 'words', got {readout!r}")
@@ -61,7 +71,9 @@ class SingleStreamFusion(nn.Module):
         self.box = nn.Sequential(nn.Linear(7, dim), nn.LayerNorm(dim))
         self.embed_norm = nn.LayerNorm(dim)
         self.embed_dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.joint_geometry = joint_geometry
+        relative_dim = pair_features_dim() if joint_geometry else 0
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio, dropout, relative_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, image: Features, text: Features, need_weights: bool = False) -> FusionOutput:
@@ -78,8 +90,18 @@ class SingleStreamFusion(nn.Module):
         x = self.embed_dropout(self.embed_norm(torch.cat([words, regions], 1)))
         mask = torch.cat([text.mask.new_ones(b, 1), text.mask, image.mask], 1)
         attentions = {}
+        pairs = pair_geometry(image.boxes, image.mask) if self.joint_geometry and image.boxes is not None else None
+        if pairs is not None:  # where each token is [B, N, K]: an object at its box; [CLS] and words nowhere yet
+            objects = torch.eye(image.mask.shape[1], device=x.device).expand(b, -1, -1)
+            where = torch.cat([objects.new_zeros(b, nt + 1, objects.shape[-1]), objects], 1)
         for i, block in enumerate(self.blocks):
-            x, weights = block(x, mask, need_weights)
+            relative = None
+            if pairs is not None:  # the geometry between where the two tokens are
+                relative = torch.einsum("bpjf,bqj->bpqf", torch.einsum("bpk,bkjf->bpjf", where, pairs), where)
+            x, weights = block(x, mask, need_weights or pairs is not None, relative=relative)
+            if pairs is not None:  # [CLS] and the words are now where they looked
+                looked = weights[:, :, :nt + 1, nt + 1:].float().mean(1)
+                where = torch.cat([looked / looked.sum(-1, keepdim=True).clamp_min(1e-12), objects], 1)
             if need_weights:
                 to_image = weights[:, :, 1:nt + 1, nt + 1:]
                 attentions[f"layer{i}.joint"] = weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers.geometry import pair_features_dim, pair_geometry
+from ..layers.geometry import between, pair_features_dim, pair_geometry, seen_from
 from ..layers.transformer import CrossAttentionBlock
 from ..types import Features, FusionOutput, masked_mean
 
@@ -57,9 +57,9 @@ class CrossAttentionFusion(nn.Module):
                                        image_index, relative=to_image, self_relative=between_words)
             if pairs is not None:  # the next layer sees the image from where this one looked
                 focus = cross_w.float().mean(1)  # [B, T, K]
-                seen = torch.einsum("btk,bkjf->btjf", focus, pairs)  # image token j from word t's focus
+                seen = seen_from(focus, pairs)  # image token j from word t's focus
                 to_image = seen if self.anchored_geometry else None
-                between_words = torch.einsum("btjf,bsj->btsf", seen, focus) if self.word_geometry else None
+                between_words = between(seen, focus) if self.word_geometry else None
             if need_weights:
                 attentions[f"layer{i}.text_self"] = self_w
                 attentions[f"layer{i}.text_to_image"] = cross_w

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers.geometry import pair_features_dim, pair_geometry
+from ..layers.geometry import between, pair_features_dim, pair_geometry, seen_from
 from ..layers.transformer import TransformerBlock
 from ..types import Features, FusionOutput, masked_mean
 
@@ -97,7 +97,7 @@ class SingleStreamFusion(nn.Module):
         for i, block in enumerate(self.blocks):
             relative = None
             if pairs is not None:  # the geometry between where the two tokens are
-                relative = torch.einsum("bpjf,bqj->bpqf", torch.einsum("bpk,bkjf->bpjf", where, pairs), where)
+                relative = between(seen_from(where, pairs), where)
             x, weights = block(x, mask, need_weights or pairs is not None, relative=relative)
             if pairs is not None:  # [CLS] and the words are now where they looked
                 looked = weights[:, :, :nt + 1, nt + 1:].float().mean(1)

@@ -41,6 +41,19 @@ def pair_geometry(boxes: torch.Tensor, mask: torch.Tensor, ranks: int = RANKS) -
     return torch.cat([offset * 4, distance[..., None] * 4, same[..., None], *(h.float() for h in one_hot)], -1)
 
 
+def seen_from(where: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """[B, P, K, F]: every image token's pair features seen from P places, each place a distribution
+    `where` [B, P, K] over the K image tokens (a token at its box, or a word's attention):
+    sum_i where[p, i] * pairs[i, j]."""
+    return torch.einsum("bpi,bijf->bpjf", where, pairs)
+
+
+def between(seen: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """[B, P, Q, F]: the geometry between every two places, from `seen` = seen_from(places p, pairs) and
+    `where` [B, Q, K] of places q: sum_i sum_j where_p[i] * where_q[j] * pairs[i, j]."""
+    return torch.einsum("bpjf,bqj->bpqf", seen, where)
+
+
 def _distance_ranks(distance: torch.Tensor) -> torch.Tensor:
     """[B, i, j]: how many tokens k are nearer to i than j is (ties broken by index), counted by
     comparison rather than by sorting, so that the ONNX exporter, which has no stable sort, traces it."""

@@ -111,6 +111,9 @@ class TrainConfig:
     epochs: int = 10
     batch_images: int = 32  # every question of each image rides along, so questions per step ~ 20x this
     lr: float = 1e-3
+    # The learning rate of pretrained weights that train (tuned text layers, an unfrozen backbone);
+    # null: train.lr. Fine-tuning usually wants them 10x slower than the new layers.
+    pretrained_lr: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int = 200
     grad_clip: float = 1.0
@@ -157,6 +160,12 @@ class RetrievalConfig:
     # Re-ranking score = ITC logit (cosine x learned scale) + rerank_weight * ITM log-odds; eval.json's
     # rerank_sweep shows R@1 at other weights, to choose this one on val.
     rerank_weight: float = 1.0
+    # Query-bank normalisation (QB-Norm's inverted softmax; tasks/retrieval/querybank.py): training
+    # ends by embedding this many random training images and their captions, kept with the model;
+    # evaluation discounts candidates the bank's queries all like, at sharpness querybank_beta
+    # (eval.json's querybank_sweep shows R@1 at other betas, to choose it on val). 0: off.
+    querybank: int = 0
+    querybank_beta: float = 10.0
     eval_batch: int = 64
 
 
@@ -354,7 +363,8 @@ def check_knowledge_graph(config: Config) -> None:
 _POSITIVE, _AT_LEAST_1, _NON_NEGATIVE = (0, None, False), (1, None, True), (0, None, True)
 _SHARE, _PROBABILITY = (0, 1, False), (0, 1, True)
 RANGES = {
-    "train.epochs": _AT_LEAST_1, "train.batch_images": _AT_LEAST_1, "train.lr": _POSITIVE,
+    "retrieval.querybank": _NON_NEGATIVE, "retrieval.querybank_beta": _POSITIVE,
+    "train.epochs": _AT_LEAST_1, "train.batch_images": _AT_LEAST_1, "train.lr": _POSITIVE, "train.pretrained_lr": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _NON_NEGATIVE, "train.grad_clip": _NON_NEGATIVE,
     "train.max_minutes": _POSITIVE, "train.devices": _AT_LEAST_1, "train.num_nodes": _AT_LEAST_1,
     "train.num_workers": _NON_NEGATIVE, "train.log_every_n_steps": _AT_LEAST_1,

@@ -135,6 +135,26 @@ def test_efficientnet_unfrozen_backbone_trains(weights_file, how):
     assert enc.backbone._conv_head.weight.grad.abs().sum() > 0
 
 
+def test_efficientnet_drop_tokens_keeps_a_random_subset_of_cells_in_training_only(weights_file):
+    torch.manual_seed(0)
+    enc = EfficientNetImageEncoder(dim=16, image_size=64, drop_tokens=0.5)
+    grid = torch.randn(3, 1280, 7, 7)
+    enc.train()
+    out = enc.from_frozen(grid)
+    assert out.tokens.shape == (3, 24, 16) and out.boxes.shape == (3, 24, 4) and bool(out.mask.all())  # round(49 / 2)
+    torch.testing.assert_close(out.pooled, out.tokens.mean(1))
+    full = enc.eval().from_frozen(grid)
+    _check_contract(full, batch=3, tokens=49, dim=16, grid=7)
+    for b in range(3):  # each kept token is its cell's projection, with that cell's box
+        for token, box in zip(out.tokens[b], out.boxes[b]):
+            cell = ((full.boxes[b] - box).abs().sum(-1) < 1e-6).nonzero().flatten()
+            assert len(cell) == 1
+            torch.testing.assert_close(token, full.tokens[b, cell[0]])
+    assert not torch.equal(out.boxes[0], out.boxes[1]), "each image keeps its own random cells"
+    with pytest.raises(ValueError, match="drop_tokens"):
+        EfficientNetImageEncoder(dim=16, drop_tokens=1.0)
+
+
 def _coco_image(name: str) -> torch.Tensor:
     from vlfuse.data.images import image_to_tensor, load_image
 

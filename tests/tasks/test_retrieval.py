@@ -419,3 +419,66 @@ def test_eval_split_test_reads_the_test_images_of_a_karpathy_file(shapes_root, t
     ranked = {Path(line["image"]).name for line in map(json.loads, (tmp_path / "run" / "eval_test_rankings.jsonl")
                                                      .read_text().splitlines())}
     assert ranked == {coco["images"][12]["file_name"], coco["images"][13]["file_name"]}
+
+
+# --------------------------------------------------------------------------- query-bank normalisation
+
+def test_querybank_normalisation_is_the_inverted_softmax_and_discounts_a_hub():
+    from vlfuse.metrics.retrieval import retrieval_metrics
+    from vlfuse.tasks.retrieval.querybank import normalised_scores
+
+    unit = torch.nn.functional.normalize
+    texts = torch.eye(4)[:3]  # caption t belongs to image t
+    # Image 2 is a hub: it leans towards every caption, and wins text 0's and text 1's query.
+    images = unit(torch.tensor([[1.0, 0, 0, 1.2], [0, 1.0, 0, 1.2], [0.8, 0.8, 0.5, 0]]), dim=-1)
+    owner = torch.tensor([0, 1, 2])
+    raw = images @ texts.T
+    assert (raw.argmax(0) == torch.tensor([2, 2, 2])).all()
+    # Training captions (the bank for image candidates) are often close to the hub, as real queries are.
+    bank = {"images": torch.eye(4)[:3], "texts": unit(torch.tensor([[1.0, 1.0, 0, 0], [1.0, 0, 0, 0],
+                                                                     [0, 1.0, 0, 0]]), dim=-1)}
+    i2t, t2i = normalised_scores(images, texts, bank, beta=10.0)
+    # By hand: score(q, c) = beta cos(q, c) - log sum_b exp(beta cos(b, c)), the bank's b being training
+    # captions for image candidates and training images for caption candidates.
+    for i in range(3):
+        for t in range(3):
+            by_images = torch.logsumexp(10 * bank["images"] @ texts[t], 0)
+            by_texts = torch.logsumexp(10 * bank["texts"] @ images[i], 0)
+            assert i2t[i, t] == pytest.approx(float(10 * raw[i, t] - by_images), abs=1e-4)
+            assert t2i[i, t] == pytest.approx(float(10 * raw[i, t] - by_texts), abs=1e-4)
+    assert retrieval_metrics(t2i, owner, (1,))["t2i_r1"] == 1.0  # the hub no longer wins the others' queries
+
+
+def test_reranking_reads_each_direction_from_its_own_first_stage():
+    from vlfuse.tasks.retrieval.evaluate import rerank_top_k
+
+    i2t_first = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    t2i_first = torch.tensor([[0.1, 0.9], [0.8, 0.2]])  # the text->image side prefers the other images
+
+    def nothing(image_index, text_index):
+        return torch.zeros(len(image_index))
+
+    i2t, t2i = rerank_top_k(i2t_first, 1, nothing, 1.0, t2i_first)
+    assert i2t.argmax(1).tolist() == [0, 1] and t2i.argmax(0).tolist() == [1, 0]
+
+
+def test_training_with_a_querybank_keeps_it_with_the_model_and_eval_uses_it(shapes_root, tmp_path, cli_main):
+    from vlfuse.tasks.retrieval.querybank import BANK_FILE, load_querybank
+
+    config = retrieval_config(shapes_root, tmp_path / "run", "retrieval.querybank=10", "train.epochs=1")
+    result = cli_main("train", write_yaml(tmp_path / "c.yaml", config))
+    assert result.returncode == 0, result.stderr
+    model = tmp_path / "run" / "model"
+    bank = load_querybank(model)
+    assert bank["images"].shape[0] == 10 and bank["texts"].shape[0] == 10  # one caption an image in this data
+    torch.testing.assert_close(bank["texts"].norm(dim=-1), torch.ones(10))
+    metrics = read_json(tmp_path / "run" / "eval.json")
+    assert metrics["querybank"]["images"] == 10 and metrics["querybank"]["beta"] == 10.0
+    assert set(metrics["querybank_sweep"]) == {"5.0", "8.0", "10.0", "12.0", "15.0", "20.0"}
+    assert metrics["querybank_sweep"]["10.0"]["t2i_r1"] == metrics["querybank"]["t2i_r1"]
+    result = cli_main("eval", model, "--set", "retrieval.querybank=0")  # switched off at evaluation
+    assert result.returncode == 0, result.stderr
+    assert read_json(tmp_path / "run" / "eval_test.json")["querybank"] is None
+    (model / BANK_FILE).unlink()
+    result = cli_main("eval", model)
+    assert result.returncode == 0 and "has no query bank" in result.stderr, result.stderr

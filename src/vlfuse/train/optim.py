@@ -12,12 +12,17 @@ from ..config import TrainConfig
 
 def configure_adamw(model: nn.Module, cfg: TrainConfig, total_steps: int) -> dict:
     """AdamW with linear warm-up then cosine decay to 0, stepped per batch; what every task trains with."""
-    # No weight decay on biases, norms and embeddings (the usual transformer recipe).
-    decay, no_decay = [], []
+    # No weight decay on biases, norms and embeddings (the usual transformer recipe); pretrained
+    # weights that train (tuned layers, an unfrozen backbone) at train.pretrained_lr when it is set.
+    pretrained = {id(p) for m in model.modules() if hasattr(m, "pretrained_parameters")
+                  for p in m.pretrained_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "embed" in name else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        key = (param.ndim < 2 or "embed" in name, cfg.pretrained_lr is not None and id(param) in pretrained)
+        groups.setdefault(key, []).append(param)
+    optimizer = torch.optim.AdamW([{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                                    "lr": cfg.pretrained_lr if loaded else cfg.lr}
+                                   for (no_decay, loaded), params in sorted(groups.items())], lr=cfg.lr)
     warmup, total = cfg.warmup_steps, max(1, total_steps)
 
     def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 0

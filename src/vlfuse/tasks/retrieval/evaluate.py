@@ -3,6 +3,7 @@ matching head re-ranks each query's top k (LAVIS); Recall@K both ways, for both 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ...models.saved import SavedModel, load_model_dir
 from ...progress import track
 from ...types import Features
 from ..base import write_eval_json
+from .querybank import load_querybank, normalised_scores
 
 RECALL_AT = (1, 5, 10)
 
@@ -101,25 +103,28 @@ def _lift(similarity: torch.Tensor, top: torch.Tensor, scores: torch.Tensor) -> 
 
 
 def rerank_top_k(similarity: torch.Tensor, k: int, score_pairs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 weight: float = 1.0, t2i_similarity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Two-stage scores from first-stage `similarity` [I, T]: (image->text [I, T], text->image [I, T]).
 
     Each image's top-k texts and each text's top-k images (k capped at the candidates there are)
     are re-scored as similarity + weight * score_pairs(image_index, text_index); a pair that is a candidate
     in both directions is scored once. Rank image->text queries along rows of the first matrix,
-    text->image queries down columns of the second.
+    text->image queries down columns of the second. `t2i_similarity`: the text->image first stage
+    when it differs from the image->text one (query-bank normalisation discounts each direction's
+    gallery differently).
     """
+    t2i_similarity = similarity if t2i_similarity is None else t2i_similarity
     num_images, num_texts = similarity.shape
     k_texts, k_images = min(k, num_texts), min(k, num_images)
     top_texts = similarity.topk(k_texts, dim=1).indices  # [I, k]
-    top_images = similarity.T.topk(k_images, dim=1).indices  # [T, k]
+    top_images = t2i_similarity.T.topk(k_images, dim=1).indices  # [T, k]
     pair_images = torch.cat([torch.arange(num_images).repeat_interleave(k_texts), top_images.flatten()])
     pair_texts = torch.cat([top_texts.flatten(), torch.arange(num_texts).repeat_interleave(k_images)])
     pairs, where = torch.unique(pair_images * num_texts + pair_texts, return_inverse=True)
     matched = weight * score_pairs(pairs // num_texts, pairs % num_texts).float()[where]
     i2t_itm, t2i_itm = matched[: num_images * k_texts], matched[num_images * k_texts:]
     i2t = _lift(similarity, top_texts, similarity.gather(1, top_texts) + i2t_itm.view(num_images, k_texts))
-    t2i = _lift(similarity.T, top_images, similarity.T.gather(1, top_images) + t2i_itm.view(num_texts, k_images))
+    t2i = _lift(t2i_similarity.T, top_images, t2i_similarity.T.gather(1, top_images) + t2i_itm.view(num_texts, k_images))
     return i2t, t2i.T
 
 
@@ -156,6 +161,12 @@ def _memo(score_pairs: Callable) -> Callable:
 
 
 RERANK_SWEEP = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # retrieval.rerank_weight values eval.json compares
+QUERYBANK_SWEEP = (5.0, 8.0, 10.0, 12.0, 15.0, 20.0)  # retrieval.querybank_beta values eval.json compares
+
+
+def _r1(metrics: dict) -> dict:
+    """What a sweep keeps of each setting: R@1 both ways and their mean over every recall."""
+    return {k: v for k, v in metrics.items() if k in ("i2t_r1", "t2i_r1", "r_mean")}
 
 
 def _directions(i2t_scores: torch.Tensor, t2i_scores: torch.Tensor, owner: torch.Tensor, ks) -> dict:
@@ -171,11 +182,13 @@ def _directions(i2t_scores: torch.Tensor, t2i_scores: torch.Tensor, owner: torch
 
 def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log: SkipLog, rerank_k: int = 16,
                        batch: int = 64, progress: bool = True, cache_config: Config | None = None,
-                       rerank_weight: float = 1.0) -> tuple[dict, list[dict]]:
+                       rerank_weight: float = 1.0, querybank: dict[str, torch.Tensor] | None = None,
+                       querybank_beta: float = 10.0) -> tuple[dict, list[dict]]:
     """(metrics, one record per caption) of text <-> image retrieval over `samples`.
 
     cache_config: a config whose data.feature_cache serves the frozen encoders' outputs (the same
-    numbers, without running the frozen parts again)."""
+    numbers, without running the frozen parts again). querybank: the model's bank of training
+    embeddings (querybank.py); with it the first stage is bank-normalised before re-ranking."""
     cfg, model = saved.config.data, saved.model
     cached = cache_config is not None and bool(cache_config.data.feature_cache)
     loader = feature_loader(cache_config, model.image_encoder, samples, progress) if cached else None
@@ -195,21 +208,29 @@ def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log
     embed_seconds = time.perf_counter() - clock
     owner = dataset.text_to_image
     first = retrieval_metrics(similarity, owner, ks)
-    i2t_scores = t2i_scores = similarity
-    reranked = sweep = None
+    # ITC as the contrastive logits (cosine x the learned scale), so ITC and ITM are both log-odds.
+    i2t_scores = t2i_scores = similarity * float(model.head.scale)
+    normalised = bank_sweep = reranked = sweep = None
+    if querybank is not None:
+        i2t_scores, t2i_scores = normalised_scores(embedded.images, embedded.texts, querybank, querybank_beta)
+        normalised = _directions(i2t_scores, t2i_scores, owner, ks)
+        bank_sweep = {str(b): _r1(_directions(*normalised_scores(embedded.images, embedded.texts, querybank, b),
+                                              owner, ks)) for b in QUERYBANK_SWEEP}
     if rerank:
         clock = time.perf_counter()
-        # ITC as the contrastive logits (cosine x the learned scale), so ITC and ITM are both log-odds.
-        logits, score = similarity * float(model.head.scale), _memo(itm_scorer(model, embedded))
-        i2t_scores, t2i_scores = rerank_top_k(logits, rerank_k, score, rerank_weight)
+        first_i2t, first_t2i, score = i2t_scores, t2i_scores, _memo(itm_scorer(model, embedded))
+        i2t_scores, t2i_scores = rerank_top_k(first_i2t, rerank_k, score, rerank_weight, first_t2i)
         reranked = _directions(i2t_scores, t2i_scores, owner, ks)
-        sweep = {str(w): {k: v for k, v in _directions(*rerank_top_k(logits, rerank_k, score, w), owner, ks).items()
-                          if k in ("i2t_r1", "t2i_r1", "r_mean")} for w in RERANK_SWEEP}
+        sweep = {str(w): _r1(_directions(*rerank_top_k(first_i2t, rerank_k, score, w, first_t2i), owner, ks))
+                 for w in RERANK_SWEEP}
     rerank_seconds = time.perf_counter() - clock if rerank else 0.0
     metrics = {
         "task": "retrieval", "images": len(dataset), "captions": len(dataset.captions), "ks": list(ks),
         "rerank_k": rerank_k if rerank else 0, "rerank_weight": rerank_weight if rerank else None,
-        "first_stage": first, "reranked": reranked, "rerank_sweep": sweep,
+        "first_stage": first, "querybank": normalised and {"images": len(querybank["images"]),
+                                                           "captions": len(querybank["texts"]),
+                                                           "beta": querybank_beta, **normalised},
+        "querybank_sweep": bank_sweep, "reranked": reranked, "rerank_sweep": sweep,
         "logit_scale": float(model.head.scale), "seconds": {"embed": embed_seconds, "rerank": rerank_seconds},
         "uncaptioned": dataset.uncaptioned, "skipped": skip_log.as_dict(),
     }
@@ -230,6 +251,11 @@ def evaluate_retrieval_split(model_dir: Path, config: Config, split: str, out_js
     """Evaluate the retrieval model in `model_dir` on one split of `config.data`; write metrics (+ rankings)."""
     read = read_split(config.data, split)
     saved = load_model_dir(model_dir, task="retrieval")
-    metrics, records = evaluate_retrieval(saved, read.samples, read.skipped, config.retrieval.rerank_k,
-                                          config.retrieval.eval_batch, progress, config, config.retrieval.rerank_weight)
+    r = config.retrieval
+    bank = load_querybank(model_dir) if r.querybank else None
+    if r.querybank and bank is None:
+        print(f"note: {model_dir} has no query bank (trained with retrieval.querybank: 0): ranking without one",
+              file=sys.stderr)
+    metrics, records = evaluate_retrieval(saved, read.samples, read.skipped, r.rerank_k, r.eval_batch, progress, config,
+                                          r.rerank_weight, bank, r.querybank_beta)
     return write_eval_json(out_json, {"split": split, **metrics}, records, "rankings")

@@ -10,7 +10,8 @@ import torch
 from ...config import Config, RetrievalConfig, TrainConfig
 from ...data.caption_dataset import CaptionDataset, PairSampler
 from ...data.cached_inputs import WithTextStates
-from ...data.feature_cache import feature_loader
+from ...data.feature_cache import feature_loader, text_feature_states
+from ...data.formats.common import SkipLog
 from ...data.loading import read_split
 from ...data.subsample import sample_images
 from ...errors import ConfigError
@@ -22,6 +23,8 @@ from ...models.saved import save_model_dir, save_vocabularies
 from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
 from ..base import TaskModule, captioned_split, run_summary, run_tokenizer
 from .data import retrieval_items
+from .evaluate import embed_dataset
+from .querybank import save_querybank
 
 
 def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -108,5 +111,22 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
                           None if val_set is None else captioned_split(val_set, val_read),
                           frozen_text_states_cached=isinstance(train_items, WithTextStates))
     datamodule = EpochDataModule(train_items, val_items, config, collate, PairSampler)
-    return Prepared(module, datamodule, lambda: save_model_dir(model_dir, model.cpu(), config, tokenizer, None),
-                    summary)
+
+    def save() -> None:
+        save_model_dir(model_dir, model.cpu(), config, tokenizer, None)
+        if config.retrieval.querybank:
+            save_querybank(model_dir, *embed_querybank(model, config, train_read.samples, args, loader, progress))
+
+    return Prepared(module, datamodule, save, summary)
+
+
+def embed_querybank(model: RetrievalModel, config: Config, samples: list, args: tuple, loader, progress: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit embeddings (images, captions) of retrieval.querybank random training images and their captions."""
+    images = len({str(s.image_path) for s in samples})
+    chosen = sample_images(samples, min(1.0, config.retrieval.querybank / max(images, 1)), config.seed)
+    dataset = CaptionDataset(chosen, *args, SkipLog(), progress, "Loading the query bank", image_loader=loader)
+    states = text_feature_states(config, model.text_encoder, dataset.caption_ids, progress)
+    embedded = embed_dataset(model, dataset, config.retrieval.eval_batch, progress, keep_features=False,
+                             cached_images=loader is not None, text_states=states)
+    return embedded.images, embedded.texts

@@ -363,8 +363,8 @@ def check_knowledge_graph(config: Config) -> None:
 _POSITIVE, _AT_LEAST_1, _NON_NEGATIVE = (0, None, False), (1, None, True), (0, None, True)
 _SHARE, _PROBABILITY = (0, 1, False), (0, 1, True)
 RANGES = {
-    "retrieval.querybank": _NON_NEGATIVE, "retrieval.querybank_beta": _POSITIVE,
-    "train.epochs": _AT_LEAST_1, "train.batch_images": _AT_LEAST_1, "train.lr": _POSITIVE, "train.pretrained_lr": _POSITIVE,
+    "train.epochs": _AT_LEAST_1, "train.batch_images": _AT_LEAST_1, "train.lr": _POSITIVE,
+    "train.pretrained_lr": _POSITIVE, "retrieval.querybank": _NON_NEGATIVE, "retrieval.querybank_beta": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _NON_NEGATIVE, "train.grad_clip": _NON_NEGATIVE,
     "train.max_minutes": _POSITIVE, "train.devices": _AT_LEAST_1, "train.num_nodes": _AT_LEAST_1,
     "train.num_workers": _NON_NEGATIVE, "train.log_every_n_steps": _AT_LEAST_1,

@@ -210,7 +210,8 @@ def test_shipped_flickr8k_config_reads_its_train_and_val_splits():
     assert (len(train.samples), len(val.samples)) == (5997, 1000) and not train.skipped.count
     assert sum(len(s.captions) for s in val.samples) == 5000
     assert read_split(config.data, "test").samples == []  # the file holds no test split: nothing read
-    assert config.model.text_encoder["tune_layers"] == 2 and config.data.feature_cache == "cache/features"
+    assert config.model.text_encoder["tune_layers"] == 3 and config.data.feature_cache == "cache/features"
+    assert config.retrieval.querybank >= 5997  # the whole training split is the query bank
 
 
 # --------------------------------------------------------------------------- re-ranking

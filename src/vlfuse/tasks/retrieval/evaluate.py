@@ -227,9 +227,10 @@ def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log
     metrics = {
         "task": "retrieval", "images": len(dataset), "captions": len(dataset.captions), "ks": list(ks),
         "rerank_k": rerank_k if rerank else 0, "rerank_weight": rerank_weight if rerank else None,
-        "first_stage": first, "querybank": normalised and {"images": len(querybank["images"]),
-                                                           "captions": len(querybank["texts"]),
-                                                           "beta": querybank_beta, **normalised},
+        "first_stage": first,
+        "querybank": None if normalised is None else {"images": len(querybank["images"]),
+                                                      "captions": len(querybank["texts"]), "beta": querybank_beta,
+                                                      **normalised},
         "querybank_sweep": bank_sweep, "reranked": reranked, "rerank_sweep": sweep,
         "logit_scale": float(model.head.scale), "seconds": {"embed": embed_seconds, "rerank": rerank_seconds},
         "uncaptioned": dataset.uncaptioned, "skipped": skip_log.as_dict(),

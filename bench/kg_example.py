@@ -132,7 +132,8 @@ def write_split(out: Path, split: str, graphs: list, seed: int) -> None:
         write_jsonl(out / "kg" / "test_swapped.jsonl", swapped)
 
 
-ROWS = (("with the graph", "with_kg/eval.json"), ("without the graph", "without_kg/eval.json"),
+ROWS = (("with the graph", "with_kg/eval.json"), ("with the graph, no fact nodes", "entities_kg/eval.json"),
+        ("without the graph", "without_kg/eval.json"),
         ("with the graph, another image's graph at test", "with_kg/eval_swapped.json"),
         ("with the graph, removed at test", "with_kg/eval_no_graph.json"))
 

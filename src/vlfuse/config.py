@@ -70,6 +70,9 @@ class DataConfig:
     knowledge_graph: str | None = None
     # Per image, the knowledge-graph entities named in its scene graph and those this many triples away.
     knowledge_hops: int = 1
+    # Each joined triple also a node named by its words and said of the objects its head stands for
+    # ("red circle has weight heavy"): a question word reaches the fact in one hop, not along an edge.
+    knowledge_facts: bool = False
     # Format webdataset, task vqa: stream the training images from the shards through DataLoader
     # workers instead of decoding them all into memory first (vlfuse.data.vqa_stream); the
     # shuffle buffer holds that many images. Validation images are still loaded whole.

@@ -12,7 +12,7 @@ import pytest
 
 from vlfuse.config import load_config
 from vlfuse.data.knowledge_graph import (KG_LINK, NO_BOX, check_relations, join_knowledge_graph, join_scene_graphs,
-                                         links, make_knowledge_graph, read_knowledge_graph, relation_ids,
+                                         fact_name, links, make_knowledge_graph, read_knowledge_graph, relation_ids,
                                          sample_knowledge_graphs, save_knowledge_graph, training_knowledge_graph,
                                          vocabulary_graph, with_vocabulary)
 from vlfuse.data.scene_graph import RELATION_ID, RELATIONS, SceneGraph
@@ -129,6 +129,28 @@ def test_join_adds_linked_entities_their_neighbours_and_triples():
     # a scene that names nothing in the graph is left as it is
     assert join_knowledge_graph(SceneGraph(("dog",), ((0, 0, 1, 1),), ()), graph) == SceneGraph(
         ("dog",), ((0, 0, 1, 1),), ())
+
+
+def test_facts_become_nodes_said_of_the_objects_their_heads_stand_for():
+    graph = make_knowledge_graph(TRIPLES)
+    plain, joined = join_knowledge_graph(SCENE, graph, hops=1), join_knowledge_graph(SCENE, graph, hops=1, facts=True)
+    # the entities as without facts (3..6: red, circle, heavy, wood), then the facts: "red" stands for the
+    # red circle (0) and the red square (2), "circle" for the red circle
+    assert joined.names == plain.names + ("red circle has weight heavy", "red square has weight heavy",
+                                          "red circle made of wood")
+    assert joined.boxes[len(plain.names):] == (NO_BOX,) * 3  # placed nowhere, like the entities
+    added = set(joined.relations) - set(plain.relations)
+    assert added == {(7, KG_LINK, 0), (7, KG_LINK, 5), (8, KG_LINK, 2), (8, KG_LINK, 5), (9, KG_LINK, 0),
+                     (9, KG_LINK, 6)}
+    assert set(plain.relations) <= set(joined.relations)
+    # a triple whose head stands for no scene entity reads as it is, linked to its head and tail
+    two_hops = join_knowledge_graph(SCENE, graph, hops=2, facts=True)
+    fact = two_hops.names.index("heavy is a weight")
+    assert {(s, o) for s, r, o in two_hops.relations if s == fact} == {
+        (fact, two_hops.names.index("heavy")), (fact, two_hops.names.index("weight"))}
+    assert fact_name("traffic light", "used_for", "crossing") == "traffic light used for crossing"
+    # per image, as join_scene_graphs is called for training and evaluation
+    assert join_scene_graphs({Path("a"): SCENE}, graph, 1, facts=True) == {Path("a"): joined}
 
 
 # --------------------------------------------------------------------------- config

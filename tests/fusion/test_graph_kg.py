@@ -36,7 +36,8 @@ def kg_model():
     knowledge = make_knowledge_graph(TRIPLES)
     joined = {Path(k): join_knowledge_graph(g, knowledge) for k, g in (("small", small), ("large", large))}
     plain = {Path("small"): small, Path("large"): large}
-    tokenizer = build_tokenizer(["is the red object heavy", *[n for g in joined.values() for n in g.names]])
+    tokenizer = build_tokenizer(["is the red object heavy", "has weight made of",  # the fact nodes' words
+                                 *[n for g in joined.values() for n in g.names]])
     config = load_config(None, [
         "data.image_size=32", "model.dim=16", GRAPH_FUSION,
         "model.image_encoder={name: cnn, channels: [8, 16], layers: 1, heads: 2, dropout: 0.0}",
@@ -48,7 +49,7 @@ def kg_model():
                "plain": encode_scene_graphs(plain, tokenizer)}
     ids = torch.tensor([tokenizer.encode("is the red object heavy").ids] * 2)
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    return model, knowledge, encoded, images, ids
+    return model, knowledge, encoded, images, ids, tokenizer
 
 
 def fused_graph(model, graph, images, ids):
@@ -66,7 +67,7 @@ def edge_counts(external, ids: dict[str, int]) -> dict[str, list[int]]:
 
 
 def test_knowledge_graph_adds_nodes_and_edges(kg_model):
-    model, knowledge, encoded, images, ids = kg_model
+    model, knowledge, encoded, images, ids, _ = kg_model
     kinds = relation_ids(knowledge)
     counted = {n: kinds[n] for n in ("has_weight", "made_of", KG_LINK, "mentions", "depicts", "left_of")}
     with torch.no_grad():
@@ -88,7 +89,7 @@ def test_knowledge_graph_adds_nodes_and_edges(kg_model):
 
 
 def test_knowledge_graph_changes_the_answer_and_padding_does_not(kg_model):
-    model, _, encoded, images, ids = kg_model
+    model, _, encoded, images, ids, _ = kg_model
     small, large = encoded["kg"][Path("small")], encoded["kg"][Path("large")]
     mask = ids != 0
     with torch.no_grad():
@@ -100,6 +101,32 @@ def test_knowledge_graph_changes_the_answer_and_padding_does_not(kg_model):
     assert not torch.allclose(without[0], alone[0], atol=1e-4)
     torch.testing.assert_close(beside[0], alone[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(longer, beside, atol=1e-5, rtol=0)
+
+
+def test_fact_nodes_are_reached_by_the_question_words_they_hold(kg_model):
+    """data.knowledge_facts: "red has_weight heavy" said of the red circle is a node the words "red" and
+    "heavy" mention directly, and another fact there gives another answer."""
+    from vlfuse.data.scene_graph import RELATION_ID
+
+    model, knowledge, _, images, ids, tokenizer = kg_model
+    small = scene(("red", "circle", 10))
+    light = make_knowledge_graph([("red", "has_weight", "light") if t[0] == "red" else t for t in TRIPLES])
+    joined = {k: join_knowledge_graph(small, g, facts=True) for k, g in (("heavy", knowledge), ("light", light))}
+    assert joined["heavy"].names[-2:] == ("red circle has weight heavy", "red circle made of wood")
+    graphs = encode_scene_graphs({Path(k): g for k, g in joined.items()}, tokenizer,
+                                 relation_ids=relation_ids(knowledge))
+    batch = batch_scene_graphs([graphs[Path("heavy")], graphs[Path("light")]])
+    with torch.no_grad():
+        external, nt, nv = fused_graph(model, batch, images, ids)
+        answers, _ = model(images, ids, ids != 0, graph=batch)
+    mentions = external.edge_mask[0] & (external.edges[0, :, 2] == RELATION_ID["mentions"])
+    mentioned = {(w, n - nt - nv) for w, n in external.edges[0][mentions][:, :2].tolist()}
+    red, heavy = (ids[0].tolist().index(tokenizer.token_to_id(w)) for w in ("red", "heavy"))
+    names = joined["heavy"].names
+    assert {names[e] for w, e in mentioned if w == red} == {"red circle", "red", "red circle has weight heavy",
+                                                             "red circle made of wood"}
+    assert {names[e] for w, e in mentioned if w == heavy} == {"heavy", "red circle has weight heavy"}
+    assert not torch.allclose(answers[0], answers[1], atol=1e-4)  # the facts differ, so do the answers
 
 
 # --------------------------------------------------------------------------- end to end
@@ -163,7 +190,9 @@ def test_cli_trains_evaluates_and_predicts_with_one_knowledge_graph(cli_main, kg
 def test_cli_trains_evaluates_and_predicts_with_a_graph_per_sample(cli_main, kg_data, write_config, tmp_path):
     import vlfuse
 
-    result = cli_main("train", kg_config(write_config, kg_data, tmp_path / "kg.yaml", "data.knowledge_graph=per_sample"))
+    # as configs/kg_shapes.yaml: fact nodes too, so predict and eval below read them as training did
+    result = cli_main("train", kg_config(write_config, kg_data, tmp_path / "kg.yaml", "data.knowledge_graph=per_sample",
+                                         "data.knowledge_facts=true"))
     assert result.returncode == 0, result.stdout + result.stderr
     run = json.loads((tmp_path / "run" / "run.json").read_text())["knowledge_graph"]
     named = {json.loads(line)["knowledge_graph"] for split in ("train", "val")

@@ -238,3 +238,52 @@ def test_every_kind_ranks_the_tiny_index_like_exact_search(encoder, train_images
         assert index.settings.kind == kind
         results[kind] = [h.position for h in index.search_texts(["a green triangle"], k=10)[0]]
     assert results["ivf"] == results["flat"] and results["hnsw"] == results["flat"]
+
+
+# --------------------------------------------------------------------------- the query bank
+
+def test_a_model_with_a_query_bank_ranks_text_queries_as_its_evaluation_does(trained_retrieval, train_images,
+                                                                             tmp_path):
+    """Text -> image with the bank is exact in inner-product form ([c, -bias] against [q, 1]); image queries
+    stay cosine; the biases and beta survive save -> load; adding needs the bank."""
+    import torch
+    import torch.nn.functional as F
+
+    from vlfuse.tasks.retrieval.querybank import BANK_FILE, normalised_scores, save_querybank
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_retrieval.model_dir, model_dir)
+    config = model_dir / "config.yaml"
+    config.write_text(re.sub(r"querybank: 0\b", "querybank: 16", config.read_text()))
+    dim = RetrievalEncoder.load(trained_retrieval.model_dir).dim
+    rng = torch.Generator().manual_seed(0)
+    save_querybank(model_dir, *(F.normalize(torch.randn(16, dim, generator=rng), dim=-1) for _ in range(2)))
+    encoder = RetrievalEncoder.load(model_dir)
+    index = build_index(encoder, images=train_images, kind="flat")
+    assert index.dim == dim + 1 and index.querybank_beta == 10.0
+
+    texts = ["a red circle", "a blue square", "a green triangle"]
+    stored = index.index.reconstruct_n(0, len(index))
+    images, queries = torch.from_numpy(stored[:, :-1]), torch.from_numpy(encoder.embed_texts(texts))
+    _, t2i = normalised_scores(images, queries, encoder.querybank, 10.0)
+    cosine = (images @ queries.T).numpy()
+    hits = index.search_texts(texts, k=len(index))
+    for j, row in enumerate(hits):
+        expected = t2i[:, j].numpy() / 10.0
+        assert [h.position for h in row] == np.argsort(-expected, kind="stable").tolist()
+        np.testing.assert_allclose([h.score for h in row], expected[[h.position for h in row]], atol=1e-5)
+        np.testing.assert_allclose([h.similarity for h in row], cosine[[h.position for h in row], j], atol=1e-5)
+    assert any([h.position for h in row] != np.argsort(-cosine[:, j]).tolist() for j, row in enumerate(hits))
+
+    image_hits = index.search_images([next(train_images.iterdir())], k=3)[0]
+    assert image_hits[0].score == pytest.approx(1.0, abs=1e-4) == image_hits[0].similarity  # cosine to itself
+
+    loaded = open_index(index.save(tmp_path / "index"), model_dir)
+    assert loaded.querybank_beta == 10.0 and [i.bias for i in loaded.items] == [i.bias for i in index.items]
+    assert [[h.as_dict() for h in row] for row in loaded.search_texts(texts, k=5)] == \
+        [[h.as_dict() for h in row[:5]] for row in hits]
+
+    (model_dir / BANK_FILE).unlink()
+    with pytest.raises(ConfigError, match="query bank"):
+        open_index(tmp_path / "index", RetrievalEncoder.load(model_dir)).add_images(
+            [("new", next((train_images.parent / "val").iterdir()))])

@@ -477,8 +477,11 @@ def test_training_with_a_querybank_keeps_it_with_the_model_and_eval_uses_it(shap
     assert metrics["querybank"]["images"] == 10 and metrics["querybank"]["beta"] == 10.0
     assert set(metrics["querybank_sweep"]) == {"5.0", "8.0", "10.0", "12.0", "15.0", "20.0"}
     assert metrics["querybank_sweep"]["10.0"]["t2i_r1"] == metrics["querybank"]["t2i_r1"]
+    printed = [line for line in result.stdout.splitlines() if "query bank" in line]
+    assert [line.split("│")[2].strip() for line in printed] == ["image→text", "text→image"]  # the stage is printed
     result = cli_main("eval", model, "--set", "retrieval.querybank=0")  # switched off at evaluation
     assert result.returncode == 0, result.stderr
+    assert "query bank" not in result.stdout
     assert read_json(tmp_path / "run" / "eval_test.json")["querybank"] is None
     (model / BANK_FILE).unlink()
     result = cli_main("eval", model)

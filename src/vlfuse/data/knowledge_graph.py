@@ -14,7 +14,11 @@ Joining (`join_knowledge_graph`), per image: the entities linked to the scene's 
 within `hops` triples of them (either direction; at most MAX_KG_ENTITIES) become extra entities of
 that image's graph, named by their text like scene entities and placed nowhere (an empty box: no
 `depicts` edge). The triples among them become relations, and each link a `kg_link` relation
-(knowledge-graph entity -> scene entity).
+(knowledge-graph entity -> scene entity). With `facts` (data.knowledge_facts) each of those triples is
+also a node of its own, named by its words and said of each scene entity its head stands for ("red
+has_weight heavy" and a red circle: "red circle has weight heavy", kg_link to the circle and to heavy),
+so a fact is a node's own name, reached from the question in one `mentions` hop, rather than an edge
+that message passing must follow.
 
 Relation ids: the built-in RELATIONS keep theirs, `kg_link` comes next, then the graph's own relation
 names in the order the file first uses them (a name equal to a built-in one shares its id). The
@@ -49,6 +53,7 @@ from .scene_graph import RELATION_ID, RELATIONS, SceneGraph
 KG_LINK = "kg_link"  # a knowledge-graph entity -> the scene entity whose name holds its words
 KG_FILE = "knowledge_graph.json"  # the copy in a model directory
 MAX_KG_ENTITIES = 64  # per image: a large graph contributes its nearest entities, not all of them
+MAX_KG_FACTS = 64  # per image, with data.knowledge_facts: fact nodes past these are left out
 FIELDS = ("head", "relation", "tail")
 PER_SAMPLE = "per_sample"  # data.knowledge_graph: each row's `knowledge_graph` field names its graph
 SAMPLE_FIELD = "knowledge_graph"
@@ -203,28 +208,57 @@ def _neighbourhood(graph: KnowledgeGraph, seeds: list[str], hops: int) -> list[s
     return list(chosen)[:MAX_KG_ENTITIES]
 
 
-def join_knowledge_graph(scene: SceneGraph, graph: KnowledgeGraph, hops: int = 1) -> SceneGraph:
+def fact_name(subject: str, relation: str, tail: str) -> str:
+    """A fact as words, the name of its node: ("red circle", "has_weight", "heavy") -> "red circle has weight heavy"."""
+    return f"{subject} {relation.replace('_', ' ')} {tail}"
+
+
+def _facts(scene: SceneGraph, among: list, linked: list, index: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, the nodes it links to) of each fact node: a triple whose head stands for scene entities is
+    said of each of them ("red has_weight heavy" -> "red circle has weight heavy", linked to the red circle
+    and to heavy), any other triple as it is (linked to its head and tail); at most MAX_KG_FACTS."""
+    instances: dict[str, list[int]] = {}
+    for entity, i in linked:
+        instances.setdefault(entity, []).append(i)
+    facts = []
+    for h, r, t in among:
+        subjects = [(scene.names[i], i) for i in instances.get(h, ())] or [(h, index[h])]
+        facts += [(fact_name(name, r, t), (node, index[t])) for name, node in subjects]
+    return facts[:MAX_KG_FACTS]
+
+
+def join_knowledge_graph(scene: SceneGraph, graph: KnowledgeGraph, hops: int = 1, facts: bool = False) -> SceneGraph:
     """`scene` plus the knowledge-graph entities it links to and their `hops`-neighbourhood: entities
-    after the scene's own, the triples among them, a kg_link from each linked entity to its scene entity."""
+    after the scene's own, the triples among them, a kg_link from each linked entity to its scene entity.
+    facts: the triples are also nodes of their own, named by their words and said of the scene entities
+    their heads stand for (`_facts`), so that a question word naming an object reaches what the graph
+    says of it in one hop."""
     linked = _linked(graph, scene.names)
     chosen = _neighbourhood(graph, list(dict.fromkeys(e for e, _ in linked)), hops)
     index = {entity: len(scene.names) + k for k, entity in enumerate(chosen)}
-    triples = tuple((index[h], r, index[t]) for e in chosen for h, r, t in graph.adjacent.get(e, ())
-                    if h == e and t in index)  # each triple once: from its head
+    among = [(h, r, t) for e in chosen for h, r, t in graph.adjacent.get(e, ()) if h == e and t in index]  # once each
+    triples = tuple((index[h], r, index[t]) for h, r, t in among)
     link_triples = tuple((index[e], KG_LINK, i) for e, i in linked if e in index)
-    return SceneGraph(scene.names + tuple(chosen), scene.boxes + (NO_BOX,) * len(chosen),
+    names = tuple(chosen)
+    if facts:
+        found = _facts(scene, among, [(e, i) for e, i in linked if e in index], index)
+        first = len(scene.names) + len(chosen)
+        names += tuple(name for name, _ in found)
+        link_triples += tuple((first + k, KG_LINK, end) for k, (_, ends) in enumerate(found) for end in ends)
+    return SceneGraph(scene.names + names, scene.boxes + (NO_BOX,) * len(names),
                       scene.relations + triples + link_triples)
 
 
-def join_scene_graphs(graphs: dict, graph: KnowledgeGraph | None, hops: int, per_image: dict | None = None) -> dict:
+def join_scene_graphs(graphs: dict, graph: KnowledgeGraph | None, hops: int, per_image: dict | None = None,
+                      facts: bool = False) -> dict:
     """Each image's scene graph joined with its knowledge graph: `per_image`'s (by image path, per_sample
     data) where given, else `graph`; unchanged without one (a per_sample model's `graph` holds no triples)."""
     if per_image:
-        return {path: join_knowledge_graph(scene, per_image[path], hops) if path in per_image else scene
+        return {path: join_knowledge_graph(scene, per_image[path], hops, facts) if path in per_image else scene
                 for path, scene in graphs.items()}
     if graph is None or not graph.triples:
         return graphs
-    return {path: join_knowledge_graph(scene, graph, hops) for path, scene in graphs.items()}
+    return {path: join_knowledge_graph(scene, graph, hops, facts) for path, scene in graphs.items()}
 
 
 def encode_for_model(graphs: dict, saved, per_image: dict | None = None) -> dict:
@@ -233,7 +267,8 @@ def encode_for_model(graphs: dict, saved, per_image: dict | None = None) -> dict
     from .scene_graph import encode_scene_graphs
 
     knowledge = getattr(saved, "knowledge_graph", None)
-    joined = join_scene_graphs(graphs, knowledge, saved.config.data.knowledge_hops, per_image)
+    data = saved.config.data
+    joined = join_scene_graphs(graphs, knowledge, data.knowledge_hops, per_image, data.knowledge_facts)
     return encode_scene_graphs(joined, saved.tokenizer, relation_ids=relation_ids(knowledge))
 
 

@@ -132,7 +132,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, *, in
             fp32 = Path(tmp) / name
             _trace(graph, example_args(graph, example, proposal), fp32)
             _quantize(fp32, out / name) if int8 else shutil.move(fp32, out / name)
-    for name in (CONFIG, TOKENIZER, "tokenizer.sha256", ANSWERS):
+    from ..tasks.retrieval.querybank import BANK_FILE  # the query bank: an index ranks with it
+
+    for name in (CONFIG, TOKENIZER, "tokenizer.sha256", ANSWERS, BANK_FILE):
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out / name)
     info = {"format": "onnx", "precision": "int8" if int8 else "fp32", "task": saved.config.task,

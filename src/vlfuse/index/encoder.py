@@ -1,11 +1,14 @@
 """RetrievalEncoder: a saved retrieval model as the index sees it: images and texts in, unit vectors out.
 
 Embeddings are float32 numpy arrays (what FAISS takes); the model's dot products are cosines, so
-an inner-product index ranks exactly as the model's own first stage does.
+an inner-product index ranks exactly as the model's own first stage does. A model trained with a
+query bank (retrieval.querybank) also gives each image its bank term (`image_bias`), so that the index
+ranks text -> image as evaluation does.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,23 @@ class RetrievalEncoder:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @cached_property
+    def querybank(self) -> dict[str, torch.Tensor] | None:
+        """The bank kept with the model (querybank.safetensors) when its config ranks with one, else None."""
+        from ..tasks.retrieval.querybank import load_querybank
+
+        if not self.config.retrieval.querybank or self.model_dir is None:
+            return None
+        return load_querybank(self.model_dir)
+
+    def image_bias(self, vectors: np.ndarray) -> np.ndarray:
+        """Per unit image embedding, log sum_b exp(beta cos(b, image)) / beta over the bank's captions b:
+        cos(q, image) - bias ranks text -> image as the bank-normalised scores do (they are beta times it)."""
+        from ..tasks.retrieval.querybank import bank_norm
+
+        beta = self.config.retrieval.querybank_beta
+        return (bank_norm(self.querybank["texts"], torch.from_numpy(vectors), beta) / beta).numpy()
 
     def image_tensor(self, image) -> torch.Tensor:
         """One image as the model's input: uint8 [3, S, S]."""

@@ -4,6 +4,12 @@ An index directory holds `vectors.faiss` (FAISS's own format), `items.jsonl` (on
 a vector, in FAISS's order) and `index.json` (kind and settings, dimension, and the fingerprint of
 the model that made the vectors). Searching or adding with any other model is refused: its
 embeddings live in another space, and the results would be silently meaningless.
+
+A model trained with a query bank (retrieval.querybank) ranks text -> image by the bank-normalised
+score, cos(q, c) - bias_c with bias_c = log sum_b exp(beta cos(b, c)) / beta over the bank's captions
+(tasks/retrieval/querybank.py), as its evaluation does. The index keeps that exactly in inner-product
+form: each image is stored as [c, -bias_c] and a text query searches with [q, 1] (an image query with
+[q, 0], a plain cosine); items.jsonl keeps each bias, and index.json the beta.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class ModelMismatchError(DataError):
 class Item:
     id: str | int
     path: str  # absolute, so a server started anywhere can show the image
+    bias: float = 0.0  # the image's query-bank term (0 without a bank)
 
 
 @dataclass
@@ -42,7 +49,7 @@ class Hit:
     position: int  # the vector's position in the index (what /images/{position} serves)
     id: str | int
     path: str
-    score: float  # what the ranking used: similarity, or similarity + ITM after re-ranking
+    score: float  # what the ranking used: similarity (- the bank term), + ITM after re-ranking
     similarity: float  # cosine of query and image embeddings
     match: float | None = None  # ITM log-odds of a match (re-ranked text queries only)
 
@@ -55,8 +62,10 @@ class ImageIndex:
     loaded_items = 0  # how many items came from disk (those added since are new)
 
     def __init__(self, index, items: list[Item], settings: IndexSettings, fingerprint: str, model_dir: str,
-                 encoder: RetrievalEncoder | None = None, skipped: SkipLog | None = None):
+                 encoder: RetrievalEncoder | None = None, skipped: SkipLog | None = None,
+                 querybank_beta: float | None = None):
         self.index, self.items, self.settings = index, items, settings
+        self.querybank_beta = querybank_beta  # None: plain cosine ranking
         self.fingerprint, self.model_dir = fingerprint, model_dir
         self.encoder = encoder
         self.skipped = skipped or SkipLog("skip")  # bad images met by the last build / add
@@ -67,8 +76,10 @@ class ImageIndex:
 
     @classmethod
     def empty(cls, encoder: RetrievalEncoder, settings: IndexSettings, training: np.ndarray) -> "ImageIndex":
-        index = fv.create(settings, encoder.dim, training)
-        return cls(index, [], settings, encoder.fingerprint, str(encoder.model_dir or ""), encoder)
+        banked = encoder.querybank is not None
+        index = fv.create(settings, encoder.dim + banked, training)
+        return cls(index, [], settings, encoder.fingerprint, str(encoder.model_dir or ""), encoder,
+                   querybank_beta=encoder.config.retrieval.querybank_beta if banked else None)
 
     def add_vectors(self, vectors: np.ndarray, items: list[Item]) -> None:
         if len(vectors) != len(items):
@@ -102,9 +113,21 @@ class ImageIndex:
                     continue
                 items.append(Item(image_id, str(path)))
             if items:
-                self.add_vectors(encoder.embed_image_tensors(torch.stack(tensors)), items)
+                self.add_vectors(*self._stored(encoder.embed_image_tensors(torch.stack(tensors)), items))
                 added += len(items)
         return added
+
+    def _stored(self, vectors: np.ndarray, items: list[Item]) -> tuple[np.ndarray, list[Item]]:
+        """Image embeddings as the index stores them: with a query bank, [c, -bias] and the bias in the item."""
+        if self.querybank_beta is None:
+            return vectors, items
+        encoder = self._encoder()
+        if encoder.querybank is None:
+            raise ConfigError("this index ranks with its model's query bank, but the model given has none "
+                              "(querybank.safetensors, retrieval.querybank): add with the model that built it")
+        bias = encoder.image_bias(vectors)
+        return (np.hstack([vectors, -bias[:, None]]),
+                [Item(item.id, item.path, float(b)) for item, b in zip(items, bias)])
 
     def _check_new_ids(self, items: list[Item]) -> None:
         """DataError on an image id already indexed or given twice: a hit names its image by id."""
@@ -126,11 +149,19 @@ class ImageIndex:
     def dim(self) -> int:
         return self.index.d
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+    def search_vectors(self, queries: np.ndarray, k: int = 10, query: str = "text") -> list[list[Hit]]:
+        """The k best images for each query embedding [Q, E], `query` "text" or "image" (an image query
+        ignores the query bank: it is not the kind of query the bank holds)."""
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        if query not in ("text", "image"):
+            raise ValueError(f"query must be 'text' or 'image', got {query!r}")
+        banked = self.querybank_beta is not None and query == "text"
+        if self.querybank_beta is not None:
+            queries = np.hstack([fv.as_matrix(queries), np.full((len(queries), 1), float(banked), np.float32)])
         scores, positions = fv.search(self.index, queries, k)
-        return [[Hit(r + 1, int(p), self.items[p].id, self.items[p].path, float(s), float(s))
+        return [[Hit(r + 1, int(p), self.items[p].id, self.items[p].path, float(s),
+                     float(s + self.items[p].bias) if banked else float(s))
                  for r, (s, p) in enumerate(zip(row_scores, row_positions)) if p >= 0]
                 for row_scores, row_positions in zip(scores, positions)]
 
@@ -140,22 +171,24 @@ class ImageIndex:
         if rerank and not encoder.can_rerank:
             raise ConfigError("this retrieval model has no matching head (model.fusion: null), so it cannot "
                               "re-rank: search without rerank")
-        hits = self.search_vectors(encoder.embed_texts(texts), k)
+        hits = self.search_vectors(encoder.embed_texts(texts), k, "text")
         return [self.rerank(text, row) for text, row in zip(texts, hits)] if rerank else hits
 
     def search_images(self, images: list, k: int = 10) -> list[list[Hit]]:
         """Image -> image: each image's k nearest indexed images (paths, bytes or PIL images)."""
-        return self.search_vectors(self._encoder().embed_images(images), k)
+        return self.search_vectors(self._encoder().embed_images(images), k, "image")
 
     def rerank(self, text: str, hits: list[Hit]) -> list[Hit]:
-        """Score = similarity + ITM log-odds for each candidate (images re-read from their paths), best first."""
+        """Score = similarity (- the bank term) + ITM log-odds for each candidate (images re-read from their
+        paths), best first."""
         if not hits:
             return hits
         encoder = self._encoder()
         images = torch.stack([encoder.image_tensor(hit.path) for hit in hits])
         similarity, itm = encoder.match(images, text)
         for hit, s, m in zip(hits, similarity, itm):
-            hit.similarity, hit.match, hit.score = float(s), float(m), float(s + m)
+            hit.similarity, hit.match = float(s), float(m)
+            hit.score = float(s - self.items[hit.position].bias + m)
         hits = sorted(hits, key=lambda h: -h.score)
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank
@@ -192,11 +225,13 @@ class ImageIndex:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         fv.write(self.index, out_dir / VECTORS)
-        (out_dir / ITEMS).write_text("".join(json.dumps({"id": i.id, "path": i.path}, ensure_ascii=False) + "\n"
-                                             for i in self.items), encoding="utf-8")
+        banked = self.querybank_beta is not None
+        rows = ({"id": i.id, "path": i.path} | ({"bias": i.bias} if banked else {}) for i in self.items)
+        (out_dir / ITEMS).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                                     encoding="utf-8")
         meta = {"format": FORMAT, "kind": self.settings.kind, "settings": self.settings.as_dict(), "dim": self.dim,
                 "count": len(self.items), "model_fingerprint": self.fingerprint, "model_dir": self.model_dir,
-                "folders": self.image_folders()}
+                "folders": self.image_folders(), "querybank_beta": self.querybank_beta}
         (out_dir / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return out_dir
 
@@ -212,7 +247,8 @@ class ImageIndex:
         try:
             settings = IndexSettings(**meta["settings"])
             fingerprint, model_dir = str(meta["model_fingerprint"]), str(meta.get("model_dir", ""))
-        except (KeyError, TypeError) as exc:
+            beta = None if meta.get("querybank_beta") is None else float(meta["querybank_beta"])
+        except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed index metadata ({exc})", path=index_dir / META) from None
         items = [_item(line, n, index_dir / ITEMS) for n, line in
                  enumerate((index_dir / ITEMS).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
@@ -225,7 +261,7 @@ class ImageIndex:
             raise DataError(f"{index.ntotal} vectors but {len(items)} items: the index directory is inconsistent",
                             path=index_dir)
         fv.apply_search_settings(index, settings)
-        found = cls(index, items, settings, fingerprint, model_dir)
+        found = cls(index, items, settings, fingerprint, model_dir, querybank_beta=beta)
         # an index written before folders were recorded: the folders of its items
         found.recorded_folders = tuple(meta.get("folders") or {str(Path(i.path).parent) for i in items})
         found.loaded_items = len(items)
@@ -245,6 +281,6 @@ def _read_json(path: Path) -> dict:
 def _item(line: str, number: int, path: Path) -> Item:
     try:
         record = json.loads(line)
-        return Item(record["id"], str(record["path"]))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        return Item(record["id"], str(record["path"]), float(record.get("bias", 0.0)))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"malformed item ({exc})", path=path, line=number) from None

@@ -256,13 +256,13 @@ class Service:
     def search_text_batch(self, queries: list[TextQuery]) -> list[list[dict]]:
         index = self.index
         vectors = self.retrieval.embed_texts([q.text for q in queries])
-        hits = index.search_vectors(vectors, max(q.k for q in queries))
+        hits = index.search_vectors(vectors, max(q.k for q in queries), "text")
         return [[h.as_dict() for h in (index.rerank(q.text, row[: q.k]) if q.rerank else row[: q.k])]
                 for q, row in zip(queries, hits)]
 
     def search_image_batch(self, queries: list[ImageQuery]) -> list[list[dict]]:
         vectors = self.retrieval.embed_image_tensors(torch.stack([q.image for q in queries]))
-        hits = self.index.search_vectors(vectors, max(q.k for q in queries))
+        hits = self.index.search_vectors(vectors, max(q.k for q in queries), "image")
         return [[h.as_dict() for h in row[: q.k]] for q, row in zip(queries, hits)]
 
     # ------------------------------------------------------------------ unbatched work (on the model thread)

@@ -26,6 +26,7 @@ import torch
 
 from ..config import Config
 from ..errors import VLFuseError
+from ..progress import format_seconds
 
 TIME_CAP, INTERRUPTED, EARLY = "time cap", "interrupted", "early stopping"
 
@@ -172,14 +173,6 @@ def rescale_lr(trainer: L.Trainer, factor: float) -> None:
             group["lr"] *= factor
             if "initial_lr" in group:
                 group["initial_lr"] *= factor
-
-
-def format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
 
 
 def print_line(line: str, trainer: L.Trainer) -> None:

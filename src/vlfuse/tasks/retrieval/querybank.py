@@ -36,7 +36,7 @@ def load_querybank(model_dir: Path) -> dict[str, torch.Tensor] | None:
     return load_file(str(path)) if path.is_file() else None
 
 
-def _bank_norm(bank: torch.Tensor, gallery: torch.Tensor, beta: float, chunk: int = 4096) -> torch.Tensor:
+def bank_norm(bank: torch.Tensor, gallery: torch.Tensor, beta: float, chunk: int = 4096) -> torch.Tensor:
     """log sum_b exp(beta * cos(b, g)) for each gallery row g [G, E] -> [G] (in chunks: banks are large)."""
     return torch.cat([torch.logsumexp(beta * (gallery[s: s + chunk] @ bank.T), 1)
                       for s in range(0, len(gallery), chunk)]) if len(gallery) else gallery.new_zeros(0)
@@ -46,6 +46,6 @@ def normalised_scores(images: torch.Tensor, texts: torch.Tensor, bank: dict[str,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(image -> text scores [I, T], text -> image scores [I, T]) of unit embeddings, bank-normalised."""
     scaled = beta * (images @ texts.T)
-    i2t = scaled - _bank_norm(bank["images"], texts, beta)[None, :]  # gallery: the captions
-    t2i = scaled - _bank_norm(bank["texts"], images, beta)[:, None]  # gallery: the images
+    i2t = scaled - bank_norm(bank["images"], texts, beta)[None, :]  # gallery: the captions
+    t2i = scaled - bank_norm(bank["texts"], images, beta)[:, None]  # gallery: the images
     return i2t, t2i

@@ -1,4 +1,5 @@
-"""How task retrieval's metrics print: Recall@K and median / mean rank, each direction, both stages."""
+"""How task retrieval's metrics print: Recall@K and median / mean rank, each direction, each stage
+(the embeddings, then the query bank's normalisation and the re-ranking when the run has them)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ def format_retrieval_metrics(metrics: dict) -> str:
     for col in ("stage", "direction", *(f"R@{k} %" for k in ks), "median rank", "mean rank"):
         table.add_column(col, no_wrap=True)
     stages = [("embeddings", metrics["first_stage"])]
+    if metrics.get("querybank"):
+        stages.append(("query bank", metrics["querybank"]))  # its beta: eval.json
     if metrics.get("reranked"):
         stages.append((f"re-ranked@{metrics['rerank_k']}", metrics["reranked"]))
     for stage, m in stages:

@@ -65,7 +65,7 @@ def prepare_vqa(config: Config, model_dir: Path, resume: bool, progress: bool) -
     scenes = training_scene_graphs(config, train=train_read, val=val_read)  # {} without data.scene_graphs
     # None without data.knowledge_graph; per_image: each image's own graph (data.knowledge_graph: per_sample)
     knowledge, per_image = training_knowledge_graph(config, train=train_read, val=val_read)
-    graphs = join_scene_graphs(scenes, knowledge, config.data.knowledge_hops, per_image)
+    graphs = join_scene_graphs(scenes, knowledge, config.data.knowledge_hops, per_image, config.data.knowledge_facts)
     tokenizer, answers = vocabularies(config, train_read.samples, model_dir, resume, entity_names(graphs))
     save_vocabularies(model_dir, config, tokenizer, answers)
     save_knowledge_graph(model_dir, knowledge)

@@ -156,6 +156,7 @@ def test_cli_trains_evaluates_and_predicts_with_one_knowledge_graph(cli_main, kg
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["knowledge_graph"]["triples"] == 9 and run["knowledge_graph"]["relations"] == ["has_weight", "made_of"]
     assert run["knowledge_graph"]["entities_per_image"] > 6  # the colours, weights, shapes, materials of a scene
+    assert run["knowledge_graph"]["facts_per_image"] == 0  # no fact nodes unless data.knowledge_facts
     model_dir = tmp_path / "run" / "model"
     saved = json.loads((model_dir / "knowledge_graph.json").read_text())
     first = json.loads((kg_data / "kg" / "graphs" / "train_000.jsonl").read_text().splitlines()[0])
@@ -199,6 +200,7 @@ def test_cli_trains_evaluates_and_predicts_with_a_graph_per_sample(cli_main, kg_
              for line in (kg_data / "kg" / f"{split}.jsonl").read_text().splitlines()}
     assert run["source"] == "per_sample" and run["graphs"] == len(named) > 1 and run["triples"] == 9
     assert run["relations"] == ["has_weight", "made_of"] and run["entities_per_image"] > 6
+    assert run["facts_per_image"] >= 6  # with fact nodes: at least each object's weight (a colour each)
     model_dir = tmp_path / "run" / "model"
     assert json.loads((model_dir / "knowledge_graph.json").read_text()) == {
         "source": "per_sample", "relations": ["has_weight", "made_of"], "triples": []}

@@ -400,12 +400,18 @@ def image_knowledge_graphs(saved, config, split: str, samples) -> dict | None:
 
 def knowledge_graph_summary(graph: KnowledgeGraph, graphs: dict, scenes: dict, per_image: dict) -> dict:
     """For run.json: the graph's size (per_sample: how many graphs, triples on average) and how many of
-    its entities joined each image, on average."""
-    added = [len(g.names) - len(scenes[p].names) for p, g in graphs.items()]
+    its entities and fact nodes (data.knowledge_facts) joined each image, on average."""
+    entities, facts = [], []
+    for path, joined in graphs.items():
+        own = set((per_image.get(path) or graph).entities)
+        added = joined.names[len(scenes[path].names):]
+        facts.append(sum(name not in own for name in added))  # a fact node's name is no entity's
+        entities.append(len(added) - facts[-1])
     sizes = {"triples": len(graph.triples), "entities": len(graph.entities)}
     if per_image:
         distinct = {id(g): g for g in per_image.values()}.values()
         sizes = {"graphs": len(distinct), "triples": round(sum(len(g.triples) for g in distinct) / len(distinct), 2),
                  "entities": round(sum(len(g.entities) for g in distinct) / len(distinct), 2)}
     return {"source": graph.source, **sizes, "relations": list(graph.vocabulary),
-            "entities_per_image": round(sum(added) / max(len(added), 1), 2)}
+            "entities_per_image": round(sum(entities) / max(len(entities), 1), 2),
+            "facts_per_image": round(sum(facts) / max(len(facts), 1), 2)}

@@ -254,11 +254,13 @@ def generate(
                                                "grid with each text beside its images."),
     n: int = typer.Option(1, "--n", help="Images per text."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed: the same seed and texts give the same images."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: "
+                                             "the model's generation.guidance; 1 = none)."),
 ) -> None:
     """Draw images from descriptions with a text-to-image model (task generation)."""
     from .tasks.generation.predict import caption_grid, generate as draw, load_generator
 
-    generator = load_generator(model_dir)
+    generator = load_generator(model_dir, guidance)
     rows = [(t, draw(generator, t, n, seed)) for t in text]
     picture = rows[0][1][0] if len(rows) == 1 and n == 1 else caption_grid(rows)
     out.parent.mkdir(parents=True, exist_ok=True)

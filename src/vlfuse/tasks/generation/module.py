@@ -23,7 +23,7 @@ from ...train.optim import configure_adamw
 from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
 from ..base import TaskModule
 from .data import caption_datasets, caption_tokenizer, read_train_val
-from .model import TextToImage
+from .model import TextToImage, fit_palette
 from .predict import build_generator
 
 
@@ -55,12 +55,15 @@ class GenerationModule(TaskModule):
             out = self.model.vqvae(images)
             used = out["codes"].unique().numel() / self.task.codes
             return {"loss": out["reconstruction"] + self.task.commitment * out["commitment"],
-                    "reconstruction": out["reconstruction"], "commitment": out["commitment"],
+                    "reconstruction": out["reconstruction"], "mse": out["mse"], "commitment": out["commitment"],
                     "codes_used": torch.tensor(used)}
         self.model.vqvae.eval()  # frozen: no codebook updates, no gradient
         with torch.no_grad():
             codes = self.model.vqvae.encode(images)
-        logits = self.model.prior(codes, batch["input_ids"], batch["attention_mask"]).float()
+        drop = None
+        if self.training and self.task.caption_dropout:  # "no caption" rows: what guidance compares with
+            drop = torch.rand(len(codes), device=codes.device) < self.task.caption_dropout
+        logits = self.model.prior(codes, batch["input_ids"], batch["attention_mask"], drop).float()
         ce = F.cross_entropy(logits.flatten(0, 1), codes.flatten())
         accuracy = (logits.argmax(-1) == codes.flatten(1)).float().mean()
         return {"loss": ce, "prior_ce": ce, "prior_acc": accuracy}
@@ -84,8 +87,12 @@ def prepare_generation(config: Config, model_dir: Path, resume: bool, progress: 
     train_read, val_read = read_train_val(config)
     tokenizer = caption_tokenizer(train_read, model_dir, resume)
     save_vocabularies(model_dir, config, tokenizer, None)
+    if g.palette == 1 or g.palette < 0:
+        raise ConfigError(f"config key 'generation.palette' must be 0 (paint RGB) or at least 2 colours, got {g.palette}")
     model = build_generator(config, tokenizer.get_vocab_size())
     train_set, val_set = caption_datasets(config, tokenizer, train_read, val_read, progress)
+    if g.palette and not resume:  # a resumed run reads its palette back with its weights
+        model.vqvae.palette.copy_(fit_palette(train_set.images, g.palette, config.seed))
     warn_skipped(train=train_read, val=val_read)
     per_epoch = steps_per_epoch(config, len(train_set))
     vq_steps, total = per_epoch * g.vq_epochs, per_epoch * epochs

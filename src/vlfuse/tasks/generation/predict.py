@@ -31,19 +31,32 @@ def build_generator(config: Config, vocab_size: int) -> TextToImage:
     if size % 2 ** g.downsample:
         raise ConfigError(f"config key 'data.image_size' ({size}) must be a multiple of 2 ** generation.downsample "
                           f"({2 ** g.downsample})")
+    _check_guidance(g.guidance, g.caption_dropout > 0)
+    if not 0 <= g.caption_dropout < 1:
+        raise ConfigError(f"config key 'generation.caption_dropout' must be in [0, 1), got {g.caption_dropout}")
     if config.model.dim % g.heads:
         raise ConfigError(f"config key 'model.dim' ({config.model.dim}) must be a multiple of generation.heads "
                           f"({g.heads})")
     return TextToImage(vocab_size, size, g.codes, g.code_dim, g.channels, g.downsample, config.model.dim, g.layers,
-                       g.heads, g.text_layers, config.data.max_question_length)
+                       g.heads, g.text_layers, config.data.max_question_length, g.palette, g.caption_dropout > 0)
 
 
-def load_generator(model_dir: str | Path) -> Generator:
-    """A saved generation model (config.yaml, tokenizer.json, model.safetensors); never runs code from it."""
+def _check_guidance(guidance: float, unconditional: bool) -> None:
+    if guidance != 1 and not unconditional:
+        raise ConfigError(f"config key 'generation.guidance' ({guidance}) needs a model trained with "
+                          "generation.caption_dropout > 0 (it learns the 'no caption' context guidance compares "
+                          "with); set generation.guidance: 1")
+
+
+def load_generator(model_dir: str | Path, guidance: float | None = None) -> Generator:
+    """A saved generation model (config.yaml, tokenizer.json, model.safetensors); never runs code from it.
+    `guidance`: sample with this classifier-free guidance scale instead of the saved one."""
     from safetensors.torch import load_model
 
     path = Path(model_dir)
     config = checked_model_dir(path, [CONFIG, TOKENIZER, WEIGHTS], "generation")
+    if guidance is not None:
+        config.generation.guidance = guidance
     tokenizer = load_tokenizer(path / TOKENIZER)
     model = build_generator(config, tokenizer.get_vocab_size())
     try:
@@ -59,12 +72,13 @@ def generate_tensors(generator: Generator, texts: list[str], seed: int = 0, batc
     if not texts or any(not t.strip() for t in texts):
         raise ConfigError("--text: give a non-empty description")
     g = generator.config.generation
+    _check_guidance(g.guidance, hasattr(generator.model.prior, "null_text"))
     ids = encode_ids(generator.tokenizer, texts, generator.config.data.max_question_length)
     rng = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(texts), batch):
         input_ids, mask = pad_ids(ids[start: start + batch])
-        out.append(generator.model.generate(input_ids, mask, g.temperature, g.top_k, rng))
+        out.append(generator.model.generate(input_ids, mask, g.temperature, g.top_k, rng, g.guidance))
     return torch.cat(out)
 
 

@@ -162,7 +162,7 @@ def test_efficientnet_tuned_blocks_split_the_backbone_and_only_the_top_trains(we
     tuned.proj.load_state_dict(whole.proj.state_dict())
     images = torch.rand(2, 3, 64, 64)
     below = tuned.frozen_features(images)
-    assert below.shape == (2, 192, 7, 7)  # the output of block 13 of 16: what a feature cache stores
+    assert below.shape == (2, 192, 7, 7)  # the output of block 14 of 16: what a feature cache stores
     with torch.no_grad():  # the split is exact: below + top = the whole backbone
         torch.testing.assert_close(tuned.eval().from_frozen(below).tokens, whole(images).tokens)
     top = {id(p) for m in (*tuned.backbone._blocks[-2:], tuned.backbone._conv_head, tuned.backbone._bn1)

@@ -136,6 +136,7 @@ class FeatureCache:
     @classmethod
     def for_encoder(cls, root: str | Path, encoder: torch.nn.Module, image_size: int) -> "FeatureCache":
         description = {"encoder": type(encoder).__name__, "image_size": image_size,
+                       "tune_blocks": getattr(encoder, "tune_blocks", 0),
                        "encoder_fingerprint": encoder.frozen_fingerprint() if hasattr(encoder, "frozen_fingerprint")
                        else None}
         return cls(root, encoder_fingerprint(encoder, image_size), description)

@@ -193,7 +193,7 @@ def test_efficientnet_cache_fingerprint_follows_the_frozen_part_only(weights_fil
 @pytest.mark.parametrize("kwargs,match", [({"tune_blocks": 17}, r"must be in 0\.\.16"),
                                           ({"tune_blocks": 1, "freeze": False}, "needs freeze: true")])
 def test_efficientnet_tune_blocks_bad_values_name_the_key(weights_file, kwargs, match):
-    with pytest.raises(ConfigError, match=f"model.image_encoder.tune_blocks.*{match}|{match}"):
+    with pytest.raises(ConfigError, match=f"model.image_encoder.tune_blocks' {match}"):
         EfficientNetImageEncoder(dim=8, **kwargs)
 
 

@@ -256,11 +256,15 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Sampling seed: the same seed and texts give the same images."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: "
                                              "the model's generation.guidance; 1 = none)."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="Draw this many images for each one "
+                                             "kept: the best match under --ranker (default: generation.candidates)."),
+    ranker: Optional[Path] = typer.Option(None, "--ranker", help="A trained retrieval model directory that picks "
+                                          "the best candidate (default: generation.ranker)."),
 ) -> None:
     """Draw images from descriptions with a text-to-image model (task generation)."""
     from .tasks.generation.predict import caption_grid, generate as draw, load_generator
 
-    generator = load_generator(model_dir, guidance)
+    generator = load_generator(model_dir, guidance, candidates, ranker)
     rows = [(t, draw(generator, t, n, seed)) for t in text]
     picture = rows[0][1][0] if len(rows) == 1 and n == 1 else caption_grid(rows)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -191,6 +191,13 @@ class CaptioningConfig:
     # metric (e.g. cider_d, bleu_4) instead of the last epoch's; null: no caption decoding during training.
     select_on: Literal["bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"] | None = None
     patience: int | None = None  # with select_on: stop after this many validations without a better score
+    # Self-critical sequence training (tasks/captioning/scst.py): the last scst_epochs of train.epochs
+    # maximise the CIDEr-D of scst_samples captions sampled per image, at their own learning rate
+    # (warm-up and cosine decay again); they start from the best weights so far (select_on), and
+    # patience stops only this stage. 0: cross-entropy throughout.
+    scst_epochs: int = 0
+    scst_samples: int = 5
+    scst_lr: float = 5e-5
 
 
 @dataclass
@@ -316,7 +323,11 @@ class GenerationConfig:
     # follows it harder (needs caption_dropout > 0 in training)
     guidance: float = 1.0
     top_k: int | None = 32
-    eval_batch: int = 100  # captions generated at once in evaluation
+    # generate-then-rank (DALL·E's reranking): draw this many images per caption and keep the one the
+    # retrieval model in `ranker` (a trained model directory) matches best; 1: no ranking
+    candidates: int = 1
+    ranker: str | None = None
+    eval_batch: int = 100  # images generated at once
     # evaluation: a trained retrieval model directory; adds the R@1 of each generated image against its
     # caption among 100 captions of the split (its own and 99 others)
     retrieval_model: str | None = None
@@ -403,6 +414,7 @@ RANGES = {
     "generation.channels": _AT_LEAST_1, "generation.downsample": (1, 5, True), "generation.commitment": _NON_NEGATIVE,
     "generation.layers": _AT_LEAST_1, "generation.heads": _AT_LEAST_1, "generation.text_layers": _NON_NEGATIVE,
     "generation.temperature": _POSITIVE, "generation.top_k": _AT_LEAST_1, "generation.eval_batch": _AT_LEAST_1,
+    "generation.candidates": _AT_LEAST_1,
 }
 
 

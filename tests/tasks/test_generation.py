@@ -11,11 +11,12 @@ from PIL import Image
 
 from vlfuse.config import load_config
 from vlfuse.data.shapes import caption, random_scene, render
-from vlfuse.errors import ConfigError
+from vlfuse.errors import ConfigError, DataError
 from vlfuse.tasks.generation.faithfulness import NamedObject, read_caption, read_images, score
 from vlfuse.tasks.generation.model import VQVAE, TextToCodes, TextToImage, fit_palette, nearest_colour
-from vlfuse.tasks.generation.module import stage_schedule
-from vlfuse.tasks.generation.predict import build_generator, load_generator
+from vlfuse.train.optim import stage_schedule
+from vlfuse.tasks.generation.predict import Generator, build_generator, generate_tensors, load_generator
+from vlfuse.tasks.generation.rank import Ranker, best_of
 
 
 def _scenes(n: int, seed: int = 0):
@@ -176,8 +177,53 @@ def test_generate_is_seeded_and_padding_free():
     assert torch.allclose(model.generate(padded_ids, padded_mask, generator=torch.Generator().manual_seed(3)), first)
 
 
+def test_best_of_keeps_each_texts_highest_scored_candidate():
+    candidates = torch.arange(2 * 3, dtype=torch.float).view(2, 3, 1, 1, 1).expand(2, 3, 3, 2, 2)
+    picked = best_of(candidates, torch.tensor([[0.1, 0.9, 0.3], [0.5, -1.0, 0.7]]))
+    assert picked.shape == (2, 3, 2, 2) and picked[0].eq(1).all() and picked[1].eq(5).all()
+
+
+def _tiny_generator(**generation) -> Generator:
+    config = load_config("configs/generation_shapes.yaml", ["data.image_size=32", "model.dim=16",
+                                                            "generation.codes=8", "generation.code_dim=4",
+                                                            "generation.channels=8", "generation.layers=1",
+                                                            "generation.heads=2", "generation.text_layers=1",
+                                                            "generation.guidance=1", "generation.top_k=8",
+                                                            *[f"generation.{k}={v}" for k, v in generation.items()]])
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[UNK]", "a", "red", "blue", "circle", "square", "at", "the", "top", "left", "right"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    return Generator(build_generator(config, len(words)).eval(), config, tokenizer)
+
+
+def test_generate_then_rank_keeps_the_rankers_best_candidate(trained_retrieval):
+    texts = ["a red circle at the top left", "a blue square at the right"]
+    k = 4
+    ranked = generate_tensors(_tiny_generator(candidates=k, ranker=trained_retrieval.model_dir), texts, seed=5)
+    # the same draws without ranking: each text's k candidates side by side, one random stream
+    drawn = generate_tensors(_tiny_generator(), [t for t in texts for _ in range(k)], seed=5)
+    scores = Ranker(trained_retrieval.model_dir).match(drawn, [t for t in texts for _ in range(k)]).view(2, k)
+    assert ranked.shape == (2, 3, 32, 32)
+    for i in range(2):
+        assert torch.equal(ranked[i], drawn[i * k + int(scores[i].argmax())])
+    assert len({drawn[j].sum().item() for j in range(k)}) > 1  # the candidates differ, so the pick matters
+
+
+def test_generate_then_rank_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="generation.candidates.*generation.ranker"):
+        generate_tensors(_tiny_generator(candidates=3), ["a red circle"])
+    with pytest.raises(ConfigError, match="generation.candidates"):
+        load_config("configs/generation_shapes.yaml", ["generation.candidates=0"])
+    with pytest.raises(DataError, match="not a vlfuse model directory") as error:
+        generate_tensors(_tiny_generator(candidates=2, ranker=tmp_path), ["a red circle"])
+    assert str(tmp_path) in str(error.value)
+
+
 def test_stage_schedule_restarts_for_the_prior():
-    factor = stage_schedule(warmup=2, vq_steps=10, total_steps=30)
+    factor = stage_schedule(warmup=2, second_stage=10, total_steps=30)
     assert factor(0) == 0.5 and factor(1) == 1.0 and factor(9) < 0.1
     assert factor(10) == 0.5 and factor(11) == 1.0 and factor(29) < 0.1
 
@@ -228,7 +274,7 @@ def test_config_checks(tmp_path):
     assert config.task == "generation" and config.generation.vq_epochs < config.train.epochs
 
 
-def test_train_generate_eval_through_the_cli(cli_main, shapes_root, tmp_path):
+def test_train_generate_eval_through_the_cli(cli_main, shapes_root, tmp_path, trained_retrieval):
     run = tmp_path / "run"
     sizes = ["data.image_size=32", "model.dim=16", "generation.codes=8", "generation.code_dim=4",
              "generation.channels=8", "generation.layers=1", "generation.heads=2", "generation.text_layers=1",
@@ -254,5 +300,15 @@ def test_train_generate_eval_through_the_cli(cli_main, shapes_root, tmp_path):
     assert guided.returncode == 0, guided.stderr[-2000:]
     palette = {tuple(c) for c in (load_generator(run / "model").model.vqvae.palette * 255).round().int().tolist()}
     assert set(Image.open(again).getdata()) <= palette  # painted in the palette fitted to the training scenes
+    ranked = cli_main("generate", run / "model", "--text", text, "--out", again, "--candidates", "3",
+                      "--ranker", trained_retrieval.model_dir)
+    assert ranked.returncode == 0 and Image.open(again).size == (32, 32), ranked.stderr[-2000:]
+    judged = cli_main("eval", run / "model", "--out", tmp_path / "ranked.json", "--set", "generation.candidates=2",
+                      "--set", f"generation.ranker={trained_retrieval.model_dir}",
+                      "--set", f"generation.retrieval_model={trained_retrieval.model_dir}")
+    assert judged.returncode == 0 and "best of 2" in judged.stdout, judged.stderr[-2000:]
+    ranked_metrics = json.loads((tmp_path / "ranked.json").read_text())
+    assert ranked_metrics["candidates"] == 2 and 0 <= ranked_metrics["retrieval"]["generated_r1"] <= 1
+    assert ranked_metrics["retrieval"]["judge_is_ranker"] and "not an independent test" in judged.stdout
     bad = cli_main("generate", run / "model", "--text", " ", "--out", one)
     assert bad.returncode != 0 and "error:" in bad.stderr and "--text" in bad.stderr

@@ -1,6 +1,7 @@
 """Batched caption search over any decoder with start / step / select (see heads.caption_decoders).
 
-Greedy search takes the most likely token at each step. Beam search keeps `beam_size` prefixes
+Greedy search takes the most likely token at each step; sampling draws it from the decoder's
+distribution (self-critical training). Beam search keeps `beam_size` prefixes
 per image; a candidate ending in EOS among the top `beam_size` becomes a finished hypothesis (the
 best `beam_size` are kept). Hypotheses are ranked by their summed log-probability divided by the
 GNMT length penalty (Wu et al. 2016, "Google's Neural Machine Translation System"):
@@ -65,6 +66,23 @@ def _blocked_at(blocked: tuple[int, ...], eos: int, t: int, min_length: int) -> 
 def greedy_search(decoder, image: Features, bos: int, eos: int, max_length: int, blocked: tuple[int, ...] = (),
                   min_length: int = 1) -> Generated:
     """The most likely next token at every step, for every image of the batch at once."""
+    return _token_by_token(decoder, image, bos, eos, max_length, blocked, min_length, lambda p: p.max(-1))
+
+
+@torch.no_grad()
+def sample_search(decoder, image: Features, bos: int, eos: int, max_length: int, blocked: tuple[int, ...] = (),
+                  min_length: int = 1, generator: torch.Generator | None = None) -> Generated:
+    """Each next token drawn from the decoder's distribution (self-critical training's samples); the same
+    generator state draws the same captions."""
+    def draw(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        token = torch.multinomial(log_probs.exp(), 1, generator=generator)
+        return log_probs.gather(1, token).squeeze(1), token.squeeze(1)
+    return _token_by_token(decoder, image, bos, eos, max_length, blocked, min_length, draw)
+
+
+def _token_by_token(decoder, image: Features, bos: int, eos: int, max_length: int, blocked: tuple[int, ...],
+                    min_length: int, choose) -> Generated:
+    """One caption per image, every image of the batch at once; choose(log_probs [B, V]) -> (log-prob, token)."""
     _check(max_length)
     batch = image.tokens.shape[0]
     device = image.tokens.device
@@ -75,7 +93,7 @@ def greedy_search(decoder, image: Features, bos: int, eos: int, max_length: int,
     scores = torch.zeros(batch, device=device)
     for t in range(max_length):
         log_probs, state = _next_log_probs(decoder, state, tokens, _blocked_at(blocked, eos, t, min_length))
-        best, token = log_probs.max(-1)
+        best, token = choose(log_probs)
         scores += torch.where(finished, torch.zeros_like(best), best)
         token = token.masked_fill(finished, eos)  # finished rows repeat EOS, outside their caption
         ended = ~finished & (token == eos)

@@ -127,35 +127,47 @@ def rouge_l(candidates: Sequence[str], references: Sequence[Sequence[str]], beta
     return sum(scores) / len(scores)
 
 
+class CiderD:
+    """CIDEr-D with its idf fixed by a corpus of reference lists (see the module docstring), for scoring
+    many candidate batches on one scale (self-critical training's reward: the training references).
+    Sentences are token lists: any hashable tokens (words, or a tokenizer's ids)."""
+
+    def __init__(self, corpus: Sequence[Sequence[Sequence]], sigma: float = 6.0, max_n: int = 4):
+        self.sigma, self.max_n = sigma, max_n
+        self.doc_freq = Counter()
+        for rs in corpus:
+            self.doc_freq.update({g for r in rs for n in range(1, max_n + 1) for g in _ngrams(r, n)})
+        self.log_images = math.log(len(corpus))
+
+    def _vectors(self, tokens: Sequence) -> list[tuple[dict, float]]:
+        out = []
+        for n in range(1, self.max_n + 1):
+            vec = {g: k * (self.log_images - math.log(max(1, self.doc_freq[g]))) for g, k in _ngrams(tokens, n).items()}
+            out.append((vec, math.sqrt(sum(v * v for v in vec.values()))))
+        return out
+
+    def scores(self, candidates: Sequence[Sequence], references: Sequence[Sequence[Sequence]]) -> list[float]:
+        """CIDEr-D of candidate i against references[i], for every i."""
+        scores = []
+        for c, rs in zip(candidates, references):
+            cand_vecs, total = self._vectors(c), 0.0
+            for r in rs:
+                penalty = math.exp(-((len(c) - len(r)) ** 2) / (2 * self.sigma ** 2))
+                for (gc, norm_c), (gr, norm_r) in zip(cand_vecs, self._vectors(r)):
+                    if norm_c and norm_r:
+                        # "-D": the candidate's weight is clipped to the reference's, so repeating a
+                        # word cannot raise the score
+                        dot = sum(min(v, gr.get(g, 0.0)) * gr.get(g, 0.0) for g, v in gc.items())
+                        total += penalty * dot / (norm_c * norm_r)
+            scores.append(10.0 * total / (self.max_n * len(rs)))
+        return scores
+
+
 def cider_d_scores(candidates: Sequence[str], references: Sequence[Sequence[str]], sigma: float = 6.0,
                    max_n: int = 4) -> list[float]:
     """CIDEr-D of each candidate, idf taken from all the references given (see the module docstring)."""
     cands, refs = _prepare(candidates, references)
-    doc_freq = Counter()
-    for rs in refs:
-        doc_freq.update({g for r in rs for n in range(1, max_n + 1) for g in _ngrams(r, n)})
-    log_images = math.log(len(refs))
-
-    def vectors(tokens: list[str]) -> list[tuple[dict, float]]:
-        out = []
-        for n in range(1, max_n + 1):
-            vec = {g: k * (log_images - math.log(max(1, doc_freq[g]))) for g, k in _ngrams(tokens, n).items()}
-            out.append((vec, math.sqrt(sum(v * v for v in vec.values()))))
-        return out
-
-    scores = []
-    for c, rs in zip(cands, refs):
-        cand_vecs, total = vectors(c), 0.0
-        for r in rs:
-            penalty = math.exp(-((len(c) - len(r)) ** 2) / (2 * sigma ** 2))
-            for (gc, norm_c), (gr, norm_r) in zip(cand_vecs, vectors(r)):
-                if norm_c and norm_r:
-                    # "-D": the candidate's weight is clipped to the reference's, so repeating a
-                    # word cannot raise the score
-                    dot = sum(min(v, gr.get(g, 0.0)) * gr.get(g, 0.0) for g, v in gc.items())
-                    total += penalty * dot / (norm_c * norm_r)
-        scores.append(10.0 * total / (max_n * len(rs)))
-    return scores
+    return CiderD(refs, sigma, max_n).scores(cands, refs)
 
 
 def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], sigma: float = 6.0) -> float:

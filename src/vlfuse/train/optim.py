@@ -32,3 +32,22 @@ def configure_adamw(model: nn.Module, cfg: TrainConfig, total_steps: int) -> dic
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def stage_schedule(warmup: int, second_stage: int, total_steps: int, second_scale: float = 1.0):
+    """LR factor of a step for a run of two stages (steps before `second_stage`, then the rest): warm-up
+    then cosine to 0 in each, the second stage's factor times `second_scale` (its own learning rate)."""
+    def factor(step: int) -> float:
+        start, end, scale = (0, second_stage, 1.0) if step < second_stage else (second_stage, total_steps,
+                                                                                 second_scale)
+        local, length = step - start, max(1, end - start)
+        if local < warmup:
+            return scale * (local + 1) / warmup
+        return scale * 0.5 * (1 + math.cos(math.pi * min(1.0, (local - warmup) / max(1, length - warmup))))
+    return factor
+
+
+def with_schedule(config: dict, factor) -> dict:
+    """configure_adamw's dict with its learning-rate schedule replaced by `factor(step)`."""
+    config["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(config["optimizer"], factor)
+    return config

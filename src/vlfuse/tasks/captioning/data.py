@@ -77,6 +77,12 @@ def check_captioning_config(config: Config) -> None:
     if c.patience is not None and (c.patience < 1 or c.select_on is None):
         raise ConfigError(f"config key 'captioning.patience' must be >= 1 and needs captioning.select_on, got "
                           f"{c.patience} (select_on: {c.select_on})")
+    if not 0 <= c.scst_epochs < config.train.epochs:
+        raise ConfigError(f"config key 'captioning.scst_epochs' must be in [0, train.epochs = {config.train.epochs}): "
+                          f"the epochs before it train by cross-entropy, got {c.scst_epochs}")
+    if c.scst_epochs and (c.scst_samples < 2 or c.scst_lr <= 0):
+        raise ConfigError(f"config keys 'captioning.scst_samples' (>= 2: each sample's baseline is the others') and "
+                          f"'captioning.scst_lr' (> 0), got {c.scst_samples} and {c.scst_lr}")
     if c.select_on is not None and config.data.val is None:
         raise ConfigError("config key 'captioning.select_on' needs a val split (data.val) to caption and score")
     if config.data.max_question_length < 3:

@@ -1,5 +1,6 @@
-"""Task captioning's LightningModule (teacher-forced cross-entropy; with captioning.select_on, the
-best-scoring weights on val captions are kept) and `prepare_captioning`."""
+"""Task captioning's LightningModule (teacher-forced cross-entropy, then optionally self-critical
+training; with captioning.select_on, the best-scoring weights on val captions are kept) and
+`prepare_captioning`."""
 
 from __future__ import annotations
 
@@ -18,26 +19,44 @@ from ...metrics.captioning import caption_metrics
 from ...models.captioning import CaptioningModel, generation_length
 from ...models.factory import build_captioning_model
 from ...models.saved import save_model_dir, save_vocabularies
+from ...train.optim import configure_adamw, stage_schedule, with_schedule
 from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
 from ..base import TaskModule, captioned_split, run_summary
 from .data import (IGNORE_INDEX, CaptioningDataset, caption_loss, caption_tokenizer, check_captioning_config,
                    collate_captions, teacher_forcing_targets)
 from .predict import decode_captions
+from .scst import SelfCritical
 
 
 class CaptioningModule(TaskModule):
-    """Teacher-forced training; with `val_captions` (captioning.select_on), each validation also
-    captions the val images and the best-scoring weights are kept, restored when training ends."""
+    """Teacher-forced training; with `self_critical`, the steps from `scst_step` on train by SCST instead
+    (validation keeps the cross-entropy loss). With `val_captions` (captioning.select_on), each
+    validation also captions the val images and the best-scoring weights are kept, restored when
+    training ends and when the SCST stage begins."""
 
-    shown = ("loss", "token_acc")
+    shown = ("loss", "token_acc", "reward")
 
     def __init__(self, model: CaptioningModel, task: CaptioningConfig, train_config: TrainConfig, total_steps: int,
-                 val_captions: "ValCaptions | None" = None):
-        super().__init__(model, train_config, total_steps)
-        self.task, self.val_captions = task, val_captions
+                 val_captions: "ValCaptions | None" = None, self_critical: SelfCritical | None = None,
+                 scst_step: int | None = None, seed: int = 0):
+        super().__init__(model, train_config, total_steps, seed)
+        self.task, self.val_captions, self.self_critical = task, val_captions, self_critical
+        self.scst_step = total_steps if self_critical is None else scst_step
         self.best = {"score": -math.inf, "epoch": -1, "weights": {}, "stale": 0}
 
+    @property
+    def in_scst(self) -> bool:
+        return self.global_step >= self.scst_step
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.global_step == self.scst_step and self.best["weights"]:  # SCST starts from the best weights
+            self.model.load_state_dict(self.best["weights"], strict=False)
+            self.best["stale"] = 0
+        return super().training_step(batch, batch_idx)
+
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        if self.training and self.in_scst:
+            return self.self_critical.losses(self.model, batch, self.generator())
         inputs, targets = teacher_forcing_targets(batch["input_ids"], batch["attention_mask"])
         logits = self.model(batch.get("images"), inputs, batch["image_index"], batch.get("image_features"))
         real = targets != IGNORE_INDEX
@@ -57,7 +76,9 @@ class CaptioningModule(TaskModule):
             self.best["stale"] = 0
         else:
             self.best["stale"] += 1
-            if self.task.patience is not None and self.best["stale"] >= self.task.patience:
+            # patience never skips the SCST stage: it stops only once SCST steps have been trained
+            last_stage = self.self_critical is None or self.global_step > self.scst_step
+            if self.task.patience is not None and self.best["stale"] >= self.task.patience and last_stage:
                 self.trainer.should_stop = True
 
     def _keep_if_best(self, score: float) -> bool:
@@ -75,6 +96,13 @@ class CaptioningModule(TaskModule):
             self._keep_if_best(self.val_captions.score(self.model, self.task)[self.task.select_on])
         if self.best["weights"]:  # the selected weights are the ones exported
             self.model.load_state_dict(self.best["weights"], strict=False)
+
+    def configure_optimizers(self):
+        config = configure_adamw(self.model, self.cfg, self.total_steps)
+        if self.self_critical is None:
+            return config
+        return with_schedule(config, stage_schedule(self.cfg.warmup_steps, self.scst_step, self.total_steps,
+                                                    self.task.scst_lr / self.cfg.lr))
 
     # The best weights so far travel in the checkpoint, so a resumed run selects among every epoch.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -125,8 +153,13 @@ def prepare_captioning(config: Config, model_dir: Path, resume: bool, progress: 
 
     val_captions = ValCaptions(val_set, tokenizer, config, loader is not None) \
         if config.captioning.select_on and val_set is not None and len(val_set) else None
-    module = CaptioningModule(model, config.captioning, config.train,
-                              steps_per_epoch(config, len(train_set)) * config.train.epochs, val_captions)
+    per_epoch, c = steps_per_epoch(config, len(train_set)), config.captioning
+    starts = train_set.first_caption
+    self_critical = SelfCritical([train_set.caption_ids[a:b] for a, b in zip(starts, starts[1:])],
+                                 CaptionSpecials.of(tokenizer), c.scst_samples, generation_length(config)) \
+        if c.scst_epochs else None
+    module = CaptioningModule(model, c, config.train, per_epoch * config.train.epochs, val_captions, self_critical,
+                              per_epoch * (config.train.epochs - c.scst_epochs), config.seed)
     summary = run_summary("captioning", model, tokenizer, captioned_split(train_set, train_read),
                           None if val_set is None else captioned_split(val_set, val_read))
     datamodule = EpochDataModule(train_set, val_set, config, feature_collate(config, collate_captions))

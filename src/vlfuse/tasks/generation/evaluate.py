@@ -1,4 +1,5 @@
-"""Task generation's evaluation: draw one image per held-out caption and check it against the caption.
+"""Task generation's evaluation: draw one image per held-out caption (the best of generation.candidates
+when generation.ranker picks) and check it against the caption.
 
 Faithfulness (vlfuse.tasks.generation.faithfulness): every named object found with the right colour,
 shape and place, as precision / recall over objects. Two references beside it: the same score of the
@@ -16,13 +17,13 @@ import torch
 
 from ...config import Config
 from ...data.loading import read_split
-from ...data.tokenizer import encode_ids, pad_ids
 from ...data.images import image_to_tensor, load_image
 from ...errors import DataError
 from ...progress import track
 from ..base import write_eval_json
 from .faithfulness import read_caption, read_images, score
 from .predict import Generator, generate_tensors, load_generator
+from .rank import Ranker
 
 RETRIEVAL_POOL = 100
 
@@ -58,29 +59,27 @@ def evaluate_generation(generator: Generator, config: Config, split: str, progre
     real = torch.stack([image_to_tensor(load_image(s.image_path), size) for s in samples]).float() / 255
     with torch.no_grad():
         reconstructed = generator.model.vqvae.decode(generator.model.vqvae.encode(real))
-    metrics = {"task": "generation", "split": split, "images": len(captions), "temperature": config.generation.temperature, "top_k": config.generation.top_k,
-               "seed": config.seed, "generated": score(named, read_images(images), size),
+    g = config.generation
+    metrics = {"task": "generation", "split": split, "images": len(captions), "temperature": g.temperature,
+               "top_k": g.top_k, "guidance": g.guidance, "candidates": g.candidates,
+               "ranker": g.ranker if g.candidates > 1 else None, "seed": config.seed,
+               "generated": score(named, read_images(images), size),
                "vq_reconstruction": score(named, read_images(reconstructed), size)}
-    if config.generation.retrieval_model:
-        metrics["retrieval"] = {"model": config.generation.retrieval_model, "pool": RETRIEVAL_POOL,
-                                "generated_r1": retrieval_r1(config.generation.retrieval_model, images, captions),
-                                "real_r1": retrieval_r1(config.generation.retrieval_model, real, captions)}
+    if g.retrieval_model:
+        judge = Ranker(g.retrieval_model)
+        metrics["retrieval"] = {"model": g.retrieval_model, "pool": RETRIEVAL_POOL,
+                                "generated_r1": retrieval_r1(judge, images, captions),
+                                "real_r1": retrieval_r1(judge, real, captions),
+                                # the images were picked by this very model: its R@1 is then not a fair test
+                                "judge_is_ranker": metrics["ranker"] is not None
+                                and Path(g.ranker).resolve() == Path(g.retrieval_model).resolve()}
     return metrics, images, captions
 
 
-@torch.no_grad()
-def retrieval_r1(model_dir: str, images: torch.Tensor, captions: list[str]) -> float:
+def retrieval_r1(ranker: Ranker, images: torch.Tensor, captions: list[str]) -> float:
     """Share of images whose own caption ranks first among the 100 of its block of the split (first-stage
     embedding similarity of a trained retrieval model)."""
-    from ...models.saved import load_model_dir
-
-    saved = load_model_dir(model_dir, task="retrieval")
-    model = saved.model
-    ids, mask = pad_ids(encode_ids(saved.tokenizer, captions, saved.config.data.max_question_length))
-    image_emb = torch.cat([model.head.embed_image(model.encode_images(images[s: s + 100])).float()
-                           for s in range(0, len(images), 100)])
-    text_emb = torch.cat([model.head.embed_text(model.encode_texts(ids[s: s + 100], mask[s: s + 100])).float()
-                          for s in range(0, len(ids), 100)])
+    image_emb, text_emb = ranker.embed_images(images), ranker.embed_texts(captions)
     hits = 0
     for i in range(len(images)):
         start = min(max(0, i - RETRIEVAL_POOL // 2), max(0, len(images) - RETRIEVAL_POOL))

@@ -8,7 +8,6 @@ so a resumed run picks up in the right one. Each stage has its own warm-up and c
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -19,23 +18,12 @@ from ...config import Config, GenerationConfig, TrainConfig
 from ...data.caption_dataset import PairSampler, collate_pairs
 from ...errors import ConfigError
 from ...models.saved import save_vocabularies
-from ...train.optim import configure_adamw
+from ...train.optim import configure_adamw, stage_schedule, with_schedule
 from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
 from ..base import TaskModule
 from .data import caption_datasets, caption_tokenizer, read_train_val
 from .model import TextToImage, fit_palette
 from .predict import build_generator
-
-
-def stage_schedule(warmup: int, vq_steps: int, total_steps: int):
-    """LR factor of a step: warm-up then cosine to 0, restarted when the prior's stage begins."""
-    def factor(step: int) -> float:
-        start, end = (0, vq_steps) if step < vq_steps else (vq_steps, total_steps)
-        local, length = step - start, max(1, end - start)
-        if local < warmup:
-            return (local + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (local - warmup) / max(1, length - warmup))))
-    return factor
 
 
 class GenerationModule(TaskModule):
@@ -72,10 +60,8 @@ class GenerationModule(TaskModule):
         return len(batch["images"])
 
     def configure_optimizers(self):
-        config = configure_adamw(self.model, self.cfg, self.total_steps)
-        schedule = stage_schedule(self.cfg.warmup_steps, self.vq_steps, self.total_steps)
-        config["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(config["optimizer"], schedule)
-        return config
+        return with_schedule(configure_adamw(self.model, self.cfg, self.total_steps),
+                             stage_schedule(self.cfg.warmup_steps, self.vq_steps, self.total_steps))
 
 
 def prepare_generation(config: Config, model_dir: Path, resume: bool, progress: bool) -> Prepared:

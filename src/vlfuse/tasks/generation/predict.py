@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from ...data.tokenizer import encode_ids, load_tokenizer, pad_ids
 from ...errors import ConfigError, DataError
 from ...models.saved import CONFIG, TOKENIZER, WEIGHTS, checked_model_dir
 from .model import TextToImage
+from .rank import Ranker, best_of
 
 
 @dataclass
@@ -24,6 +25,17 @@ class Generator:
     model: TextToImage
     config: Config
     tokenizer: object
+    rankers: dict[str, Ranker] = field(default_factory=dict)  # loaded once per directory
+
+    def ranker(self) -> Ranker | None:
+        """generation.ranker's retrieval model when generation.candidates > 1, else None."""
+        g = self.config.generation
+        _check_ranking(g.candidates, g.ranker)
+        if g.candidates == 1:
+            return None
+        if g.ranker not in self.rankers:
+            self.rankers[g.ranker] = Ranker(g.ranker)
+        return self.rankers[g.ranker]
 
 
 def build_generator(config: Config, vocab_size: int) -> TextToImage:
@@ -32,6 +44,7 @@ def build_generator(config: Config, vocab_size: int) -> TextToImage:
         raise ConfigError(f"config key 'data.image_size' ({size}) must be a multiple of 2 ** generation.downsample "
                           f"({2 ** g.downsample})")
     _check_guidance(g.guidance, g.caption_dropout > 0)
+    _check_ranking(g.candidates, g.ranker)
     if not 0 <= g.caption_dropout < 1:
         raise ConfigError(f"config key 'generation.caption_dropout' must be in [0, 1), got {g.caption_dropout}")
     if config.model.dim % g.heads:
@@ -48,15 +61,25 @@ def _check_guidance(guidance: float, unconditional: bool) -> None:
                           "with); set generation.guidance: 1")
 
 
-def load_generator(model_dir: str | Path, guidance: float | None = None) -> Generator:
+def _check_ranking(candidates: int, ranker: str | None) -> None:
+    if candidates < 1:
+        raise ConfigError(f"config key 'generation.candidates' must be at least 1, got {candidates}")
+    if candidates > 1 and not ranker:
+        raise ConfigError(f"config key 'generation.candidates' ({candidates}) needs generation.ranker: a trained "
+                          "retrieval model directory that picks the best of the candidates")
+
+
+def load_generator(model_dir: str | Path, guidance: float | None = None, candidates: int | None = None,
+                   ranker: str | Path | None = None) -> Generator:
     """A saved generation model (config.yaml, tokenizer.json, model.safetensors); never runs code from it.
-    `guidance`: sample with this classifier-free guidance scale instead of the saved one."""
+    `guidance`, `candidates`, `ranker`: sample with these instead of the saved generation settings."""
     from safetensors.torch import load_model
 
     path = Path(model_dir)
     config = checked_model_dir(path, [CONFIG, TOKENIZER, WEIGHTS], "generation")
-    if guidance is not None:
-        config.generation.guidance = guidance
+    for key, value in (("guidance", guidance), ("candidates", candidates), ("ranker", ranker)):
+        if value is not None:
+            setattr(config.generation, key, str(value) if key == "ranker" else value)
     tokenizer = load_tokenizer(path / TOKENIZER)
     model = build_generator(config, tokenizer.get_vocab_size())
     try:
@@ -68,18 +91,25 @@ def load_generator(model_dir: str | Path, guidance: float | None = None) -> Gene
 
 @torch.no_grad()
 def generate_tensors(generator: Generator, texts: list[str], seed: int = 0, batch: int = 100) -> torch.Tensor:
-    """Images [len(texts), 3, S, S] in [0, 1], one per text; the same seed and texts give the same images."""
+    """Images [len(texts), 3, S, S] in [0, 1], one per text; the same seed and texts give the same images.
+    With generation.candidates K > 1, each text's image is the best of K drawn (generation.ranker's pick)."""
     if not texts or any(not t.strip() for t in texts):
         raise ConfigError("--text: give a non-empty description")
     g = generator.config.generation
     _check_guidance(g.guidance, hasattr(generator.model.prior, "null_text"))
-    ids = encode_ids(generator.tokenizer, texts, generator.config.data.max_question_length)
+    ranker = generator.ranker()
+    drawn = [t for t in texts for _ in range(g.candidates)]  # each text's K candidates side by side
+    ids = encode_ids(generator.tokenizer, drawn, generator.config.data.max_question_length)
     rng = torch.Generator().manual_seed(seed)
     out = []
-    for start in range(0, len(texts), batch):
+    for start in range(0, len(drawn), batch):
         input_ids, mask = pad_ids(ids[start: start + batch])
         out.append(generator.model.generate(input_ids, mask, g.temperature, g.top_k, rng, g.guidance))
-    return torch.cat(out)
+    images = torch.cat(out)
+    if ranker is None:
+        return images
+    scores = ranker.match(images, drawn).view(len(texts), g.candidates)
+    return best_of(images.view(len(texts), g.candidates, *images.shape[1:]), scores)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -12,10 +12,13 @@ def format_generation_metrics(metrics: dict) -> str:
     """Faithfulness of the generated images (and the VQ-VAE's ceiling), then retrieval R@1 if measured."""
     lines = [f"generation, {metrics['split']} split: {metrics['generated']['images']} captions, "
              f"{metrics['generated']['objects_named']} named objects (temperature {metrics['temperature']}, "
-             f"top-k {metrics['top_k']}, seed {metrics['seed']})",
+             f"top-k {metrics['top_k']}, guidance {metrics.get('guidance', 1.0)}, seed {metrics['seed']}"
+             + (f"; best of {metrics['candidates']} by {metrics['ranker']}" if metrics.get("candidates", 1) > 1 else "")
+             + ")",
              _row("generated images", metrics["generated"]),
              _row("VQ-VAE reconstructions", metrics["vq_reconstruction"])]
     if "retrieval" in metrics:
         r = metrics["retrieval"]
-        lines.append(f"R@1 among {r['pool']} captions: generated {r['generated_r1']:.1%}, real images {r['real_r1']:.1%}")
+        lines.append(f"R@1 among {r['pool']} captions: generated {r['generated_r1']:.1%}, real images {r['real_r1']:.1%}"
+                     + (" (the ranker judged too: not an independent test)" if r.get("judge_is_ranker") else ""))
     return "\n".join(lines)

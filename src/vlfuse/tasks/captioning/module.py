@@ -135,7 +135,7 @@ def prepare_captioning(config: Config, model_dir: Path, resume: bool, progress: 
     train_read = read_split(config.data, "train")
     val_read = read_split(config.data, "val") if config.data.val else None
     tokenizer = caption_tokenizer(config, train_read.samples, model_dir, resume)
-    CaptionSpecials.of(tokenizer)  # fail now, not after training, on a tokenizer without start / end tokens
+    specials = CaptionSpecials.of(tokenizer)  # fail now, not after training, on a tokenizer without start / end tokens
     model = build_captioning_model(config, tokenizer.get_vocab_size())
     save_vocabularies(model_dir, config, tokenizer, None)
     # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
@@ -156,7 +156,7 @@ def prepare_captioning(config: Config, model_dir: Path, resume: bool, progress: 
     per_epoch, c = steps_per_epoch(config, len(train_set)), config.captioning
     starts = train_set.first_caption
     self_critical = SelfCritical([train_set.caption_ids[a:b] for a, b in zip(starts, starts[1:])],
-                                 CaptionSpecials.of(tokenizer), c.scst_samples, generation_length(config)) \
+                                 specials, c.scst_samples, generation_length(config)) \
         if c.scst_epochs else None
     module = CaptioningModule(model, c, config.train, per_epoch * config.train.epochs, val_captions, self_critical,
                               per_epoch * (config.train.epochs - c.scst_epochs), config.seed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ...data.caption_tokens import CaptionSpecials
+from ...data.tokenizer import pad_ids
 from ...heads.generation import sample_search
 from ...metrics.captioning import CiderD
 from ...models.captioning import CaptioningModel
@@ -38,7 +39,8 @@ class SelfCritical:
 
     def losses(self, model: CaptioningModel, batch: dict, generator: torch.Generator | None = None
                ) -> dict[str, torch.Tensor]:
-        """{"loss": the policy-gradient loss, "reward": the samples' mean CIDEr-D, "sample_words": their mean length}."""
+        """{"loss": the policy-gradient loss, "reward": the samples' mean CIDEr-D, "sample_words": their
+        mean length}."""
         s, k = self.specials, self.samples
         image = model.encode_images(batch.get("images"), batch.get("image_features"))
         references = [[] for _ in range(image.tokens.shape[0])]
@@ -59,10 +61,8 @@ class SelfCritical:
 
         # [BOS] words [EOS]; a caption cut at max_length has no EOS to learn
         sequences = [[s.bos, *ids] + ([s.eos] if len(ids) < self.max_length else []) for ids in sampled]
-        width = max(map(len, sequences))
-        ids = torch.tensor([q + [0] * (width - len(q)) for q in sequences], device=image.tokens.device)
-        mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in sequences], device=ids.device)
-        inputs, targets = teacher_forcing_targets(ids, mask)
+        ids, mask = pad_ids(sequences)
+        inputs, targets = teacher_forcing_targets(ids.to(image.tokens.device), mask.to(image.tokens.device))
         log_probs = model.decoder(drawn, inputs).float().log_softmax(-1)
         real = targets != IGNORE_INDEX
         token_log_probs = log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * real

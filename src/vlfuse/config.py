@@ -159,6 +159,10 @@ class RetrievalConfig:
     hinge_margin: float = 0.2
     hinge_max_violation: bool = True  # VSE++: only the hardest negative counts
     negatives_temperature: float = 1.0  # ITM negatives drawn by softmax(ITC logits / this); 0: hardest
+    # Each training caption's edits (one token replaced by another seen between the same neighbours in
+    # the training captions: "a red circle" -> "a green circle") as extra negatives of its own image,
+    # so the embeddings learn details, not only a caption's gist (NegCLIP; data/caption_edits.py). 0: off.
+    caption_edits: int = 0
     rerank_k: int = 16  # 0: report the first stage only
     # Re-ranking score = ITC logit (cosine x learned scale) + rerank_weight * ITM log-odds; eval.json's
     # rerank_sweep shows R@1 at other weights, to choose this one on val.
@@ -396,7 +400,7 @@ RANGES = {
     "data.train_fraction": _SHARE, "data.shuffle_buffer": _NON_NEGATIVE, "data.knowledge_hops": (0, 4, True), "model.dim": _AT_LEAST_1,
     "retrieval.itm_weight": _NON_NEGATIVE, "retrieval.hinge_weight": _NON_NEGATIVE,
     "retrieval.hinge_margin": _NON_NEGATIVE, "retrieval.negatives_temperature": _NON_NEGATIVE,
-    "retrieval.rerank_k": _NON_NEGATIVE, "retrieval.eval_batch": _AT_LEAST_1,
+    "retrieval.rerank_k": _NON_NEGATIVE, "retrieval.eval_batch": _AT_LEAST_1, "retrieval.caption_edits": _NON_NEGATIVE,
     "captioning.label_smoothing": (0, 1, True), "captioning.beam_size": _AT_LEAST_1,
     "captioning.length_penalty": _NON_NEGATIVE, "captioning.max_length": _AT_LEAST_1,
     "captioning.eval_batch": _AT_LEAST_1,

@@ -149,3 +149,27 @@ def test_gathered_loss_on_two_processes_matches_single_process():
         if sizes[0] == sizes[1]:  # equal shares: the mean over ranks is the whole-batch loss
             whole = contrastive_loss(image, text, scale).item()
             assert sum(ranks[r][case][0].item() for r in range(2)) / 2 == pytest.approx(whole, rel=1e-5)
+
+
+def test_edited_caption_loss_is_each_images_softmax_over_its_caption_and_its_edits():
+    from vlfuse.losses.contrastive import edited_caption_loss
+
+    image = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    text = F.normalize(torch.tensor([[1.0, 0.2], [0.3, 1.0], [1.0, 0.0]]), dim=-1)
+    edited = F.normalize(torch.tensor([[[0.5, 1.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]),
+                         dim=-1)
+    made = torch.tensor([[True, True], [True, False], [False, False]])  # image 2: no edit, left out
+    scale = 5.0
+    expected = []
+    for i, columns in ((0, [0, 1]), (1, [0])):
+        logits = scale * torch.stack([image[i] @ text[i], *[image[i] @ edited[i, c] for c in columns]])
+        expected.append(-logits.log_softmax(0)[0])
+    got = edited_caption_loss(image, text, edited, made, scale)
+    assert got.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)
+
+    text = text.clone().requires_grad_()
+    edited_caption_loss(image, text, edited, made, scale).backward()
+    assert text.grad[:2].abs().sum() > 0 and text.grad[2].abs().sum() == 0  # the image with no edit adds nothing
+
+    nothing = edited_caption_loss(image, text, edited, torch.zeros_like(made), scale)
+    assert nothing.item() == 0 and nothing.requires_grad

@@ -486,3 +486,28 @@ def test_training_with_a_querybank_keeps_it_with_the_model_and_eval_uses_it(shap
     (model / BANK_FILE).unlink()
     result = cli_main("eval", model)
     assert result.returncode == 0 and "has no query bank" in result.stderr, result.stderr
+
+
+def test_caption_edits_add_each_captions_edits_as_negatives_of_its_image(shapes_root, tmp_path):
+    """retrieval.caption_edits: the loss gains the edited-caption term, and it is the softmax of each image
+    over its caption and that caption's edits (tests/losses: its hand-worked value)."""
+    from vlfuse.tasks.retrieval.module import prepare_retrieval
+
+    config = retrieval_config(shapes_root, tmp_path / "run", "retrieval.caption_edits=2")
+    prepared = prepare_retrieval(config, tmp_path / "run" / "model", resume=False, progress=False)
+    module, data = prepared.module, prepared.datamodule
+    batch = data.collate([data.train_set[i] for i in range(4)])
+    out = module.losses(batch)
+    terms = out["itc"] + out["edits"] + config.retrieval.hinge_weight * out["hinge"] + out["itm"]
+    torch.testing.assert_close(out["loss"], terms)
+    assert out["edits"] > 0
+    module.edits = None  # the same batch without the term
+    assert "edits" not in module.losses(batch)
+
+
+def test_caption_edits_refuse_a_text_side_served_from_the_cache(shapes_root, tmp_path, cli_main, tiny_bert_words):
+    config = retrieval_config(shapes_root, tmp_path / "run", "retrieval.caption_edits=2",
+                              f"model.text_encoder={{name: pretrained, freeze: true, path: {tiny_bert_words}}}",
+                              f"data.feature_cache={tmp_path / 'cache'}")
+    assert_one_line_error(cli_main("train", write_yaml(tmp_path / "bad.yaml", config)),
+                          "retrieval.caption_edits", "data.cache_text")

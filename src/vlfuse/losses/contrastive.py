@@ -131,3 +131,22 @@ class ContrastiveLoss(nn.Module):
         with torch.no_grad():
             self.log_scale.clamp_(0.0, self.max_log_scale)
         return contrastive_loss(image, text, self.log_scale.exp(), self.gather)
+
+
+def edited_caption_loss(image: torch.Tensor, text: torch.Tensor, edited: torch.Tensor, made: torch.Tensor,
+                        scale: torch.Tensor | float) -> torch.Tensor:
+    """Each image against its own caption and that caption's edits (NegCLIP's hard negatives; vlfuse.data.
+    caption_edits): -1/B' sum_i log softmax(s [u_i.v_i, u_i.e_i1, ..., u_i.e_iN])[0] over the B' images
+    with at least one edit.
+
+    image, text: [B, D] unit embeddings, row-aligned pairs; edited: [B, N, D] unit embeddings of each
+    caption's N edits; made: [B, N] False where no edit was made (that column is left out).
+    """
+    check_same_shape("image", image, "text", text)
+    own = (image * text).sum(-1, keepdim=True)
+    others = torch.einsum("bd,bnd->bn", image, edited).masked_fill(~made, float("-inf"))
+    rows = made.any(1)
+    logits = scale * torch.cat([own, others], 1)[rows]
+    if not len(logits):  # nothing to edit in this batch: a zero that keeps the graph
+        return own.sum() * 0
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))

@@ -56,10 +56,10 @@ class TaskModule(L.LightningModule):
     def batch_size(self, batch: dict) -> int:
         return len(batch["input_ids"])
 
-    def generator(self) -> torch.Generator:
+    def generator(self, device: torch.device | str | None = None) -> torch.Generator:
         """Random draws (masks, negatives) from (seed, step) alone: a resumed run draws what the interrupted
-        one would have."""
-        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.draw_step)
+        one would have. On the model's device unless `device` says (draws made on the CPU)."""
+        return torch.Generator(device=device or self.device).manual_seed(self.seed * 1_000_003 + self.draw_step)
 
     def log_losses(self, stage: str, out: dict[str, torch.Tensor], n: int) -> None:
         for name, value in out.items():

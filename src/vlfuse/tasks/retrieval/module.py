@@ -10,11 +10,13 @@ import torch
 from ...config import Config, RetrievalConfig, TrainConfig
 from ...data.caption_dataset import CaptionDataset, PairSampler
 from ...data.cached_inputs import WithTextStates
-from ...data.feature_cache import feature_loader, text_feature_states
+from ...data.caption_edits import CaptionEdits
+from ...data.feature_cache import caches_text, feature_loader, text_feature_states
 from ...data.formats.common import SkipLog
 from ...data.loading import read_split
 from ...data.subsample import sample_images
 from ...errors import ConfigError
+from ...losses.contrastive import edited_caption_loss
 from ...losses.hinge import vse_hinge_loss
 from ...losses.itm import itm_loss, itm_pairs, sample_hard_negatives
 from ...models.factory import build_retrieval_model
@@ -35,15 +37,17 @@ def same_text(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
 
 
 class RetrievalModule(TaskModule):
+    """edits: the training captions' substitutes that retrieval.caption_edits draws its negatives from (None: off)."""
+
     shown = ("loss", "acc")
 
     def __init__(self, model: RetrievalModel, task: RetrievalConfig, train_config: TrainConfig, total_steps: int,
-                 seed: int = 0):
+                 seed: int = 0, edits: CaptionEdits | None = None):
         super().__init__(model, train_config, total_steps, seed)
-        self.task = task
+        self.task, self.edits = task, edits
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        """{"itc", "acc", ["hinge"], ["itm", "itm_acc"], "loss"} of one batch of row-aligned pairs."""
+        """{"itc", "acc", ["edits"], ["hinge"], ["itm", "itm_acc"], "loss"} of one batch of row-aligned pairs."""
         model, task = self.model, self.task
         image = model.encode_images(batch.get("images"), batch.get("image_features"))  # features: data.feature_cache
         text = model.encode_texts(batch["input_ids"], batch["attention_mask"], batch.get("text_states"))
@@ -55,6 +59,9 @@ class RetrievalModule(TaskModule):
         batch_size = len(similarity)
         target = torch.arange(batch_size, device=similarity.device)
         out["acc"] = (similarity.argmax(1) == target).float().mean()  # in-batch image -> text top-1
+        if self.edits is not None:
+            out["edits"] = self._edited_caption_loss(batch, image_emb, text_emb)
+            loss = loss + out["edits"]
         if task.hinge_weight:
             out["hinge"] = vse_hinge_loss(similarity, task.hinge_margin, task.hinge_max_violation, positives)
             loss = loss + task.hinge_weight * out["hinge"]
@@ -74,6 +81,14 @@ class RetrievalModule(TaskModule):
         out["loss"] = loss
         return out
 
+    def _edited_caption_loss(self, batch: dict, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        ids, mask, made = self.edits.edit_batch(batch["input_ids"].cpu(), batch["attention_mask"].cpu(),
+                                                self.task.caption_edits, self.generator("cpu"))
+        device = image_emb.device
+        edited = self.model.encode_texts(ids.flatten(0, 1).to(device), mask.flatten(0, 1).to(device))
+        edited_emb = self.model.head.embed_text(edited).view(*ids.shape[:2], -1)
+        return edited_caption_loss(image_emb, text_emb, edited_emb, made.to(device), self.model.head.scale)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
         self.log("logit_scale", self.model.head.scale, batch_size=self.batch_size(batch))
@@ -91,6 +106,9 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
     tokenizer = run_tokenizer(config, model_dir, resume, lambda: (c for s in train_read.samples for c in s.captions))
     save_vocabularies(model_dir, config, tokenizer, None)
     model = build_retrieval_model(config, tokenizer.get_vocab_size())
+    if config.retrieval.caption_edits and caches_text(config, model.text_encoder):
+        raise ConfigError("config key 'retrieval.caption_edits' needs the text encoder to read each edited caption, "
+                          "but data.feature_cache serves its frozen states from the cache: set data.cache_text: false")
     # data.feature_cache: the items carry the frozen image encoder's cached features, not images.
     loader = feature_loader(config, model.image_encoder, train_read.samples + (val_read.samples if val_read else []),
                             progress)
@@ -106,7 +124,8 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
     (train_items, val_items), collate = retrieval_items(config, model, [train_set, val_set], progress)
 
     module = RetrievalModule(model, config.retrieval, config.train,
-                             steps_per_epoch(config, len(train_set)) * config.train.epochs, config.seed)
+                             steps_per_epoch(config, len(train_set)) * config.train.epochs, config.seed,
+                             CaptionEdits(train_set.caption_ids) if config.retrieval.caption_edits else None)
     summary = run_summary("retrieval", model, tokenizer, captioned_split(train_set, train_read),
                           None if val_set is None else captioned_split(val_set, val_read),
                           frozen_text_states_cached=isinstance(train_items, WithTextStates))

@@ -24,7 +24,7 @@ from vlfuse.tasks.generation.rank import Ranker
 
 
 def draw(generator_dir: str, split: str, candidates: int, limit: int | None) -> tuple[list[str], torch.Tensor]:
-    """(captions, images [T, K, 3, S, S]) drawn with the model's saved sampling settings, one at a time."""
+    """(captions, images [T, K, 3, S, S]): K unranked samples a caption, with the model's saved sampling settings."""
     generator = load_generator(generator_dir, candidates=1)
     config = generator.config
     captions = held_out(config, split)[0][:limit]

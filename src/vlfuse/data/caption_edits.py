@@ -36,9 +36,7 @@ class CaptionEdits:
         if not places:
             return None
         j, tokens = places[int(torch.randint(len(places), (), generator=generator))]
-        others = tokens[tokens != ids[j]]
-        if not len(others):  # ids[j] was never seen in this context: every substitute differs from it
-            others = tokens
+        others = tokens[tokens != ids[j]]  # never empty: a context has at least two substitutes
         edited = list(ids)
         edited[j] = int(others[int(torch.randint(len(others), (), generator=generator))])
         return edited
@@ -47,8 +45,7 @@ class CaptionEdits:
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`count` edits of each caption of a padded batch: (ids [B, count, L], mask [B, count, L],
         made [B, count] False where a caption had nothing to edit; its rows then repeat the caption)."""
-        ids = input_ids.new_zeros((*input_ids.shape[:1], count, input_ids.shape[1]))
-        ids[:] = input_ids[:, None]
+        ids = input_ids[:, None].repeat(1, count, 1)
         made = torch.zeros(ids.shape[:2], dtype=torch.bool)
         for b, (row, mask) in enumerate(zip(input_ids.tolist(), attention_mask.bool().tolist())):
             caption = [t for t, real in zip(row, mask) if real]

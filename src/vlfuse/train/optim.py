@@ -23,15 +23,16 @@ def configure_adamw(model: nn.Module, cfg: TrainConfig, total_steps: int) -> dic
     optimizer = torch.optim.AdamW([{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
                                     "lr": cfg.pretrained_lr if loaded else cfg.lr}
                                    for (no_decay, loaded), params in sorted(groups.items())], lr=cfg.lr)
-    warmup, total = cfg.warmup_steps, max(1, total_steps)
-
-    def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 0
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, max(1, total_steps)))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR factor of `step` of `total`: linear warm-up over `warmup` steps, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def stage_schedule(warmup: int, second_stage: int, total_steps: int, second_scale: float = 1.0):
@@ -40,10 +41,7 @@ def stage_schedule(warmup: int, second_stage: int, total_steps: int, second_scal
     def factor(step: int) -> float:
         start, end, scale = (0, second_stage, 1.0) if step < second_stage else (second_stage, total_steps,
                                                                                  second_scale)
-        local, length = step - start, max(1, end - start)
-        if local < warmup:
-            return scale * (local + 1) / warmup
-        return scale * 0.5 * (1 + math.cos(math.pi * min(1.0, (local - warmup) / max(1, length - warmup))))
+        return scale * warmup_cosine(step - start, warmup, max(1, end - start))
     return factor
 
 

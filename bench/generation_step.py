@@ -1,8 +1,8 @@
 """Seconds per training step of a generation config's two stages, float32 against bf16 autocast (a script).
 
-Builds the config's VQ-VAE and prior and times AdamW steps at `train.batch_images` on random inputs of
-the training shapes (images of data.image_size, captions of data.max_question_length tokens, code
-grids): a step's cost depends on the shapes, not the values. Wall seconds, median of `--calls`, at the
+Builds the config's VQ-VAE and prior and times AdamW steps of each stage's training loss at
+`train.batch_images` on random inputs of the training shapes (images of data.image_size, captions of
+data.max_question_length tokens): a step's cost depends on the shapes, not the values. Wall seconds, median of `--calls`, at the
 thread count OMP_NUM_THREADS gives; run it on quiet cores, one at a time, for numbers that mean much.
 
     OMP_NUM_THREADS=2 python -m bench.generation_step configs/generation_shapes.yaml
@@ -14,34 +14,25 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
 from bench.measure import seconds_per_call, training_step
 from vlfuse.config import load_config
+from vlfuse.tasks.generation.module import GenerationModule
 from vlfuse.tasks.generation.predict import build_generator
 
 
 def stage_steps(config, bf16: bool) -> dict:
-    """{"VQ-VAE": step, "prior": step}: one AdamW step of each stage on inputs of the training shapes."""
+    """{"VQ-VAE": step, "prior": step}: one AdamW step of each stage, its loss as training computes it
+    (GenerationModule.losses), on a batch of the training shapes."""
     torch.manual_seed(config.seed)
-    size, batch, g = config.data.image_size, config.train.batch_images, config.generation
-    model = build_generator(config, vocab_size=64).train()
-    images = torch.rand(batch, 3, size, size)
-    side = model.prior.grid
-    codes = torch.randint(0, g.codes, (batch, side, side))
-    ids = torch.randint(0, 64, (batch, config.data.max_question_length))
-    mask = torch.ones_like(ids, dtype=torch.bool)
-
-    def vq_loss() -> torch.Tensor:
-        out = model.vqvae(images)
-        return out["reconstruction"] + g.commitment * out["commitment"]
-
-    def prior_loss() -> torch.Tensor:
-        drop = torch.rand(batch) < g.caption_dropout
-        logits = model.prior(codes, ids, mask, drop).float()
-        return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
-
-    return {"VQ-VAE": training_step(model.vqvae, vq_loss, bf16), "prior": training_step(model.prior, prior_loss, bf16)}
+    size, batch, vocab = config.data.image_size, config.train.batch_images, 64
+    model = build_generator(config, vocab).train()
+    module = GenerationModule(model, config.generation, config.train, vq_steps=1, total_steps=2).train()
+    inputs = {"images": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8),
+              "input_ids": torch.randint(0, vocab, (batch, config.data.max_question_length))}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+    return {"VQ-VAE": training_step(model.vqvae, lambda: module.losses(inputs, "vq")["loss"], bf16),
+            "prior": training_step(model.prior, lambda: module.losses(inputs, "prior")["loss"], bf16)}
 
 
 def main() -> None:

@@ -50,6 +50,15 @@ def cache_build(config: Path, split: SplitOption = None, set_: SetOption = None,
     unique = len(set(cached.row_of.values()))
     typer.echo(f"{cache.folder}: {len(cached.row_of)} images of {', '.join(splits)} cached ({unique} distinct, "
                f"{cached.computed} computed now, the rest already there); features {list(cached.features.shape[1:])}")
+    # The photos flipped left-right: training's (data.hflip), and every split's when retrieval ranks each
+    # photo with its mirror (retrieval.flip_average: evaluation, and the query bank of training photos).
+    flip_all = cfg.task == "retrieval" and cfg.retrieval.flip_average
+    flipped_splits = [n for n in splits if flip_all or (cfg.data.hflip and n == "train")]
+    if flipped_splits:
+        paths = [s.image_path for name in flipped_splits for s in reads[splits.index(name)].samples]
+        flipped = ensure_features(cache, encoder, paths, cfg.data.image_size, chunk_size=chunk_size, mirrored=True)
+        typer.echo(f"{cache.folder}: {len(flipped.row_of)} images of {', '.join(flipped_splits)} cached flipped "
+                   f"left-right ({flipped.computed} computed now)")
     for path, error in list(cached.errors.items())[:5]:
         typer.echo(f"not cached: {error}", err=True)
     if len(cached.errors) > 5:

@@ -78,6 +78,11 @@ class DataConfig:
     # shuffle buffer holds that many images. Validation images are still loaded whole.
     stream: bool = False
     shuffle_buffer: int = 1000
+    # Tasks retrieval and captioning: the share of epochs in which a training photo comes flipped
+    # left-right (an augmentation; never with a caption that says left or right). With
+    # data.feature_cache the flipped photos' features are cached too: one more pass of the frozen
+    # backbone over the training photos. 0: off.
+    hflip: float = 0.0
 
 
 @dataclass
@@ -173,6 +178,10 @@ class RetrievalConfig:
     # (eval.json's querybank_sweep shows R@1 at other betas, to choose it on val). 0: off.
     querybank: int = 0
     querybank_beta: float = 10.0
+    # Embed each photo as the mean of its embedding and its left-right mirror's (test-time flip), wherever
+    # photos are ranked: evaluation, the query bank, vlfuse index and serve, exported models. With
+    # data.feature_cache the mirrored photos' features are cached too.
+    flip_average: bool = False
     eval_batch: int = 64
 
 
@@ -365,7 +374,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     check_ranges(config)
     check_multitask(config)
     check_knowledge_graph(config)
+    if config.data.hflip and config.task not in HFLIP_TASKS:
+        raise ConfigError(f"config key 'data.hflip' is read by task {' and '.join(HFLIP_TASKS)} only, not "
+                          f"{config.task}: remove it")
     return config
+
+
+HFLIP_TASKS = ("retrieval", "captioning")  # the tasks whose training photos data.hflip flips
 
 
 def check_knowledge_graph(config: Config) -> None:
@@ -397,7 +412,8 @@ RANGES = {
     "train.num_workers": _NON_NEGATIVE, "train.log_every_n_steps": _AT_LEAST_1,
     "train.checkpoint_every_n_steps": _AT_LEAST_1, "train.progress_every_n_steps": _NON_NEGATIVE,
     "data.image_size": (8, None, True), "data.max_question_length": _AT_LEAST_1, "data.max_answers": _AT_LEAST_1,
-    "data.train_fraction": _SHARE, "data.shuffle_buffer": _NON_NEGATIVE, "data.knowledge_hops": (0, 4, True), "model.dim": _AT_LEAST_1,
+    "data.train_fraction": _SHARE, "data.hflip": _PROBABILITY, "data.shuffle_buffer": _NON_NEGATIVE,
+    "data.knowledge_hops": (0, 4, True), "model.dim": _AT_LEAST_1,
     "retrieval.itm_weight": _NON_NEGATIVE, "retrieval.hinge_weight": _NON_NEGATIVE,
     "retrieval.hinge_margin": _NON_NEGATIVE, "retrieval.negatives_temperature": _NON_NEGATIVE,
     "retrieval.rerank_k": _NON_NEGATIVE, "retrieval.eval_batch": _AT_LEAST_1, "retrieval.caption_edits": _NON_NEGATIVE,

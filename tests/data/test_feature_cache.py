@@ -56,6 +56,20 @@ def test_a_cache_hit_gives_the_features_the_encoder_computes(tmp_path):
         assert torch.equal(getattr(cached, name), getattr(direct, name)), name
 
 
+def test_mirrored_features_are_the_flipped_images_and_keyed_apart(tmp_path):
+    encoder = TinyFrozenEncoder()
+    paths = make_images(tmp_path / "images", 3)
+    cache, plain = build(tmp_path / "cache", encoder, paths)
+    _, mirrored = build(tmp_path / "cache", encoder, paths, mirrored=True)
+    assert mirrored.computed == 3 and len(cache) == 3  # not served the plain features
+    with torch.no_grad():
+        assert torch.equal(mirrored.features, encoder.frozen_features(as_batch(paths).flip(-1)))
+    assert not torch.equal(mirrored.features, plain.features)
+    _, again = build(tmp_path / "cache", TinyFrozenEncoder(), paths, mirrored=True)
+    assert again.computed == 0 and torch.equal(again.features, mirrored.features)
+    assert cache_info(tmp_path / "cache")[0]["images"] == 6
+
+
 def test_the_same_bytes_under_another_name_hit_and_an_edited_image_misses(tmp_path):
     encoder = TinyFrozenEncoder()
     paths = make_images(tmp_path / "images", 3)
@@ -318,20 +332,25 @@ def test_a_corrupt_text_chunk_is_named_and_rebuilt(tiny_bert_dir, tmp_path):
 
 def test_retrieval_on_two_frozen_encoders_trains_from_both_caches(shapes_root, tmp_path, cli_main, write_config,
                                                                  tiny_frozen_in_factory, tiny_bert_words, monkeypatch):
-    """`vlfuse cache build` fills both sides; training and evaluation then never run a frozen part, and
-    evaluating from the caches gives the numbers of evaluating without them."""
+    """`vlfuse cache build` fills both sides (and, data.hflip, the training photos flipped); training and
+    evaluation then never run a frozen part, and evaluating from the caches gives the numbers of
+    evaluating without them (retrieval.flip_average: from the mirrored photos' cached features, against
+    flipping the pixels)."""
     bert = tiny_bert_words
     sets = [tiny_frozen_in_factory, "task=retrieval", "data.format=coco_captions",
             "data.train={annotations: captions/captions_train.json, images: images/train}",
             "data.val=null", "data.test={annotations: captions/captions_train.json, images: images/train}",
             f"data.feature_cache={tmp_path / 'f'}", "model.dim=16", "model.fusion={name: cross_attention, layers: 1}",
             f"model.text_encoder={{name: pretrained, freeze: true, tune_layers: 1, path: {bert}}}",
-            "model.head={name: dual_encoder, embed_dim: 8}", "train.epochs=2", "train.batch_images=8"]
+            "model.head={name: dual_encoder, embed_dim: 8}", "train.epochs=2", "train.batch_images=8",
+            "data.hflip=0.5", "retrieval.flip_average=true"]
     config = write_config(tmp_path / "c.yaml", shapes_root, tmp_path / "run", *sets)
     result = cli_main("cache", "build", config)
     assert result.returncode == 0, result.stderr
     assert "28 captions cached (14 computed now" in result.stdout, result.stdout  # train and test: one file
     assert "states of width 16" in result.stdout
+    # flip_average: the test images too (here the train file again: nothing more to compute)
+    assert "14 images of train, test cached flipped left-right (14 computed now)" in result.stdout, result.stdout
     calls = []
     frozen_features = PretrainedTextEncoder.frozen_features
     monkeypatch.setattr(PretrainedTextEncoder, "frozen_features", lambda *a: calls.append(1) or frozen_features(*a))

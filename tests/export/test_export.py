@@ -229,6 +229,11 @@ def test_retrieval_model_exports_as_embedding_and_matching_graphs(trained_retrie
     images = torch.stack([torch_encoder.image_tensor(f) for f in files])
     for got, want in zip(onnx_encoder.match(images, texts[1]), torch_encoder.match(images, texts[1])):
         np.testing.assert_allclose(got, want, atol=FP32_MAX_DIFF)
+    torch_encoder.model.flip_average = onnx_encoder.config.retrieval.flip_average = True  # each photo with its mirror
+    np.testing.assert_allclose(onnx_encoder.embed_images(files), torch_encoder.embed_images(files), atol=FP32_MAX_DIFF)
+    for got, want in zip(onnx_encoder.match(images, texts[1]), torch_encoder.match(images, texts[1])):
+        np.testing.assert_allclose(got, want, atol=FP32_MAX_DIFF)
+    torch_encoder.model.flip_average = onnx_encoder.config.retrieval.flip_average = False
 
     index_dir = tmp_path / "index"
     build_index(trained_retrieval.model_dir, images=shapes_root / "images" / "train", out=index_dir)

@@ -275,6 +275,47 @@ def test_a_tokenizer_without_start_and_end_tokens_is_refused():
         CaptionSpecials.of(build_tokenizer(["a cat"]))
 
 
+def test_mirroring_flips_an_image_with_all_its_captions_unless_one_names_a_side(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vlfuse.data.caption_dataset import PairSampler
+    from vlfuse.data.formats.common import SkipLog
+    from vlfuse.data.records import CaptionSample
+    from vlfuse.data.tokenizer import build_tokenizer
+    from vlfuse.tasks.captioning.data import CaptioningDataset
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, captions in enumerate([("a dog runs", "a brown dog"), ("a dog runs", "the dog on the right")]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+        samples.append(CaptionSample(i, path, captions))
+    tokenizer = build_tokenizer(c for s in samples for c in s.captions)
+    dataset = CaptioningDataset(samples, tokenizer, 8, 16, SkipLog("error"), progress=False)
+    dataset.mirror(1.0)
+    sampler = PairSampler(len(dataset), seed=0, shuffle=True)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for i, e in sampler:
+            image, captions = dataset[(i, e)]
+            assert len(captions) == 2
+            assert torch.equal(image, dataset.images[i].flip(-1) if i == 0 else dataset.images[i])
+    assert torch.equal(dataset[0][0], dataset.images[0])  # by index alone (evaluation): as it is
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.hflip=1.5"], "'data.hflip' must be >= 0 and <= 1"),
+    (["task=vqa", "data.hflip=0.5"], "'data.hflip' is read by task retrieval and captioning only, not vqa"),
+])
+def test_hflip_is_refused_out_of_range_or_where_nothing_reads_it(overrides, message):
+    from vlfuse.config import load_config
+    from vlfuse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
 def test_teacher_forcing_shifts_by_one_and_ignores_padding():
     from vlfuse.data.tokenizer import pad_ids
     from vlfuse.tasks.captioning.data import IGNORE_INDEX, caption_loss, teacher_forcing_targets

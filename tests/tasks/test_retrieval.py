@@ -163,6 +163,46 @@ def test_caption_dataset_pairs_each_caption_with_its_image(tmp_path):
         assert _colour_of(image) in " ".join(vocab[int(t)] for t in ids[mask])
 
 
+def test_mirroring_flips_a_share_of_epochs_but_never_an_image_whose_caption_names_a_side(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vlfuse.data.caption_dataset import CaptionDataset
+    from vlfuse.data.formats.common import SkipLog
+    from vlfuse.data.records import CaptionSample
+    from vlfuse.data.tokenizer import build_tokenizer
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, captions in enumerate([("a dog runs",), ("a dog on the left", "a dog runs"), ("a cat sits",)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+        samples.append(CaptionSample(i, path, captions))
+    tokenizer = build_tokenizer(c for s in samples for c in s.captions)
+    dataset = CaptionDataset(samples, tokenizer, 8, 16, SkipLog("error"), progress=False)
+
+    def flips(i: int, epochs: range) -> list[bool]:
+        out = []
+        for epoch in epochs:
+            image = dataset[(i, epoch)][0]
+            assert torch.equal(image, dataset.images[i]) or torch.equal(image, dataset.images[i].flip(-1))
+            out.append(not torch.equal(image, dataset.images[i]))
+        return out
+
+    assert not any(flips(0, range(20)))  # off until mirror() is called
+    dataset.mirror(1.0)
+    assert all(flips(0, range(4)))
+    assert flips(1, range(4)) == [True, False, True, False]  # image 1 brings its "left" caption in odd epochs
+    dataset.mirror(0.5)
+    half = flips(2, range(200))
+    assert 70 < sum(half) < 130 and half == flips(2, range(200))  # about half, the same each time
+    assert torch.equal(dataset[2][0], dataset.images[2])  # evaluation's plain index: never flipped
+
+    # A loader of stored flipped items (the feature cache's mirrored features) is used as it is.
+    dataset.mirror(1.0, lambda path: torch.full((4,), float(Path(path).stem)))
+    assert dataset[(2, 0)][0].tolist() == [2.0] * 4
+
+
 def test_coco_captions_format_reads_the_generated_captions(shapes_root):
     from vlfuse.config import load_config
     from vlfuse.data.loading import read_split
@@ -318,6 +358,41 @@ def test_eval_reloads_the_model_with_identical_embeddings(retrieval_run, cli_mai
     ea, eb = embed_dataset(a.model, data, progress=False), embed_dataset(b.model, data, progress=False)
     assert torch.equal(ea.images, eb.images) and torch.equal(ea.texts, eb.texts)
     assert float(a.model.head.scale) == pytest.approx(first["logit_scale"])
+
+
+def test_flip_average_embeds_each_photo_with_its_mirror_everywhere_photos_are_ranked(retrieval_run, cli_main,
+                                                                                     tmp_path):
+    import torch.nn.functional as F
+
+    from vlfuse.index.encoder import RetrievalEncoder
+    from vlfuse.models.saved import load_model_dir
+
+    out, _ = retrieval_run
+    model = load_model_dir(out / "model").model.eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        plain, mirror = model.embed_images(images), model.embed_images(images.flip(-1))
+        model.flip_average = True
+        averaged = model.embed_images(images)
+        assert torch.allclose(averaged, F.normalize(plain + mirror, dim=-1), atol=1e-6)
+        assert torch.allclose(averaged.norm(dim=-1), torch.ones(3)) and not torch.allclose(averaged, plain)
+        symmetric = torch.cat([images[..., :16], images[..., :16].flip(-1)], -1)  # its own mirror: unchanged
+        model.flip_average = False
+        expected = model.embed_images(symmetric)
+        model.flip_average = True
+        assert torch.allclose(model.embed_images(symmetric), expected, atol=1e-6)
+        with pytest.raises(ValueError, match="mirrored"):
+            model.embed_images(None, torch.zeros(1, 3, 32, 32))  # cached features need their mirror's
+
+    # `vlfuse eval --set retrieval.flip_average=true` ranks with it; the index embeds photos the same way.
+    result = cli_main("eval", out / "model", "--set", "retrieval.flip_average=true", "--out", tmp_path / "f.json")
+    assert result.returncode == 0, result.stderr
+    flipped, first = read_json(tmp_path / "f.json"), read_json(out / "eval.json")
+    assert flipped["first_stage"] != first["first_stage"]
+    encoder = RetrievalEncoder.load(out / "model")
+    assert torch.allclose(torch.from_numpy(encoder.embed_image_tensors(images)), plain, atol=1e-6)
+    encoder.model.flip_average = True
+    assert torch.allclose(torch.from_numpy(encoder.embed_image_tensors(images)), averaged, atol=1e-6)
 
 
 def test_dual_encoder_without_fusion_reports_the_first_stage_only(shapes_root, tmp_path):

@@ -3,11 +3,14 @@
 Training takes one caption per image per batch, so the other images of the batch are the
 negatives (no image appears twice in a batch). The caption an image brings cycles through its
 captions from epoch to epoch, decided by (image, epoch) alone: a resumed run and a run with
-loader workers see the same pairs.
+loader workers see the same pairs. So is whether a training image comes flipped left-right
+(`mirror`, an augmentation), except with a caption that names a side, which would then be wrong.
 """
 
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +23,9 @@ from .images import image_to_tensor, load_image
 from .records import CaptionSample
 from .tokenizer import encode_ids, pad_ids
 from .vqa_dataset import EpochSampler
+
+
+SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)  # a caption that says these fits one way round
 
 
 class CaptionDataset(Dataset):
@@ -52,6 +58,24 @@ class CaptionDataset(Dataset):
         for s in kept:
             starts.append(starts[-1] + len(s.captions))
         self.first_caption = starts  # image i's captions are caption_ids[starts[i]:starts[i + 1]]
+        self.mirror_share, self.mirrored = 0.0, None
+
+    def mirror(self, share: float, image_loader=None) -> None:
+        """Hand out each image flipped left-right in about `share` of the epochs, unless the caption it
+        brings names a side. image_loader(path): the flipped image's item (the feature cache's mirrored
+        features); None flips the pixels."""
+        self.mirror_share = share
+        self.mirrored = torch.stack([image_loader(s.image_path) for s in self.samples]) \
+            if image_loader is not None and share > 0 and self.samples else None
+        self.names_side = [bool(SIDE_WORDS.search(c)) for c in self.captions]
+
+    def image_for(self, i: int, epoch: int | None, captions) -> torch.Tensor:
+        """Image i as training `epoch` hands it out beside `captions` (flat indices): flipped or not
+        (`mirror`). Epoch None (an item asked for by index alone, as evaluation does): as it is."""
+        if not self.mirror_share or epoch is None or any(self.names_side[c] for c in captions) or \
+                random.Random(f"mirror {i} {epoch}").random() >= self.mirror_share:
+            return self.images[i]
+        return self.images[i].flip(-1) if self.mirrored is None else self.mirrored[i]
 
     @property
     def image_paths(self) -> list[Path]:
@@ -66,7 +90,9 @@ class CaptionDataset(Dataset):
         return first + (i + epoch) % count
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
-        return self.images[key[0] if isinstance(key, tuple) else key], self.caption_ids[self.text_rows(key)[0]]
+        i, epoch = key if isinstance(key, tuple) else (key, None)
+        caption = self.caption_for(i, epoch or 0)
+        return self.image_for(i, epoch, [caption]), self.caption_ids[caption]
 
     # The texts the frozen text encoder's cache serves (vlfuse.data.cached_inputs): every caption, and
     # the one an item brings.
@@ -80,7 +106,8 @@ class CaptionDataset(Dataset):
 
 
 class PairSampler(EpochSampler):
-    """EpochSampler that hands the dataset (image index, epoch), so it can pick that epoch's caption."""
+    """EpochSampler that hands the dataset (image index, epoch), so it can pick that epoch's caption (and
+    whether the photo comes flipped)."""
 
     def __iter__(self):
         epoch = self.epoch

@@ -6,6 +6,7 @@ stored output to the encoder's trainable part (`from_frozen`: EfficientNet's pro
 running the backbone. Keys and invalidation:
 
 - an image's key is the sha256 of its file bytes (a renamed or copied file hits, an edited one misses);
+  the image flipped left-right (data.hflip) is that key + "-mirrored";
 - the cache lives in `DIR/<fingerprint>/`, where the fingerprint hashes the encoder's frozen part
   (class, backbone weights, input size and normalisation), the data's image_size (images are
   resized before the encoder sees them) and this file's format version. Another encoder, other
@@ -290,6 +291,9 @@ def read_index(folder: Path) -> list[Chunk]:
 
 # --------------------------------------------------------------------------- building and use
 
+MIRRORED = "-mirrored"  # appended to an image's key: the features of the image flipped left-right
+
+
 @dataclass
 class CachedImages:
     """Features for a set of image paths: `features[row_of[path]]`; `errors[path]` for unreadable images."""
@@ -310,11 +314,12 @@ class CachedImages:
 @torch.no_grad()
 def ensure_features(cache: FeatureCache, encoder: torch.nn.Module, paths: Iterable[str | Path], image_size: int,
                     *, chunk_size: int = 64, batch_size: int = 32, progress: bool = True,
-                    repair: bool = False) -> CachedImages:
+                    repair: bool = False, mirrored: bool = False) -> CachedImages:
     """Compute the features of every image in `paths` that the cache lacks, store them, return all.
 
     Unreadable images are recorded in `errors` (the dataset's skip policy decides what to do), not
-    raised. `repair=True` first drops corrupt chunks, so their images are computed again.
+    raised. `repair=True` first drops corrupt chunks, so their images are computed again. `mirrored`:
+    the features of each image flipped left-right (keyed apart from the image's own: MIRRORED).
     """
     from .images import image_to_tensor, load_image
 
@@ -325,7 +330,7 @@ def ensure_features(cache: FeatureCache, encoder: torch.nn.Module, paths: Iterab
     errors: dict[Path, DataError] = {}
     for path in track(paths, "Hashing images", enabled=progress and len(paths) > 256):
         try:
-            keys[path] = image_key(path)
+            keys[path] = image_key(path) + (MIRRORED if mirrored else "")
         except DataError as exc:
             errors[path] = exc
     todo = list(dict.fromkeys(k for k in keys.values() if k not in cache))
@@ -338,13 +343,14 @@ def ensure_features(cache: FeatureCache, encoder: torch.nn.Module, paths: Iterab
     computed = 0
     try:
         starts = range(0, len(todo), chunk_size)
-        for start in track(starts, f"Caching image features ({len(todo)} images)", total=len(starts),
-                           enabled=progress and bool(todo)):
+        what = f"Caching {'mirrored ' if mirrored else ''}image features ({len(todo)} images)"
+        for start in track(starts, what, total=len(starts), enabled=progress and bool(todo)):
             chunk_keys, images = [], []
             for key in todo[start: start + chunk_size]:
                 path = first_path[key]
                 try:
-                    images.append(image_to_tensor(load_image(path), image_size))
+                    image = image_to_tensor(load_image(path), image_size)
+                    images.append(image.flip(-1) if mirrored else image)
                 except DataError as exc:
                     errors[path] = exc
                     continue
@@ -410,15 +416,16 @@ def cache_info(root: str | Path, verify: bool = False) -> list[dict]:
     return out
 
 
-def feature_loader(config, image_encoder: torch.nn.Module, samples: Iterable, progress: bool = True
-                   ) -> Callable[[Path], torch.Tensor] | None:
-    """A task's hook: None without data.feature_cache, else the cached-features image_loader for `samples`."""
+def feature_loader(config, image_encoder: torch.nn.Module, samples: Iterable, progress: bool = True,
+                   mirrored: bool = False) -> Callable[[Path], torch.Tensor] | None:
+    """A task's hook: None without data.feature_cache, else the cached-features image_loader for `samples`
+    (`mirrored`: of the images flipped left-right)."""
     if not config.data.feature_cache:
         return None
     cache = FeatureCache.for_encoder(config.data.feature_cache, image_encoder, config.data.image_size)
     image_encoder.feature_cache_fingerprint = cache.fingerprint  # for check_cache_current
     cached = ensure_features(cache, image_encoder, (s.image_path for s in samples), config.data.image_size,
-                             progress=progress)
+                             progress=progress, mirrored=mirrored)
     return cached.loader
 
 

@@ -183,7 +183,7 @@ def _retrieval_outputs(saved, exported, batch) -> list[tuple[torch.Tensor, torch
 
     images, ids, mask, _ = batch
     model = saved.model
-    image_emb, text_emb = model(images, ids, mask)
+    image_emb, text_emb = model.embed_images(images), model(images, ids, mask)[1]  # flip_average: both ways
     got_images = torch.from_numpy(exported.embed_image_tensors(images))
     got_texts = torch.from_numpy(exported.embed_text_ids(ids, mask))
     pairs = [(got_texts @ got_images.T, text_emb @ image_emb.T), (got_images, image_emb), (got_texts, text_emb)]

@@ -101,7 +101,12 @@ class ExportedRetrievalEncoder(RetrievalEncoder):
         return torch.device("cpu")
 
     def embed_image_tensors(self, images: torch.Tensor) -> np.ndarray:
-        return self.graphs.run("image.onnx", images=images)[0].astype(np.float32, copy=False)
+        """uint8 [B, 3, S, S] -> unit embeddings [B, E] (averaged with the mirror's: retrieval.flip_average)."""
+        embedded = self.graphs.run("image.onnx", images=images)[0].astype(np.float32, copy=False)
+        if not self.config.retrieval.flip_average:
+            return embedded
+        mirrored = self.graphs.run("image.onnx", images=images.flip(-1))[0]
+        return torch.nn.functional.normalize(torch.from_numpy(embedded + mirrored), dim=-1).numpy()
 
     def embed_text_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
         return self.graphs.run("text.onnx", input_ids=input_ids, attention_mask=attention_mask)[0]
@@ -116,6 +121,8 @@ class ExportedRetrievalEncoder(RetrievalEncoder):
             raise ConfigError("this retrieval model has no fusion (model.fusion: null), so no matching head")
         similarity, log_odds = self.graphs.run("match.onnx", images=images, input_ids=input_ids,
                                                attention_mask=attention_mask)
+        if self.config.retrieval.flip_average:  # the graph's similarity is of the photos as they are
+            similarity = (self.embed_image_tensors(images) * self.embed_text_ids(input_ids, attention_mask)).sum(-1)
         return similarity, log_odds
 
     def match(self, images: torch.Tensor, text: str) -> tuple[np.ndarray, np.ndarray]:

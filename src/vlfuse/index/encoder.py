@@ -87,9 +87,8 @@ class RetrievalEncoder:
 
     @torch.no_grad()
     def embed_image_tensors(self, images: torch.Tensor) -> np.ndarray:
-        """uint8 [B, 3, S, S] -> unit embeddings [B, E] float32."""
-        features = self.model.encode_images(images.to(self.device))
-        return self.model.head.embed_image(features).float().cpu().numpy()
+        """uint8 [B, 3, S, S] -> unit embeddings [B, E] float32 (averaged with the mirror's: flip_average)."""
+        return self.model.embed_images(images.to(self.device)).float().cpu().numpy()
 
     def embed_images(self, images: list) -> np.ndarray:
         return self.embed_image_tensors(torch.stack([self.image_tensor(i) for i in images]))
@@ -107,7 +106,7 @@ class RetrievalEncoder:
         ids, mask = self.text_ids([text])
         image = model.encode_images(images.to(self.device))
         text_features = model.encode_texts(ids.to(self.device), mask.to(self.device))
-        image_emb, text_emb = model.head(image, text_features)
+        image_emb, text_emb = model.embed_images(images.to(self.device)), model.head.embed_text(text_features)
         similarity = (image_emb @ text_emb.T)[:, 0].float().cpu().numpy()
         rows = torch.zeros(len(images), dtype=torch.long, device=self.device)
         itm = match_score(model.match(image, text_features.index_select(rows))).float().cpu().numpy()

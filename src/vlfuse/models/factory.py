@@ -125,7 +125,9 @@ def build_retrieval_model(config: Config, vocab_size: int) -> RetrievalModel:
     if m.fusion is not None:
         fusion = build_component(FUSIONS, m.fusion, "model.fusion", dim=m.dim)
         itm_head = build_component(ITM_HEADS, config.retrieval.itm_head, "retrieval.itm_head", dim=m.dim)
-    return RetrievalModel(image_encoder, text_encoder, head, fusion, itm_head)
+    model = RetrievalModel(image_encoder, text_encoder, head, fusion, itm_head)
+    model.flip_average = config.retrieval.flip_average
+    return model
 
 
 def build_captioning_model(config: Config, vocab_size: int) -> CaptioningModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -31,6 +32,8 @@ class RetrievalModel(nn.Module):
         self.image_encoder, self.text_encoder, self.head = image_encoder, text_encoder, head
         self.fusion, self.itm_head = fusion, itm_head
 
+    flip_average = False  # retrieval.flip_average, set by the factory (and by evaluation's config)
+
     @property
     def can_rerank(self) -> bool:
         return self.itm_head is not None
@@ -38,6 +41,19 @@ class RetrievalModel(nn.Module):
     def encode_images(self, images: torch.Tensor | None, image_features: torch.Tensor | None = None) -> Features:
         """Images (or a frozen encoder's cached output, data.feature_cache) -> Features: models.inputs."""
         return encode_images(self.image_encoder, images, image_features)
+
+    def embed_images(self, images: torch.Tensor | None, image_features: torch.Tensor | None = None,
+                     mirrored_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit embeddings [B, E] of images (uint8 [B, 3, S, S]) or of their cached features. With
+        flip_average: the renormalised mean of each photo's embedding and its left-right mirror's (test-time
+        flip); the mirror is the flipped pixels or, for cached features, `mirrored_features`."""
+        if self.flip_average and images is None and mirrored_features is None:
+            raise ValueError("retrieval.flip_average over cached features needs the mirrored photos' features")
+        embedded = self.head.embed_image(self.encode_images(images, image_features))
+        if not self.flip_average:
+            return embedded
+        mirrored = self.encode_images(None if images is None else images.flip(-1), mirrored_features)
+        return F.normalize(embedded + self.head.embed_image(mirrored), dim=-1)
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      text_states: torch.Tensor | None = None) -> Features:

@@ -24,8 +24,9 @@ class CaptioningDataset(CaptionDataset):
     """Item i = (image i as uint8 [3, S, S], the token ids of every caption of image i)."""
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, list[list[int]]]:
-        i = key[0] if isinstance(key, tuple) else key
-        return self.images[i], self.caption_ids[self.first_caption[i]: self.first_caption[i + 1]]
+        i, epoch = key if isinstance(key, tuple) else (key, None)
+        captions = range(self.first_caption[i], self.first_caption[i + 1])
+        return self.image_for(i, epoch, captions), self.caption_ids[captions.start: captions.stop]
 
 
 def collate_captions(items: list[tuple[torch.Tensor, list[list[int]]]]) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ...config import CaptioningConfig, Config, TrainConfig
-from ...data.caption_dataset import CaptionDataset
+from ...data.caption_dataset import CaptionDataset, PairSampler
 from ...data.caption_tokens import CaptionSpecials
 from ...data.feature_cache import feature_collate, feature_loader
 from ...data.loading import read_split
@@ -144,6 +144,9 @@ def prepare_captioning(config: Config, model_dir: Path, resume: bool, progress: 
     args = (tokenizer, config.data.image_size, config.data.max_question_length)
     train_set = CaptioningDataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images",
                                   image_loader=loader)
+    if config.data.hflip:
+        train_set.mirror(config.data.hflip, feature_loader(config, model.image_encoder, train_set.samples,
+                                                           progress, mirrored=True))
     if len(train_set) == 0:
         raise ConfigError("task captioning found no captioned training images"
                           + (f"; {train_read.skipped.summary()}" if train_read.skipped.count else ""))
@@ -162,7 +165,7 @@ def prepare_captioning(config: Config, model_dir: Path, resume: bool, progress: 
                               per_epoch * (config.train.epochs - c.scst_epochs), config.seed)
     summary = run_summary("captioning", model, tokenizer, captioned_split(train_set, train_read),
                           None if val_set is None else captioned_split(val_set, val_read))
-    datamodule = EpochDataModule(train_set, val_set, config, feature_collate(config, collate_captions))
+    datamodule = EpochDataModule(train_set, val_set, config, feature_collate(config, collate_captions), PairSampler)
 
     def save() -> None:  # after training: the exported weights are the selected ones (on_train_end)
         if module.best["weights"]:

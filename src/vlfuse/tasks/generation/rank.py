@@ -30,7 +30,7 @@ class Ranker:
         model, size = self.saved.model, self.saved.config.data.image_size
         if images.shape[-1] != size:
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-        return torch.cat([model.head.embed_image(model.encode_images(images[s: s + self.batch])).float()
+        return torch.cat([model.embed_images(images[s: s + self.batch]).float()
                           for s in range(0, len(images), self.batch)])
 
     @torch.no_grad()

@@ -63,11 +63,13 @@ def _to(f: Features, device: torch.device | str) -> Features:
 @torch.no_grad()
 def embed_dataset(model: RetrievalModel, dataset: CaptionDataset, batch: int = 64, progress: bool = True,
                   keep_features: bool | None = None, cached_images: bool = False,
-                  text_states: list[torch.Tensor] | None = None) -> Embedded:
+                  text_states: list[torch.Tensor] | None = None, mirrored_images: torch.Tensor | None = None
+                  ) -> Embedded:
     """Every image and every caption of `dataset` through the encoders and the embedding head.
 
-    cached_images: dataset.images hold the frozen image encoder's cached output; text_states: the
-    frozen text encoder's cached states of each caption (data.feature_cache)."""
+    cached_images: dataset.images hold the frozen image encoder's cached output (and mirrored_images,
+    row-aligned, that of the photos flipped, for the model's flip_average); text_states: the frozen text
+    encoder's cached states of each caption (data.feature_cache)."""
     model.eval()
     keep = model.can_rerank if keep_features is None else keep_features
     device = next(model.parameters()).device
@@ -75,9 +77,11 @@ def embed_dataset(model: RetrievalModel, dataset: CaptionDataset, batch: int = 6
     starts = range(0, len(dataset), batch)
     for start in track(starts, "Embedding images", total=len(starts), enabled=progress):
         images = dataset.images[start: start + batch].to(device)
-        features = model.encode_images(None, images) if cached_images else model.encode_images(images)
-        image_emb.append(model.head.embed_image(features).float().cpu())
-        if keep:
+        mirrored = None if mirrored_images is None else mirrored_images[start: start + batch].to(device)
+        image_emb.append((model.embed_images(None, images, mirrored) if cached_images
+                          else model.embed_images(images)).float().cpu())
+        if keep:  # the matching head reads the photos as they are
+            features = model.encode_images(None, images) if cached_images else model.encode_images(images)
             image_feats.append(_to(features, "cpu"))
     starts = range(0, len(dataset.caption_ids), batch)
     for start in track(starts, "Embedding captions", total=len(starts), enabled=progress):
@@ -90,6 +94,16 @@ def embed_dataset(model: RetrievalModel, dataset: CaptionDataset, batch: int = 6
     longest = max(f.tokens.shape[1] for f in text_feats) if keep else None
     return Embedded(torch.cat(image_emb), torch.cat(text_emb), _concat(image_feats) if keep else None,
                     _concat(text_feats, longest) if keep else None)
+
+
+def mirrored_features(config: Config, model: RetrievalModel, dataset: CaptionDataset, progress: bool = True
+                      ) -> torch.Tensor | None:
+    """The cached features of `dataset`'s photos flipped left-right, row-aligned with dataset.images, when the
+    model averages each photo with its mirror (retrieval.flip_average) and they come from the cache."""
+    if not (model.flip_average and config.data.feature_cache and len(dataset)):
+        return None
+    loader = feature_loader(config, model.image_encoder, dataset.samples, progress, mirrored=True)
+    return torch.stack([loader(path) for path in dataset.image_paths])
 
 
 def _lift(similarity: torch.Tensor, top: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -194,6 +208,7 @@ def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log
     loader = feature_loader(cache_config, model.image_encoder, samples, progress) if cached else None
     dataset = CaptionDataset(samples, saved.tokenizer, cfg.image_size, cfg.max_question_length, skip_log,
                              progress=progress, image_loader=loader)
+    mirrored = mirrored_features(cache_config, model, dataset, progress) if cached else None
     text_states = text_feature_states(cache_config, model.text_encoder, dataset.caption_ids, progress) \
         if cached else None
     if len(dataset) == 0:
@@ -203,7 +218,7 @@ def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log
     rerank = rerank_k > 0 and model.can_rerank
     clock = time.perf_counter()
     embedded = embed_dataset(model, dataset, batch, progress, keep_features=rerank, cached_images=cached,
-                             text_states=text_states)
+                             text_states=text_states, mirrored_images=mirrored)
     similarity = embedded.images @ embedded.texts.T
     embed_seconds = time.perf_counter() - clock
     owner = dataset.text_to_image
@@ -253,6 +268,7 @@ def evaluate_retrieval_split(model_dir: Path, config: Config, split: str, out_js
     read = read_split(config.data, split)
     saved = load_model_dir(model_dir, task="retrieval")
     r = config.retrieval
+    saved.model.flip_average = r.flip_average  # --set retrieval.flip_average=... measures either way
     bank = load_querybank(model_dir) if r.querybank else None
     if r.querybank and bank is None:
         print(f"note: {model_dir} has no query bank (trained with retrieval.querybank: 0): ranking without one",

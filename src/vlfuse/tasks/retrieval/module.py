@@ -25,7 +25,7 @@ from ...models.saved import save_model_dir, save_vocabularies
 from ...train.run import EpochDataModule, Prepared, steps_per_epoch, warn_skipped
 from ..base import TaskModule, captioned_split, run_summary, run_tokenizer
 from .data import retrieval_items
-from .evaluate import embed_dataset
+from .evaluate import embed_dataset, mirrored_features
 from .querybank import save_querybank
 
 
@@ -115,6 +115,9 @@ def prepare_retrieval(config: Config, model_dir: Path, resume: bool, progress: b
     args = (tokenizer, config.data.image_size, config.data.max_question_length)
     train_set = CaptionDataset(train_read.samples, *args, train_read.skipped, progress, "Loading train images",
                                image_loader=loader)
+    if config.data.hflip:
+        train_set.mirror(config.data.hflip, feature_loader(config, model.image_encoder, train_set.samples,
+                                                           progress, mirrored=True))
     if len(train_set) < 2:
         raise ConfigError(f"task retrieval needs at least 2 captioned training images, found {len(train_set)}"
                           + (f"; {train_read.skipped.summary()}" if train_read.skipped.count else ""))
@@ -147,5 +150,6 @@ def embed_querybank(model: RetrievalModel, config: Config, samples: list, args: 
     dataset = CaptionDataset(chosen, *args, SkipLog(), progress, "Loading the query bank", image_loader=loader)
     states = text_feature_states(config, model.text_encoder, dataset.caption_ids, progress)
     embedded = embed_dataset(model, dataset, config.retrieval.eval_batch, progress, keep_features=False,
-                             cached_images=loader is not None, text_states=states)
+                             cached_images=loader is not None, text_states=states,
+                             mirrored_images=mirrored_features(config, model, dataset, progress))
     return embedded.images, embedded.texts

@@ -6,7 +6,7 @@ stored output to the encoder's trainable part (`from_frozen`: EfficientNet's pro
 running the backbone. Keys and invalidation:
 
 - an image's key is the sha256 of its file bytes (a renamed or copied file hits, an edited one misses);
-  the image flipped left-right (data.hflip) is that key + "-mirrored";
+  the image flipped left-right (data.hflip, retrieval.flip_average) is that key + "-mirrored";
 - the cache lives in `DIR/<fingerprint>/`, where the fingerprint hashes the encoder's frozen part
   (class, backbone weights, input size and normalisation), the data's image_size (images are
   resized before the encoder sees them) and this file's format version. Another encoder, other

@@ -31,8 +31,7 @@ class RetrievalModel(nn.Module):
             check_text_input(text_encoder, fusion)
         self.image_encoder, self.text_encoder, self.head = image_encoder, text_encoder, head
         self.fusion, self.itm_head = fusion, itm_head
-
-    flip_average = False  # retrieval.flip_average, set by the factory (and by evaluation's config)
+        self.flip_average = False  # retrieval.flip_average, set by the factory (and by evaluation's config)
 
     @property
     def can_rerank(self) -> bool:

@@ -374,13 +374,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     check_ranges(config)
     check_multitask(config)
     check_knowledge_graph(config)
-    if config.data.hflip and config.task not in HFLIP_TASKS:
-        raise ConfigError(f"config key 'data.hflip' is read by task {' and '.join(HFLIP_TASKS)} only, not "
-                          f"{config.task}: remove it")
+    check_hflip(config)
     return config
 
 
 HFLIP_TASKS = ("retrieval", "captioning")  # the tasks whose training photos data.hflip flips
+
+
+def check_hflip(config: Config) -> None:
+    """data.hflip is read by the tasks in HFLIP_TASKS alone."""
+    if config.data.hflip and config.task not in HFLIP_TASKS:
+        raise ConfigError(f"config key 'data.hflip' is read by task {' and '.join(HFLIP_TASKS)} only, not "
+                          f"{config.task}: remove it")
 
 
 def check_knowledge_graph(config: Config) -> None:

@@ -100,6 +100,27 @@ def test_efficientnet_features_contract_at_any_input_size(frozen_effnet):
     torch.testing.assert_close(out.pooled, out.tokens.mean(1))
 
 
+def test_efficientnet_at_a_higher_resolution_gives_a_finer_grid_of_the_same_network(weights_file, file_state):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    enc = EfficientNetImageEncoder(dim=16, resolution=288).eval()
+    images = torch.rand(2, 3, 288, 288)
+    with torch.no_grad():
+        out = enc(images)
+        # TensorFlow "same" padding worked out per input: the reference for the padding fixed at 288
+        dynamic = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        dynamic._fc = torch.nn.Identity()
+        dynamic.load_state_dict(enc.backbone.state_dict())
+        reference = dynamic.eval().extract_features((images - enc.mean) / enc.std)
+    _check_contract(out, batch=2, tokens=81, dim=16, grid=9)
+    torch.testing.assert_close(enc.frozen_features(images), reference)
+    assert torch.equal(enc.backbone.state_dict()["_conv_head.weight"], file_state["_conv_head.weight"])
+    assert enc.frozen_fingerprint() != EfficientNetImageEncoder(dim=16).frozen_fingerprint()  # another cache
+    with pytest.raises(ValueError, match="resolution must be a positive multiple of 32"):
+        EfficientNetImageEncoder(dim=16, resolution=300)
+
+
 def test_efficientnet_loads_the_pretrained_weights(frozen_effnet, file_state):
     backbone = frozen_effnet.backbone.state_dict()
     for key in ("_conv_stem.weight", "_blocks.7._depthwise_conv.weight", "_bn1.running_mean", "_conv_head.weight"):

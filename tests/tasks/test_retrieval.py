@@ -376,6 +376,8 @@ def test_flip_average_embeds_each_photo_with_its_mirror_everywhere_photos_are_ra
         averaged = model.embed_images(images)
         assert torch.allclose(averaged, F.normalize(plain + mirror, dim=-1), atol=1e-6)
         assert torch.allclose(averaged.norm(dim=-1), torch.ones(3)) and not torch.allclose(averaged, plain)
+        # handed the features the caller already has (the matching head's), the same embedding
+        assert torch.allclose(model.embed_images(images, encoded=model.encode_images(images)), averaged, atol=1e-6)
         symmetric = torch.cat([images[..., :16], images[..., :16].flip(-1)], -1)  # its own mirror: unchanged
         model.flip_average = False
         expected = model.embed_images(symmetric)

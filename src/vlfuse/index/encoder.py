@@ -104,9 +104,10 @@ class RetrievalEncoder:
         """One text against images uint8 [B, 3, S, S]: (cosine similarity [B], ITM log-odds of a match [B])."""
         model = self.model
         ids, mask = self.text_ids([text])
-        image = model.encode_images(images.to(self.device))
+        images = images.to(self.device)
+        image = model.encode_images(images)
         text_features = model.encode_texts(ids.to(self.device), mask.to(self.device))
-        image_emb, text_emb = model.embed_images(images.to(self.device)), model.head.embed_text(text_features)
+        image_emb, text_emb = model.embed_images(images, encoded=image), model.head.embed_text(text_features)
         similarity = (image_emb @ text_emb.T)[:, 0].float().cpu().numpy()
         rows = torch.zeros(len(images), dtype=torch.long, device=self.device)
         itm = match_score(model.match(image, text_features.index_select(rows))).float().cpu().numpy()

@@ -42,13 +42,15 @@ class RetrievalModel(nn.Module):
         return encode_images(self.image_encoder, images, image_features)
 
     def embed_images(self, images: torch.Tensor | None, image_features: torch.Tensor | None = None,
-                     mirrored_features: torch.Tensor | None = None) -> torch.Tensor:
+                     mirrored_features: torch.Tensor | None = None, encoded: Features | None = None
+                     ) -> torch.Tensor:
         """Unit embeddings [B, E] of images (uint8 [B, 3, S, S]) or of their cached features. With
         flip_average: the renormalised mean of each photo's embedding and its left-right mirror's (test-time
-        flip); the mirror is the flipped pixels or, for cached features, `mirrored_features`."""
+        flip); the mirror is the flipped pixels or, for cached features, `mirrored_features`. `encoded`:
+        encode_images' output for these photos, when the caller has it already (the matching head reads it)."""
         if self.flip_average and images is None and mirrored_features is None:
             raise ValueError("retrieval.flip_average over cached features needs the mirrored photos' features")
-        embedded = self.head.embed_image(self.encode_images(images, image_features))
+        embedded = self.head.embed_image(self.encode_images(images, image_features) if encoded is None else encoded)
         if not self.flip_average:
             return embedded
         mirrored = self.encode_images(None if images is None else images.flip(-1), mirrored_features)

@@ -78,10 +78,10 @@ def embed_dataset(model: RetrievalModel, dataset: CaptionDataset, batch: int = 6
     for start in track(starts, "Embedding images", total=len(starts), enabled=progress):
         images = dataset.images[start: start + batch].to(device)
         mirrored = None if mirrored_images is None else mirrored_images[start: start + batch].to(device)
-        image_emb.append((model.embed_images(None, images, mirrored) if cached_images
-                          else model.embed_images(images)).float().cpu())
+        features = model.encode_images(None, images) if cached_images else model.encode_images(images)
+        image_emb.append((model.embed_images(None, images, mirrored, encoded=features) if cached_images
+                          else model.embed_images(images, encoded=features)).float().cpu())
         if keep:  # the matching head reads the photos as they are
-            features = model.encode_images(None, images) if cached_images else model.encode_images(images)
             image_feats.append(_to(features, "cpu"))
     starts = range(0, len(dataset.caption_ids), batch)
     for start in track(starts, "Embedding captions", total=len(starts), enabled=progress):

@@ -90,7 +90,7 @@ class ModelConfig:
     dim: int = 128
     image_encoder: dict = field(default_factory=lambda: {"name": "cnn"})
     text_encoder: dict = field(default_factory=lambda: {"name": "transformer"})
-    # Task retrieval: null trains a dual encoder alone (no matching head, no re-ranking).
+    # Task retrieval: null trains a dual encoder alone (no matching head; retrieval.reranker: tokens re-ranks).
     fusion: dict | None = field(default_factory=lambda: {"name": "cross_attention"})
     # Task vqa: classifier. Task retrieval: dual_encoder (embedding projections + temperature).
     head: dict = field(default_factory=lambda: {"name": "classifier"})
@@ -169,9 +169,15 @@ class RetrievalConfig:
     # so the embeddings learn details, not only a caption's gist (NegCLIP; data/caption_edits.py). 0: off.
     caption_edits: int = 0
     rerank_k: int = 16  # 0: report the first stage only
-    # Re-ranking score = ITC logit (cosine x learned scale) + rerank_weight * ITM log-odds; eval.json's
-    # rerank_sweep shows R@1 at other weights, to choose this one on val.
+    # What re-scores the top rerank_k: "itm", the matching head's log-odds (needs model.fusion), or
+    # "tokens", late interaction of the embedding head's token embeddings from the query's side
+    # (ColBERT's MaxSim, heads/retrieval.max_sim; no parameters, no training: any model has it).
+    reranker: Literal["itm", "tokens"] = "itm"
+    # Re-ranking score = ITC logit (cosine x learned scale) + rerank_weight * the reranker's score
+    # (t2i_rerank_weight for text queries ranking images; null: the same); eval.json's rerank_sweep
+    # shows R@1 both ways at other weights, to choose them on val.
     rerank_weight: float = 1.0
+    t2i_rerank_weight: float | None = None
     # Query-bank normalisation (QB-Norm's inverted softmax; tasks/retrieval/querybank.py): training
     # ends by embedding this many random training images and their captions, kept with the model;
     # evaluation discounts candidates the bank's queries all like, at sharpness querybank_beta
@@ -183,6 +189,11 @@ class RetrievalConfig:
     # data.feature_cache the mirrored photos' features are cached too.
     flip_average: bool = False
     eval_batch: int = 64
+
+    @property
+    def text_query_weight(self) -> float:
+        """The re-ranking weight of text queries ranking images: t2i_rerank_weight, else rerank_weight."""
+        return self.rerank_weight if self.t2i_rerank_weight is None else self.t2i_rerank_weight
 
 
 @dataclass
@@ -420,6 +431,7 @@ RANGES = {
     "data.train_fraction": _SHARE, "data.hflip": _PROBABILITY, "data.shuffle_buffer": _NON_NEGATIVE,
     "data.knowledge_hops": (0, 4, True), "model.dim": _AT_LEAST_1,
     "retrieval.itm_weight": _NON_NEGATIVE, "retrieval.hinge_weight": _NON_NEGATIVE,
+    "retrieval.rerank_weight": _NON_NEGATIVE, "retrieval.t2i_rerank_weight": _NON_NEGATIVE,
     "retrieval.hinge_margin": _NON_NEGATIVE, "retrieval.negatives_temperature": _NON_NEGATIVE,
     "retrieval.rerank_k": _NON_NEGATIVE, "retrieval.eval_batch": _AT_LEAST_1, "retrieval.caption_edits": _NON_NEGATIVE,
     "captioning.label_smoothing": (0, 1, True), "captioning.beam_size": _AT_LEAST_1,

@@ -222,6 +222,7 @@ def test_retrieval_model_exports_as_embedding_and_matching_graphs(trained_retrie
     assert set(info["graphs"]) == {"image.onnx", "text.onnx", "match.onnx"}
     torch_encoder, onnx_encoder = (load_encoder(d) for d in (trained_retrieval.model_dir, info["out_dir"]))
     assert type(onnx_encoder).__name__ == "ExportedRetrievalEncoder" and onnx_encoder.dim == torch_encoder.dim
+    assert onnx_encoder.logit_scale == pytest.approx(torch_encoder.logit_scale)  # re-ranking weighs by it
     files = sorted((shapes_root / "images" / "train").iterdir())[:5]
     texts = ["a red circle", "a blue square at the top left and a green triangle", "gray"]
     np.testing.assert_allclose(onnx_encoder.embed_images(files), torch_encoder.embed_images(files), atol=FP32_MAX_DIFF)

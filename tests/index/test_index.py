@@ -124,7 +124,7 @@ def test_a_folder_without_readable_images_is_a_clear_error(encoder, tmp_path):
 
 # --------------------------------------------------------------------------- re-ranking
 
-def test_rerank_scores_are_similarity_plus_itm_best_first(encoder, train_images):
+def test_rerank_scores_are_the_evaluations_in_the_similaritys_units_best_first(encoder, train_images):
     index = build_index(encoder, images=train_images)
     text = "a red circle on the left"
     plain = index.search_texts([text], k=6)[0]
@@ -134,7 +134,10 @@ def test_rerank_scores_are_similarity_plus_itm_best_first(encoder, train_images)
     import torch
 
     similarity, itm = encoder.match(torch.from_numpy(images), text)
-    assert np.allclose([h.score for h in reranked], similarity + itm, atol=1e-5)
+    # evaluation's score, scale x cos + rerank_weight x ITM log-odds, divided by the scale
+    weight = encoder.config.retrieval.rerank_weight
+    want = (encoder.logit_scale * similarity + weight * itm) / encoder.logit_scale
+    assert np.allclose([h.score for h in reranked], want, atol=1e-5)
     assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
     assert all(h.match is not None for h in reranked) and [h.rank for h in reranked] == list(range(1, 7))
 

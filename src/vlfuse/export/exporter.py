@@ -144,6 +144,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, *, in
         from ..index.fingerprint import model_fingerprint
 
         info["fingerprint"] = model_fingerprint(model_dir)
+        info["logit_scale"] = float(saved.model.head.scale)  # re-ranking weighs the first stage by it
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     info["check"] = parity_check(saved, out, int8)
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -178,9 +179,7 @@ def _answer_outputs(saved, exported, batch) -> list[tuple[torch.Tensor, torch.Te
 @torch.no_grad()
 def _retrieval_outputs(saved, exported, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(text x image similarity, its reference) first, whose best image per text is compared; then
-    the image and text embeddings and, with an ITM head, the matching log-odds."""
-    from ..heads.retrieval import match_score
-
+    the image and text embeddings and, for a model that re-ranks, its re-ranking scores."""
     images, ids, mask, _ = batch
     model = saved.model
     image_emb, text_emb = model.embed_images(images), model(images, ids, mask)[1]  # flip_average: both ways
@@ -189,7 +188,7 @@ def _retrieval_outputs(saved, exported, batch) -> list[tuple[torch.Tensor, torch
     pairs = [(got_texts @ got_images.T, text_emb @ image_emb.T), (got_images, image_emb), (got_texts, text_emb)]
     if model.can_rerank:
         image, text = model.encode_images(images[:1].expand(len(ids), -1, -1, -1)), model.encode_texts(ids, mask)
-        want = match_score(model.match(image, text))
+        want = model.rerank_scores(image, text)[1]
         pairs.append((torch.from_numpy(exported.match_ids(images[:1].expand(len(ids), -1, -1, -1), ids, mask)[1]),
                       want))
     return pairs

@@ -75,18 +75,17 @@ class TextEmbedGraph(AnswerGraph):
 
 
 class MatchGraph(AnswerGraph):
-    """A RetrievalModel with an ITM head, row-aligned pairs -> (cosine similarity [B], ITM log-odds [B])."""
+    """A RetrievalModel that can re-rank, row-aligned pairs -> (cosine similarity [B], its re-ranking score [B]
+    of each image as the text's candidate: RetrievalModel.rerank_scores, what an index re-ranks by)."""
 
-    inputs, outputs, aligned = ("images", "input_ids", "attention_mask"), ("similarity", "match_log_odds"), True
+    inputs, outputs, aligned = ("images", "input_ids", "attention_mask"), ("similarity", "rerank_score"), True
 
     def forward(self, images, input_ids, attention_mask, region_boxes=None, region_centroids=None,
                 region_colors=None, region_areas=None, region_mask=None):
-        from ..heads.retrieval import match_score
-
         regions = (region_boxes, region_centroids, region_colors, region_areas, region_mask)
         image, text = encode_images(self.model, images, regions), self.model.encode_texts(input_ids, attention_mask)
         image_emb, text_emb = self.model.head(image, text)
-        return (image_emb * text_emb).sum(-1), match_score(self.model.match(image, text))
+        return (image_emb * text_emb).sum(-1), self.model.rerank_scores(image, text)[1]
 
 
 def task_graphs(model: nn.Module, task: str) -> dict[str, AnswerGraph]:

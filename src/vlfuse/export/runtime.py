@@ -14,6 +14,7 @@ from ..data.answers import AnswerVocab
 from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError, DataError
 from ..index.encoder import RetrievalEncoder
+from ..models.retrieval import CANNOT_RERANK
 from ..models.saved import ANSWERS, CONFIG, TOKENIZER, SavedModel
 from ..tasks.vqa.predict import Predictor
 from .info import EXPORT_INFO
@@ -78,7 +79,7 @@ class ExportedPredictor(Predictor):
 
 
 class ExportedRetrievalEncoder(RetrievalEncoder):
-    """A RetrievalEncoder whose embeddings (and ITM scores) come from image.onnx, text.onnx (and match.onnx).
+    """A RetrievalEncoder whose embeddings (and re-ranking scores) come from image.onnx, text.onnx (and match.onnx).
     Its fingerprint is the PyTorch model's, so an index that model built opens with the export."""
 
     def __init__(self, folder: Path):
@@ -95,6 +96,13 @@ class ExportedRetrievalEncoder(RetrievalEncoder):
     @property
     def can_rerank(self) -> bool:
         return "match.onnx" in self.graphs.sessions
+
+    @property
+    def logit_scale(self) -> float:
+        if "logit_scale" not in self.info:
+            raise ConfigError(f"{self.model_dir} was exported before export_info.json kept the model's logit scale, "
+                              "which re-ranking weighs by: export the model again")
+        return float(self.info["logit_scale"])
 
     @property
     def device(self) -> torch.device:
@@ -116,14 +124,14 @@ class ExportedRetrievalEncoder(RetrievalEncoder):
 
     def match_ids(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Row-aligned images and texts: (cosine similarity [B], ITM log-odds of a match [B])."""
+        """Row-aligned images and texts: (cosine similarity [B], the re-ranking score [B]: MatchGraph's)."""
         if not self.can_rerank:
-            raise ConfigError("this retrieval model has no fusion (model.fusion: null), so no matching head")
-        similarity, log_odds = self.graphs.run("match.onnx", images=images, input_ids=input_ids,
-                                               attention_mask=attention_mask)
+            raise ConfigError(CANNOT_RERANK)
+        similarity, score = self.graphs.run("match.onnx", images=images, input_ids=input_ids,
+                                            attention_mask=attention_mask)
         if self.config.retrieval.flip_average:  # the graph's similarity is of the photos as they are
             similarity = (self.embed_image_tensors(images) * self.embed_text_ids(input_ids, attention_mask)).sum(-1)
-        return similarity, log_odds
+        return similarity, score
 
     def match(self, images: torch.Tensor, text: str) -> tuple[np.ndarray, np.ndarray]:
         ids, mask = self.text_ids([text])

@@ -4,8 +4,10 @@ DualEncoderHead projects each encoder's pooled features to `embed_dim` and L2-no
 image-text similarity is a cosine; it owns the learnable temperature (through `ContrastiveLoss`),
 so the temperature is saved with the model. Over a frozen image encoder the image side can be made
 richer than one Linear of the mean: `image_pool="attention"` lets learned queries weigh the image
-tokens (grid cells), `image_hidden` adds a GELU MLP beside the Linear. ITMHead turns a fusion's pooled output into two logits,
-no match / match (class 1 = match, as losses.itm expects), for LAVIS-style re-ranking.
+tokens (grid cells), `image_hidden` adds a GELU MLP beside the Linear. Its projections also embed each
+token, which gives a finer score of a pair for re-ranking, `max_sim` (retrieval.reranker: tokens).
+ITMHead turns a fusion's pooled output into two logits, no match / match (class 1 = match, as
+losses.itm expects), for LAVIS-style re-ranking.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ class AttentionPool(nn.Module):
         query = self.queries.expand(len(features.tokens), -1, -1)
         read, _ = self.attention(query, features.tokens, features.tokens, features.mask)
         return features.pooled + self.norm(read.mean(1))
+
+
+def max_sim(image: torch.Tensor, image_mask: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Late interaction from the query's side (ColBERT's MaxSim; Khattab & Zaharia, 2020) of row-aligned
+    pairs: (image query [B]: each image token's best cosine over the words, averaged over the image
+    tokens; text query [B]: each word's best cosine over the image tokens, averaged over the words).
+
+    image [B, N_v, E], text [B, N_t, E]: unit token embeddings, with their bool masks; padding tokens are
+    never anyone's best and never averaged. Each score is in [-1, 1]. Scored from the query's side, a
+    candidate gains by holding what the query holds; from the candidate's side a photo full of generic
+    cells would match any caption (a hub)."""
+    sim = torch.einsum("bve,bwe->bwv", image, text).float()  # [B, N_t, N_v]
+    cells = sim.masked_fill(~text_mask[:, :, None], -2.0).amax(1)  # [B, N_v]: each image token's best word
+    words = sim.masked_fill(~image_mask[:, None, :], -2.0).amax(2)  # [B, N_t]: each word's best image token
+    return (cells * image_mask).sum(1) / image_mask.sum(1).clamp(min=1), \
+        (words * text_mask).sum(1) / text_mask.sum(1).clamp(min=1)
 
 
 class DualEncoderHead(nn.Module):
@@ -82,6 +101,13 @@ class DualEncoderHead(nn.Module):
 
     def forward(self, image: Features, text: Features) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed_image(image), self.embed_text(text)
+
+    def token_scores(self, image: Features, text: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        """`max_sim` of row-aligned pairs, (image query [B], text query [B]), with each token embedded by the
+        projection that embeds its side's pooled vector (with mean pooling a photo's embedding is the
+        normalised mean of its cells' unnormalised ones), so it needs no training of its own."""
+        return max_sim(F.normalize(self.image_proj(image.tokens), dim=-1), image.mask,
+                       F.normalize(self.text_proj(text.tokens), dim=-1), text.mask)
 
     @property
     def scale(self) -> torch.Tensor:

@@ -18,7 +18,6 @@ from ..data.formats.common import MAX_QUESTION_CHARS
 from ..data.tokenizer import encode_ids, pad_ids
 from ..data.images import image_tensor
 from ..errors import DataError
-from ..heads.retrieval import match_score
 from ..models.saved import SavedModel, load_model_dir
 from .fingerprint import model_fingerprint
 
@@ -55,6 +54,11 @@ class RetrievalEncoder:
     @property
     def can_rerank(self) -> bool:
         return self.model.can_rerank
+
+    @property
+    def logit_scale(self) -> float:
+        """The learned scale of the ITC logits (1 / temperature): the first stage's unit in re-ranking."""
+        return float(self.model.head.scale)
 
     @property
     def device(self) -> torch.device:
@@ -101,7 +105,8 @@ class RetrievalEncoder:
 
     @torch.no_grad()
     def match(self, images: torch.Tensor, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """One text against images uint8 [B, 3, S, S]: (cosine similarity [B], ITM log-odds of a match [B])."""
+        """One text against images uint8 [B, 3, S, S]: (cosine similarity [B], the model's re-ranking score [B] of
+        each image as the text query's candidate: RetrievalModel.rerank_scores)."""
         model = self.model
         ids, mask = self.text_ids([text])
         images = images.to(self.device)
@@ -110,5 +115,4 @@ class RetrievalEncoder:
         image_emb, text_emb = model.embed_images(images, encoded=image), model.head.embed_text(text_features)
         similarity = (image_emb @ text_emb.T)[:, 0].float().cpu().numpy()
         rows = torch.zeros(len(images), dtype=torch.long, device=self.device)
-        itm = match_score(model.match(image, text_features.index_select(rows))).float().cpu().numpy()
-        return similarity, itm
+        return similarity, model.rerank_scores(image, text_features.index_select(rows))[1].float().cpu().numpy()

@@ -23,6 +23,7 @@ import torch
 
 from ..data.formats.common import SkipLog
 from ..errors import ConfigError, DataError
+from ..models.retrieval import CANNOT_RERANK
 from ..progress import track
 from . import vectors as fv
 from .encoder import RetrievalEncoder
@@ -49,9 +50,9 @@ class Hit:
     position: int  # the vector's position in the index (what /images/{position} serves)
     id: str | int
     path: str
-    score: float  # what the ranking used: similarity (- the bank term), + ITM after re-ranking
+    score: float  # what the ranking used: similarity (- the bank term), + the weighted re-ranking score
     similarity: float  # cosine of query and image embeddings
-    match: float | None = None  # ITM log-odds of a match (re-ranked text queries only)
+    match: float | None = None  # the re-ranker's score, ITM log-odds or tokens' (re-ranked text queries only)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -166,11 +167,10 @@ class ImageIndex:
                 for row_scores, row_positions in zip(scores, positions)]
 
     def search_texts(self, texts: list[str], k: int = 10, rerank: bool = False) -> list[list[Hit]]:
-        """Text -> image: each text's k best images; `rerank` re-scores them with the ITM head (LAVIS)."""
+        """Text -> image: each text's k best images; `rerank` re-scores them with the model's re-ranker (LAVIS)."""
         encoder = self._encoder()
         if rerank and not encoder.can_rerank:
-            raise ConfigError("this retrieval model has no matching head (model.fusion: null), so it cannot "
-                              "re-rank: search without rerank")
+            raise ConfigError(f"{CANNOT_RERANK}: search without rerank")
         hits = self.search_vectors(encoder.embed_texts(texts), k, "text")
         return [self.rerank(text, row) for text, row in zip(texts, hits)] if rerank else hits
 
@@ -179,16 +179,20 @@ class ImageIndex:
         return self.search_vectors(self._encoder().embed_images(images), k, "image")
 
     def rerank(self, text: str, hits: list[Hit]) -> list[Hit]:
-        """Score = similarity (- the bank term) + ITM log-odds for each candidate (images re-read from their
-        paths), best first."""
+        """Each candidate (its image re-read from its path) re-scored as its evaluation does, best first: first
+        stage + the text queries' re-ranking weight x the re-ranker's score, where the first stage is the logit
+        beta (cos - bias) with a query bank, else the learned scale x cos; kept in the similarity's units
+        (divided by beta or the scale), so a re-ranked score reads like a plain one."""
         if not hits:
             return hits
         encoder = self._encoder()
         images = torch.stack([encoder.image_tensor(hit.path) for hit in hits])
-        similarity, itm = encoder.match(images, text)
-        for hit, s, m in zip(hits, similarity, itm):
+        similarity, scores = encoder.match(images, text)
+        unit = self.querybank_beta if self.querybank_beta is not None else encoder.logit_scale
+        weight = encoder.config.retrieval.text_query_weight / unit
+        for hit, s, m in zip(hits, similarity, scores):
             hit.similarity, hit.match = float(s), float(m)
-            hit.score = float(s - self.items[hit.position].bias + m)
+            hit.score = float(s - self.items[hit.position].bias + weight * m)
         hits = sorted(hits, key=lambda h: -h.score)
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank

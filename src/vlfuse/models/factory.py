@@ -127,6 +127,7 @@ def build_retrieval_model(config: Config, vocab_size: int) -> RetrievalModel:
         itm_head = build_component(ITM_HEADS, config.retrieval.itm_head, "retrieval.itm_head", dim=m.dim)
     model = RetrievalModel(image_encoder, text_encoder, head, fusion, itm_head)
     model.flip_average = config.retrieval.flip_average
+    model.reranker = config.retrieval.reranker
     return model
 
 

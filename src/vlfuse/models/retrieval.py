@@ -7,16 +7,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..heads.retrieval import match_score
 from ..types import Features, fusion_trait
 from .inputs import encode_images, encode_texts
 from .vlm import check_text_input
+
+
+CANNOT_RERANK = ("this retrieval model cannot re-rank: it has no matching head (model.fusion: null); "
+                 "retrieval.reranker: tokens re-ranks without one")
 
 
 class RetrievalModel(nn.Module):
     """Two-stage image-text retrieval (LAVIS): embeddings for the first stage, matching for re-ranking.
 
     `head` (heads.retrieval.DualEncoderHead) maps each encoder's Features to unit embeddings;
-    `fusion` + `itm_head` (both or neither) score a pair of Features as match / no match.
+    `fusion` + `itm_head` (both or neither) score a pair of Features as match / no match. `reranker`
+    (retrieval.reranker) picks what re-ranks: "itm", that matching head, or "tokens", the head's token-wise
+    `max_sim`, which every model has.
     """
 
     def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, head: nn.Module,
@@ -31,11 +38,23 @@ class RetrievalModel(nn.Module):
             check_text_input(text_encoder, fusion)
         self.image_encoder, self.text_encoder, self.head = image_encoder, text_encoder, head
         self.fusion, self.itm_head = fusion, itm_head
-        self.flip_average = False  # retrieval.flip_average, set by the factory (and by evaluation's config)
+        # retrieval.flip_average and retrieval.reranker, set by the factory (and by evaluation's config)
+        self.flip_average, self.reranker = False, "itm"
 
     @property
     def can_rerank(self) -> bool:
-        return self.itm_head is not None
+        return self.reranker == "tokens" or self.itm_head is not None
+
+    def rerank_scores(self, image: Features, text: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        """The re-ranking scores of row-aligned image and text Features, on the ITC logits' scale: (for an
+        image query ranking texts [B], for a text query ranking images [B]). reranker "tokens": the head's
+        `max_sim` from each query's side x the learned logit scale; "itm": the matching head's log-odds,
+        the same both ways."""
+        if self.reranker == "tokens":
+            image_query, text_query = self.head.token_scores(image, text)
+            return image_query * self.head.scale, text_query * self.head.scale
+        log_odds = match_score(self.match(image, text))
+        return log_odds, log_odds
 
     def encode_images(self, images: torch.Tensor | None, image_features: torch.Tensor | None = None) -> Features:
         """Images (or a frozen encoder's cached output, data.feature_cache) -> Features: models.inputs."""

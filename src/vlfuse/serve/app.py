@@ -36,6 +36,7 @@ from ..data.formats.fields import IMAGE_SUFFIXES
 from ..errors import VLFuseError
 from ..explain.api import METHODS, check_method
 from ..index.encoder import check_text
+from ..models.retrieval import CANNOT_RERANK
 from .guard import RequestGuard
 from .limits import BodyLimit, InProgress, NotServed, WorkLimit, error_body, status_of
 from .service import CaptionRequest, ImageQuery, Question, ServeSettings, Service, TextQuery
@@ -46,7 +47,8 @@ MAX_EXAMPLES = 24
 class SearchRequest(BaseModel):
     text: str = Field(description="What to find: a description of the images.")
     k: int = Field(10, description="How many images to return.")
-    rerank: bool = Field(False, description="Re-score the top k with the model's matching (ITM) head.")
+    rerank: bool = Field(False, description="Re-score the top k with the model's re-ranker (its matching head or "
+                                            "token-wise late interaction: retrieval.reranker).")
 
 
 def _examples(service: Service) -> list[Path]:
@@ -190,7 +192,7 @@ def _add_retrieval_routes(app: FastAPI, service: Service) -> None:
         text = check_text(request.text)
         service.check_k(request.k)
         if request.rerank and not service.retrieval.can_rerank:
-            raise NotServed("this retrieval model has no matching head, so it cannot re-rank: search without rerank")
+            raise NotServed(f"{CANNOT_RERANK}: search without rerank")
         hits = await service.text_batcher.submit(TextQuery(text, request.k, request.rerank))
         return {"query": text, "rerank": request.rerank, "results": _with_urls(hits)}
 

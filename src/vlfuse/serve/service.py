@@ -268,16 +268,18 @@ class Service:
     # ------------------------------------------------------------------ unbatched work (on the model thread)
 
     def match(self, image: torch.Tensor, text: str) -> dict:
-        """One image and one text: cosine similarity and, with an ITM head, the probability they match."""
+        """One image and one text: cosine similarity and the re-ranking score when the model has one; with an
+        ITM head that score is the log-odds of a match, also given as the probability they match."""
         encoder = self.retrieval
-        if encoder.can_rerank:
-            similarity, itm = encoder.match(image.unsqueeze(0), text)
-            log_odds = float(itm[0])
-            return {"similarity": float(similarity[0]), "match_log_odds": log_odds,
-                    "match_probability": float(1 / (1 + np.exp(-log_odds)))}
-        image_emb = encoder.embed_image_tensors(image.unsqueeze(0))
-        return {"similarity": float(image_emb[0] @ encoder.embed_texts([text])[0]), "match_log_odds": None,
-                "match_probability": None}
+        if not encoder.can_rerank:
+            image_emb = encoder.embed_image_tensors(image.unsqueeze(0))
+            return {"similarity": float(image_emb[0] @ encoder.embed_texts([text])[0]), "rerank_score": None,
+                    "match_log_odds": None, "match_probability": None}
+        similarity, score = encoder.match(image.unsqueeze(0), text)
+        score = float(score[0])
+        log_odds = score if encoder.config.retrieval.reranker == "itm" else None
+        return {"similarity": float(similarity[0]), "rerank_score": score, "match_log_odds": log_odds,
+                "match_probability": None if log_odds is None else float(1 / (1 + np.exp(-log_odds)))}
 
     def explain(self, image: torch.Tensor, shown, question: str, method: str) -> dict:
         """image: the model's input; shown: the (small) picture the heatmap is painted on."""

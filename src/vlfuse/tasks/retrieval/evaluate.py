@@ -20,7 +20,6 @@ from ...data.loading import read_split
 from ...data.records import CaptionSample
 from ...data.tokenizer import pad_ids
 from ...errors import DataError
-from ...heads.retrieval import match_score
 from ...metrics.retrieval import retrieval_metrics, retrieval_ranks
 from ...models.retrieval import RetrievalModel
 from ...models.saved import SavedModel, load_model_dir
@@ -116,16 +115,19 @@ def _lift(similarity: torch.Tensor, top: torch.Tensor, scores: torch.Tensor) -> 
     return (similarity + shift[:, None]).scatter(1, top, scores)
 
 
-def rerank_top_k(similarity: torch.Tensor, k: int, score_pairs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 weight: float = 1.0, t2i_similarity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rerank_top_k(similarity: torch.Tensor, k: int, score_pairs: Callable, weight: float = 1.0,
+                 t2i_similarity: torch.Tensor | None = None, t2i_weight: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two-stage scores from first-stage `similarity` [I, T]: (image->text [I, T], text->image [I, T]).
 
     Each image's top-k texts and each text's top-k images (k capped at the candidates there are)
     are re-scored as similarity + weight * score_pairs(image_index, text_index); a pair that is a candidate
-    in both directions is scored once. Rank image->text queries along rows of the first matrix,
-    text->image queries down columns of the second. `t2i_similarity`: the text->image first stage
-    when it differs from the image->text one (query-bank normalisation discounts each direction's
-    gallery differently).
+    in both directions is scored once. score_pairs returns one score per pair, or two, (as an image
+    query's candidate, as a text query's), when the score depends on which side asks. Rank image->text
+    queries along rows of the first matrix, text->image queries down columns of the second.
+    `t2i_similarity`: the text->image first stage when it differs from the image->text one (query-bank
+    normalisation discounts each direction's gallery differently); `t2i_weight`: text queries' weight
+    (None: `weight`).
     """
     t2i_similarity = similarity if t2i_similarity is None else t2i_similarity
     num_images, num_texts = similarity.shape
@@ -135,20 +137,23 @@ def rerank_top_k(similarity: torch.Tensor, k: int, score_pairs: Callable[[torch.
     pair_images = torch.cat([torch.arange(num_images).repeat_interleave(k_texts), top_images.flatten()])
     pair_texts = torch.cat([top_texts.flatten(), torch.arange(num_texts).repeat_interleave(k_images)])
     pairs, where = torch.unique(pair_images * num_texts + pair_texts, return_inverse=True)
-    matched = weight * score_pairs(pairs // num_texts, pairs % num_texts).float()[where]
-    i2t_itm, t2i_itm = matched[: num_images * k_texts], matched[num_images * k_texts:]
-    i2t = _lift(similarity, top_texts, similarity.gather(1, top_texts) + i2t_itm.view(num_images, k_texts))
-    t2i = _lift(t2i_similarity.T, top_images, t2i_similarity.T.gather(1, top_images) + t2i_itm.view(num_texts, k_images))
+    scores = score_pairs(pairs // num_texts, pairs % num_texts)
+    image_query, text_query = scores if isinstance(scores, tuple) else (scores, scores)
+    i2t_added = weight * image_query.float()[where[: num_images * k_texts]]
+    t2i_added = (weight if t2i_weight is None else t2i_weight) * text_query.float()[where[num_images * k_texts:]]
+    i2t = _lift(similarity, top_texts, similarity.gather(1, top_texts) + i2t_added.view(num_images, k_texts))
+    t2i = _lift(t2i_similarity.T, top_images,
+                t2i_similarity.T.gather(1, top_images) + t2i_added.view(num_texts, k_images))
     return i2t, t2i.T
 
 
-def itm_scorer(model: RetrievalModel, embedded: Embedded, batch: int = 256
-               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """score_pairs for `rerank_top_k`: the matching head's log-odds of (image i, text t), in batches."""
+def rerank_scorer(model: RetrievalModel, embedded: Embedded, batch: int = 256) -> Callable:
+    """score_pairs for `rerank_top_k`: the model's re-ranking scores of (image i, text t), as an image query's
+    candidate and as a text query's (RetrievalModel.rerank_scores), in batches."""
     device = next(model.parameters()).device
 
     @torch.no_grad()
-    def score(image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+    def score(image_index: torch.Tensor, text_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
         out = []
         for start in range(0, len(image_index), batch):
@@ -156,8 +161,9 @@ def itm_scorer(model: RetrievalModel, embedded: Embedded, batch: int = 256
             text = embedded.text_features.index_select(text_index[start: start + batch])
             length = int(text.mask.sum(1).max())  # drop the columns that are padding in every row of the chunk
             text = Features(text.tokens[:, :length], text.mask[:, :length], text.pooled)
-            out.append(match_score(model.match(_to(image, device), _to(text, device))).float().cpu())
-        return torch.cat(out) if out else torch.empty(0)
+            out.append(torch.stack(model.rerank_scores(_to(image, device), _to(text, device))).float().cpu())
+        image_query, text_query = torch.cat(out, 1) if out else torch.empty(2, 0)
+        return image_query, text_query
 
     return score
 
@@ -197,8 +203,10 @@ def _directions(i2t_scores: torch.Tensor, t2i_scores: torch.Tensor, owner: torch
 def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log: SkipLog, rerank_k: int = 16,
                        batch: int = 64, progress: bool = True, cache_config: Config | None = None,
                        rerank_weight: float = 1.0, querybank: dict[str, torch.Tensor] | None = None,
-                       querybank_beta: float = 10.0) -> tuple[dict, list[dict]]:
-    """(metrics, one record per caption) of text <-> image retrieval over `samples`.
+                       querybank_beta: float = 10.0, t2i_rerank_weight: float | None = None
+                       ) -> tuple[dict, list[dict]]:
+    """(metrics, one record per caption) of text <-> image retrieval over `samples`, re-ranked by the model's
+    reranker (retrieval.reranker; text queries at t2i_rerank_weight, None: rerank_weight).
 
     cache_config: a config whose data.feature_cache serves the frozen encoders' outputs (the same
     numbers, without running the frozen parts again). querybank: the model's bank of training
@@ -233,15 +241,17 @@ def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log
                                               owner, ks)) for b in QUERYBANK_SWEEP}
     if rerank:
         clock = time.perf_counter()
-        first_i2t, first_t2i, score = i2t_scores, t2i_scores, _memo(itm_scorer(model, embedded))
-        i2t_scores, t2i_scores = rerank_top_k(first_i2t, rerank_k, score, rerank_weight, first_t2i)
+        first_i2t, first_t2i, score = i2t_scores, t2i_scores, _memo(rerank_scorer(model, embedded))
+        i2t_scores, t2i_scores = rerank_top_k(first_i2t, rerank_k, score, rerank_weight, first_t2i, t2i_rerank_weight)
         reranked = _directions(i2t_scores, t2i_scores, owner, ks)
         sweep = {str(w): _r1(_directions(*rerank_top_k(first_i2t, rerank_k, score, w, first_t2i), owner, ks))
                  for w in RERANK_SWEEP}
     rerank_seconds = time.perf_counter() - clock if rerank else 0.0
     metrics = {
         "task": "retrieval", "images": len(dataset), "captions": len(dataset.captions), "ks": list(ks),
-        "rerank_k": rerank_k if rerank else 0, "rerank_weight": rerank_weight if rerank else None,
+        "rerank_k": rerank_k if rerank else 0, "reranker": model.reranker if rerank else None,
+        "rerank_weight": rerank_weight if rerank else None,
+        "t2i_rerank_weight": (rerank_weight if t2i_rerank_weight is None else t2i_rerank_weight) if rerank else None,
         "first_stage": first,
         "querybank": None if normalised is None else {"images": len(querybank["images"]),
                                                       "captions": len(querybank["texts"]), "beta": querybank_beta,
@@ -268,11 +278,12 @@ def evaluate_retrieval_split(model_dir: Path, config: Config, split: str, out_js
     read = read_split(config.data, split)
     saved = load_model_dir(model_dir, task="retrieval")
     r = config.retrieval
-    saved.model.flip_average = r.flip_average  # --set retrieval.flip_average=... measures either way
+    # --set retrieval.flip_average=... or retrieval.reranker=... measures any model either way
+    saved.model.flip_average, saved.model.reranker = r.flip_average, r.reranker
     bank = load_querybank(model_dir) if r.querybank else None
     if r.querybank and bank is None:
         print(f"note: {model_dir} has no query bank (trained with retrieval.querybank: 0): ranking without one",
               file=sys.stderr)
     metrics, records = evaluate_retrieval(saved, read.samples, read.skipped, r.rerank_k, r.eval_batch, progress, config,
-                                          r.rerank_weight, bank, r.querybank_beta)
+                                          r.rerank_weight, bank, r.querybank_beta, r.t2i_rerank_weight)
     return write_eval_json(out_json, {"split": split, **metrics}, records, "rankings")

@@ -65,7 +65,7 @@ class RetrievalModule(TaskModule):
         if task.hinge_weight:
             out["hinge"] = vse_hinge_loss(similarity, task.hinge_margin, task.hinge_max_violation, positives)
             loss = loss + task.hinge_weight * out["hinge"]
-        if model.can_rerank and task.itm_weight:
+        if model.itm_head is not None and task.itm_weight:
             negatives = ~(positives | torch.eye(batch_size, dtype=torch.bool, device=similarity.device))
             if negatives.any(1).all() and negatives.any(0).all():
                 drawn = sample_hard_negatives(similarity * model.head.scale, positives, task.negatives_temperature,

@@ -278,6 +278,14 @@ def test_a_model_with_a_query_bank_ranks_text_queries_as_its_evaluation_does(tra
         np.testing.assert_allclose([h.similarity for h in row], cosine[[h.position for h in row], j], atol=1e-5)
     assert any([h.position for h in row] != np.argsort(-cosine[:, j]).tolist() for j, row in enumerate(hits))
 
+    reranked = index.search_texts(texts[:1], k=4, rerank=True)[0]  # evaluation's weighting, divided by beta
+    images = torch.stack([encoder.image_tensor(h.path) for h in reranked])
+    similarity, itm = encoder.match(images, texts[0])
+    bias = np.array([index.items[h.position].bias for h in reranked])
+    weight = encoder.config.retrieval.text_query_weight
+    np.testing.assert_allclose([h.score for h in reranked], (10.0 * (similarity - bias) + weight * itm) / 10.0,
+                               atol=1e-5)
+
     image_hits = index.search_images([next(train_images.iterdir())], k=3)[0]
     assert image_hits[0].score == pytest.approx(1.0, abs=1e-4) == image_hits[0].similarity  # cosine to itself
 

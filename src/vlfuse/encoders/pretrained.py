@@ -107,7 +107,7 @@ def _read_state_dict(path: Path, what: str, hint: str) -> dict[str, torch.Tensor
 
 
 class EfficientNetImageEncoder(_PretrainedImageEncoder):
-    """EfficientNet-Lite0 (Tan & Le, 2019; ImageNet weights) -> a 7 x 7 grid of 1280-d features -> 49 tokens.
+    """EfficientNet-Lite0 (Tan & Le, 2019; ImageNet weights) -> a grid of 1280-d features (7 x 7 at 224 px) -> tokens.
 
     Images of any size are resized to `resolution` px and normalised with the ImageNet mean and std.
     224, the resolution the weights were trained at, gives the 7 x 7 grid; a larger multiple of 32

@@ -80,7 +80,7 @@ def embed_dataset(model: RetrievalModel, dataset: CaptionDataset, batch: int = 6
         features = model.encode_images(None, images) if cached_images else model.encode_images(images)
         image_emb.append((model.embed_images(None, images, mirrored, encoded=features) if cached_images
                           else model.embed_images(images, encoded=features)).float().cpu())
-        if keep:  # the matching head reads the photos as they are
+        if keep:  # the re-ranker reads the photos as they are
             image_feats.append(_to(features, "cpu"))
     starts = range(0, len(dataset.caption_ids), batch)
     for start in track(starts, "Embedding captions", total=len(starts), enabled=progress):
@@ -239,10 +239,11 @@ def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log
         normalised = _directions(i2t_scores, t2i_scores, owner, ks)
         bank_sweep = {str(b): _r1(_directions(*normalised_scores(embedded.images, embedded.texts, querybank, b),
                                               owner, ks)) for b in QUERYBANK_SWEEP}
+    t2i_weight = rerank_weight if t2i_rerank_weight is None else t2i_rerank_weight
     if rerank:
         clock = time.perf_counter()
         first_i2t, first_t2i, score = i2t_scores, t2i_scores, _memo(rerank_scorer(model, embedded))
-        i2t_scores, t2i_scores = rerank_top_k(first_i2t, rerank_k, score, rerank_weight, first_t2i, t2i_rerank_weight)
+        i2t_scores, t2i_scores = rerank_top_k(first_i2t, rerank_k, score, rerank_weight, first_t2i, t2i_weight)
         reranked = _directions(i2t_scores, t2i_scores, owner, ks)
         sweep = {str(w): _r1(_directions(*rerank_top_k(first_i2t, rerank_k, score, w, first_t2i), owner, ks))
                  for w in RERANK_SWEEP}
@@ -251,7 +252,7 @@ def evaluate_retrieval(saved: SavedModel, samples: list[CaptionSample], skip_log
         "task": "retrieval", "images": len(dataset), "captions": len(dataset.captions), "ks": list(ks),
         "rerank_k": rerank_k if rerank else 0, "reranker": model.reranker if rerank else None,
         "rerank_weight": rerank_weight if rerank else None,
-        "t2i_rerank_weight": (rerank_weight if t2i_rerank_weight is None else t2i_rerank_weight) if rerank else None,
+        "t2i_rerank_weight": t2i_weight if rerank else None,
         "first_stage": first,
         "querybank": None if normalised is None else {"images": len(querybank["images"]),
                                                       "captions": len(querybank["texts"]), "beta": querybank_beta,

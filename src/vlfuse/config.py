@@ -125,6 +125,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 200
     grad_clip: float = 1.0
+    # Validate and export an exponential moving average of the weights (decay per step, e.g. 0.998);
+    # null: the weights as trained. Lightning's EMAWeightAveraging.
+    ema_decay: float | None = None
     # A safety cap on training time (summed over --resume): a run it cuts keeps its checkpoint, says it
     # is undertrained, and continues with --resume. Budgets are epochs; this is not one.
     max_minutes: float | None = None
@@ -424,6 +427,7 @@ RANGES = {
     "train.epochs": _AT_LEAST_1, "train.batch_images": _AT_LEAST_1, "train.lr": _POSITIVE,
     "train.pretrained_lr": _POSITIVE, "retrieval.querybank": _NON_NEGATIVE, "retrieval.querybank_beta": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.warmup_steps": _NON_NEGATIVE, "train.grad_clip": _NON_NEGATIVE,
+    "train.ema_decay": _SHARE,
     "train.max_minutes": _POSITIVE, "train.devices": _AT_LEAST_1, "train.num_nodes": _AT_LEAST_1,
     "train.num_workers": _NON_NEGATIVE, "train.log_every_n_steps": _AT_LEAST_1,
     "train.checkpoint_every_n_steps": _AT_LEAST_1, "train.progress_every_n_steps": _NON_NEGATIVE,

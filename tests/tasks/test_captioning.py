@@ -548,6 +548,32 @@ def test_cached_features_train_select_the_best_val_epoch_and_caption_as_images_d
     assert [json.loads(x)["caption"] for x in cached_lines] == [json.loads(x)["caption"] for x in image_lines]
 
 
+def test_ema_weights_are_the_ones_validated_selected_and_exported(shapes_root, tmp_path):
+    """train.ema_decay: a decay near 0 averages nothing away (the export equals a run without it);
+    at 0.9 other weights are exported, and eval.json's score of them is the one validation selected
+    them by (so validation captioned with the averaged weights, not the trained ones)."""
+    from safetensors.torch import load_file
+
+    from vlfuse.tasks import train
+
+    def run(name: str, *extra: str):
+        config = captioning_config(
+            shapes_root, tmp_path / name, "data.val={annotations: captions/captions_train.json, images: images/train}",
+            "data.test=null", "train.epochs=3", "captioning.select_on=bleu_1", "train.checkpoint_every_n_steps=1000",
+            *extra)
+        result = train(config, progress=False)
+        return result.out_dir, load_file(result.model_dir / "model.safetensors")
+
+    _, plain = run("plain")
+    _, tracking = run("tracking", "train.ema_decay=1e-9")
+    averaged_dir, averaged = run("averaged", "train.ema_decay=0.9")
+    assert all(torch.allclose(plain[k], tracking[k], atol=1e-6) for k in plain)
+    assert any(not torch.allclose(plain[k], averaged[k], atol=1e-4) for k in plain if k.startswith("decoder."))
+    selected = read_json(averaged_dir / "run.json")["selected"]
+    assert selected["score"] > 0
+    assert read_json(averaged_dir / "eval.json")["bleu_1"] == pytest.approx(selected["score"], rel=1e-5)
+
+
 @pytest.mark.parametrize("setting, message", [("captioning.min_word_count=0", "min_word_count"),
                                               ("captioning.patience=2", "select_on"),
                                               ("captioning.select_on=cider_d", "val split")])

@@ -231,6 +231,25 @@ def test_init_refuses_another_architecture(shapes_root, pretrained_dir, write_co
     assert line.startswith("error: --init") and "model.fusion" in line and "architecture" in line
 
 
+def test_init_accepts_other_training_only_settings(pretrained_dir):
+    """Dropout and drop_tokens build no weights: a run may set them apart from the directory's config
+    (as the captioning recipe takes the retrieval recipe's image tower without its drop_tokens)."""
+    import copy
+
+    from vlfuse.config import load_config
+    from vlfuse.errors import ConfigError
+    from vlfuse.models.init_weights import check_architecture
+
+    source = load_config(pretrained_dir / "config.yaml")
+    run = copy.deepcopy(source)
+    run.model.fusion = {**source.model.fusion, "dropout": 0.5}
+    run.model.image_encoder = {**source.model.image_encoder, "drop_tokens": 0.3}
+    check_architecture(source, run, pretrained_dir)
+    run.model.fusion["layers"] = source.model.fusion.get("layers", 1) + 1
+    with pytest.raises(ConfigError, match="model.fusion"):
+        check_architecture(source, run, pretrained_dir)
+
+
 def test_init_parts_starts_another_fusion_from_the_pretrained_encoders(shapes_root, pretrained_dir, tiny_config,
                                                                       tmp_path):
     from vlfuse.errors import ConfigError

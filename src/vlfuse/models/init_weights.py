@@ -61,17 +61,25 @@ def _group(keys: list[str]) -> str:
 def check_init_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
-        raise ConfigError(f"--init {path}: no such model directory")
+        raise ConfigError(f"--init {path}: no such model directory (train the model it names first)")
     for name in (CONFIG, WEIGHTS, TOKENIZER):
         if not (path / name).is_file():
             raise DataError(f"not a model directory to start from: {name} is missing", path=path)
     return path
 
 
+# Settings that regularise training but build no weights: a run may set them apart from the source's.
+TRAINING_ONLY = ("drop_tokens", "dropout")
+
+
 def _architecture(config: Config, parts: list[str]) -> dict:
     m = config.model
+
+    def built(part):  # a part's settings less those that build no weights (null: no part)
+        return {k: v for k, v in part.items() if k not in TRAINING_ONLY} if isinstance(part, dict) else part
+
     return {"model.dim": m.dim, "data.image_size": config.data.image_size,
-            **{f"model.{part}": getattr(m, part) for part in parts}}
+            **{f"model.{part}": built(getattr(m, part)) for part in parts}}
 
 
 def check_architecture(source: Config, run: Config, path: Path) -> None:

@@ -25,7 +25,7 @@ from ..data.loading import check_task_format
 from ..data.vqa_dataset import EpochSampler, collate_groups
 from ..data.vqa_stream import StreamedVQADataset, check_stream
 from ..errors import ConfigError, DataError
-from ..models.init_weights import init_from_dir
+from ..models.init_weights import check_init_dir, init_from_dir
 from .checkpoint_io import CheckpointWriteError, SafetensorsCheckpointIO
 from .control import EARLY, INTERRUPTED, RunControl, TrainingDiverged, check_finite, stop_summary
 from .freeze import KeepFrozenInEval, freeze
@@ -238,6 +238,7 @@ def _trainer(config: Config, run: RunDirs, progress: bool, control: RunControl) 
                                                 save_last=True, save_top_k=0, enable_version_counter=False),
             CheckpointOnCrash(dirpath=run.last.parent, filename="last"),
             *([KeepFrozenInEval(t.freeze)] if t.freeze else []),
+            *([L.pytorch.callbacks.EMAWeightAveraging(decay=t.ema_decay)] if t.ema_decay else []),
             *early_stopping_callbacks(config, run),
         ],
         plugins=[SafetensorsCheckpointIO()],
@@ -324,6 +325,8 @@ def run_task(config: Config, prepare: Prepare, evaluate: Evaluate, *, resume: bo
     check_task_format(config.task, config.data)
     check_stream(config)
     check_cache_task(config)
+    if config.train.init and not resume:  # before any cache is built
+        check_init_dir(config.train.init)
     run = RunDirs(Path(config.out_dir))
     with out_dir_lock(run.out):
         return _train(config, run, prepare, evaluate, resume, progress)

@@ -66,7 +66,9 @@ class CaptioningModule(TaskModule):
     def batch_size(self, batch: dict) -> int:  # the real target tokens
         return int(batch["attention_mask"][:, 1:].bool().sum())
 
-    def on_validation_epoch_end(self) -> None:
+    # At the start of validation, where train.ema_decay's averaged weights are already in place (Lightning
+    # calls the callbacks' hooks first, and EMAWeightAveraging puts the training weights back at the end).
+    def on_validation_epoch_start(self) -> None:
         if self.val_captions is None or self.trainer.sanity_checking:
             return
         metrics = self.val_captions.score(self.model, self.task)
